@@ -1,0 +1,379 @@
+//! The daemon's lifecycle: `Application::build` opens the journal, restores state and binds both
+//! listeners; `run_until_stopped` registers the webhooks, reports ready, serves until the token
+//! is cancelled, then drains, unregisters and closes the journal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::calls::{CallTable, Provider};
+use crate::config::Settings;
+use crate::http::{self, AppState, Readiness};
+use crate::journal::{Journal, JournalError};
+use crate::processor::{KEEP_ENDED, Processor};
+use crate::providers::jas::client::{JasAuth, JasClient, JasClientConfig, JasError};
+use crate::providers::jas::verify::Verifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the journal at {path}: {source}")]
+    Journal { path: String, source: JournalError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("JAS Connect refused our credentials while registering webhooks: {0}")]
+    Credentials(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Application {
+    state: AppState,
+    public: TcpListener,
+    admin: TcpListener,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    processor: Processor,
+    jas: Option<JasClient>,
+    tasks: TaskTracker,
+}
+
+/// Builds the JAS API client when there are credentials to use it with.
+pub fn jas_client(settings: &Settings) -> Result<Option<JasClient>, StartError> {
+    let jas = &settings.jas;
+    let auth = match (&jas.token, &jas.client_id, &jas.client_secret) {
+        (Some(token), _, _) => JasAuth::Token(token.clone()),
+        (None, Some(id), Some(secret)) => JasAuth::Client {
+            id: id.clone(),
+            secret: secret.clone(),
+        },
+        _ => return Ok(None),
+    };
+    JasClient::new(JasClientConfig {
+        api_base: jas.api_base.clone(),
+        auth,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        retry_min: Duration::from_millis(200),
+        retry_max: Duration::from_secs(10),
+        max_retries: 5,
+    })
+    .map(Some)
+    .map_err(|e| StartError::Other(format!("cannot build the JAS client: {e}")))
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let settings = Arc::new(settings);
+        let metrics = crate::metrics::handle();
+        for warning in settings.disabled_features() {
+            tracing::warn!("{warning}");
+        }
+        let readiness = Readiness::not_ready("starting: opening the journal");
+
+        let journal = Journal::open(&settings.storage.path)
+            .await
+            .map_err(|source| StartError::Journal {
+                path: settings.storage.path.display().to_string(),
+                source,
+            })?;
+        let restored = journal
+            .restore(Utc::now() - KEEP_ENDED)
+            .await
+            .map_err(|source| StartError::Journal {
+                path: settings.storage.path.display().to_string(),
+                source,
+            })?;
+        let table = Arc::new(CallTable::new());
+        let cursor = restored.cursor;
+        tracing::info!(
+            participants = restored.participants.len(),
+            calls = restored.calls.len(),
+            cursor,
+            "state restored"
+        );
+        table.restore(restored.participants, restored.calls);
+
+        let jas = if settings.jas.enabled {
+            jas_client(&settings)?
+        } else {
+            None
+        };
+        let lookups = jas.clone().filter(|_| settings.jas.lookup_participants);
+        let tasks = TaskTracker::new();
+        let mut processor = Processor::new(
+            journal.clone(),
+            table.clone(),
+            lookups,
+            cursor,
+            tasks.clone(),
+        );
+        processor
+            .catch_up()
+            .await
+            .map_err(|source| StartError::Journal {
+                path: settings.storage.path.display().to_string(),
+                source,
+            })?;
+        for provider in [Provider::Jas, Provider::Telecmi] {
+            metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
+                .set(table.active_count(provider) as f64);
+        }
+
+        let public = bind(settings.server.listen).await?;
+        let admin = bind(settings.admin.listen).await?;
+        let public_addr = public.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.server.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.admin.listen,
+            source,
+        })?;
+
+        let state = AppState {
+            jas_verifier: Arc::new(Verifier::new(settings.jas.webhook_secrets.clone())),
+            settings,
+            journal,
+            table,
+            readiness,
+            metrics,
+        };
+        Ok(Application {
+            state,
+            public,
+            admin,
+            public_addr,
+            admin_addr,
+            processor,
+            jas,
+            tasks,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled. Errors only for what an operator must fix
+    /// (credentials refused); upstream trouble is logged and retried, never fatal.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let Application {
+            state,
+            public,
+            admin,
+            processor,
+            jas,
+            tasks,
+            ..
+        } = self;
+        state.readiness.set(Some("starting: registering webhooks"));
+
+        // Listeners stop accepting on `stop_serving`; the processor and workers stop later,
+        // after in-flight requests have had their chance to finish.
+        let stop_serving = CancellationToken::new();
+        let stop_work = CancellationToken::new();
+        let public_server = tokio::spawn(serve(
+            public,
+            http::public_router(state.clone()),
+            stop_serving.clone(),
+        ));
+        let admin_server = tokio::spawn(serve(
+            admin,
+            http::admin_router(state.clone()),
+            stop_serving.clone(),
+        ));
+        let processor_task = tokio::spawn(processor.run(stop_work.clone()));
+        tasks.spawn(upkeep(state.clone(), stop_work.clone()));
+
+        let registrar = Registrar::new(&state.settings, jas.clone());
+        let registered = tokio::select! {
+            r = registrar.register_all() => r,
+            _ = shutdown.cancelled() => Ok(()),
+        };
+        let result = match registered {
+            Ok(()) => {
+                if !shutdown.is_cancelled() {
+                    state.readiness.set(None);
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    tracing::info!(
+                        public = %state.settings.server.listen,
+                        admin = %state.settings.admin.listen,
+                        "ready"
+                    );
+                    shutdown.cancelled().await;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+
+        tracing::info!("shutting down");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        state.readiness.set(Some("shutting down"));
+        stop_serving.cancel();
+        for server in [public_server, admin_server] {
+            match tokio::time::timeout(http::DRAIN, server).await {
+                Ok(_) => {}
+                Err(_) => tracing::warn!("in-flight requests did not finish within 10 s"),
+            }
+        }
+        registrar.unregister_all().await;
+        stop_work.cancel();
+        let _ = processor_task.await;
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not finish within 5 s");
+        }
+        if let Err(e) = state.journal.close().await {
+            tracing::error!(error = %e, "closing the journal failed");
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, stop: CancellationToken) {
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "listener failed");
+    }
+}
+
+/// Periodic chores: the daily retention sweep and the metrics exporter's upkeep.
+async fn upkeep(state: AppState, stop: CancellationToken) {
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut sweep_tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = metrics_tick.tick() => state.metrics.run_upkeep(),
+            _ = sweep_tick.tick() => {
+                let days = i64::from(state.settings.storage.retention_days);
+                let before = Utc::now() - chrono::Duration::days(days);
+                match state.journal.sweep(before).await {
+                    Ok(n) => tracing::info!(rows = n, retention_days = days, "retention sweep"),
+                    Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Registers `jas.events` at `jas.callback_url` at start and removes them at shutdown.
+struct Registrar {
+    client: Option<JasClient>,
+    callback: Option<String>,
+    events: Vec<String>,
+    registered: std::sync::Mutex<Vec<String>>,
+}
+
+impl Registrar {
+    fn new(settings: &Settings, client: Option<JasClient>) -> Self {
+        let jas = &settings.jas;
+        let active = jas.enabled && jas.register && jas.callback_url.is_some();
+        Self {
+            client: client.filter(|_| active),
+            callback: jas.callback_url.as_ref().map(|u| u.to_string()),
+            events: jas.events.clone(),
+            registered: std::sync::Mutex::new(vec![]),
+        }
+    }
+
+    async fn register_all(&self) -> Result<(), StartError> {
+        let (Some(client), Some(callback)) = (&self.client, &self.callback) else {
+            return Ok(());
+        };
+        match client.authenticate().await {
+            Ok(()) => {}
+            Err(e @ (JasError::Unauthorized(_) | JasError::Forbidden)) => {
+                return Err(StartError::Credentials(e.to_string()));
+            }
+            // Fetched again lazily by the first request that needs it.
+            Err(e) => tracing::warn!(error = %e, "JAS authentication failed; will retry"),
+        }
+        for event in &self.events {
+            // Unregister first so a previous run's registration (maybe at another URL) goes.
+            if let Err(e) = client.unregister(event).await {
+                if let JasError::Unauthorized(_) | JasError::Forbidden = e {
+                    return Err(StartError::Credentials(e.to_string()));
+                }
+                tracing::warn!(event = %event, error = %e, "could not unregister the old webhook");
+            }
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match client.register(event, callback).await {
+                    Ok(()) => {
+                        tracing::info!(event = %event, "webhook registered");
+                        self.registered
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(event.clone());
+                        break;
+                    }
+                    Err(e @ (JasError::Unauthorized(_) | JasError::Forbidden)) => {
+                        return Err(StartError::Credentials(e.to_string()));
+                    }
+                    Err(JasError::Rejected { status, body }) => {
+                        tracing::error!(event = %event, status, body = %body,
+                            "JAS Connect refused this webhook; skipping it");
+                        break;
+                    }
+                    Err(e) => {
+                        // The API is down or slow: keep trying, the webhook endpoints already
+                        // accept events meanwhile; readiness says why it is not ready.
+                        tracing::warn!(event = %event, error = %e, retry_in = ?delay,
+                            "webhook registration failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn unregister_all(&self) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        let events =
+            std::mem::take(&mut *self.registered.lock().unwrap_or_else(|e| e.into_inner()));
+        for event in events {
+            match tokio::time::timeout(Duration::from_secs(10), client.unregister(&event)).await {
+                Ok(Ok(())) => tracing::info!(event = %event, "webhook unregistered"),
+                Ok(Err(e)) => {
+                    tracing::warn!(event = %event, error = %e, "could not unregister webhook")
+                }
+                Err(_) => tracing::warn!(event = %event, "unregistering timed out"),
+            }
+        }
+    }
+}

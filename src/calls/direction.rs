@@ -1,0 +1,166 @@
+//! Which way a call goes, decided from its participants (SPEC §4). Pure, so that the same set of
+//! participants gives the same answer whatever order their events arrived in.
+
+use super::model::{Direction, Provider, Tracked};
+
+const EXTERNAL_LINE: &str = "wexternalline";
+
+fn far_side_external(t: &Tracked) -> bool {
+    t.details
+        .as_ref()
+        .is_some_and(|d| d.party_dn_type.eq_ignore_ascii_case(EXTERNAL_LINE))
+}
+
+/// The status a participant was first seen in (the oldest details by sequence).
+fn first_status(t: &Tracked) -> &str {
+    t.first_status
+        .as_deref()
+        .or(t.details.as_ref().map(|d| d.status.as_str()))
+        .unwrap_or("")
+}
+
+pub fn direction_of(provider: Provider, members: &[&Tracked]) -> Direction {
+    match provider {
+        Provider::Telecmi => telecmi_direction(members),
+        Provider::Jas => jas_direction(members),
+    }
+}
+
+fn telecmi_direction(members: &[&Tracked]) -> Direction {
+    let leg_a = members
+        .iter()
+        .filter_map(|t| t.details.as_ref())
+        .find(|d| d.leg.as_deref() == Some("a"));
+    match leg_a.and_then(|d| d.leg_direction.as_deref()) {
+        Some(d) if d.eq_ignore_ascii_case("inbound") => Direction::Inbound,
+        Some(d) if d.eq_ignore_ascii_case("outbound") => Direction::Outbound,
+        _ => Direction::Unknown,
+    }
+}
+
+fn jas_direction(members: &[&Tracked]) -> Direction {
+    let known: Vec<&Tracked> = members
+        .iter()
+        .copied()
+        .filter(|t| t.details.is_some())
+        .collect();
+    if known.is_empty() {
+        return Direction::Unknown;
+    }
+    // A local DN that dialled out toward an external party.
+    if known
+        .iter()
+        .any(|t| far_side_external(t) && first_status(t).eq_ignore_ascii_case("dialing"))
+    {
+        return Direction::Outbound;
+    }
+    // DNs the call shows to be external lines (someone's far side is that DN).
+    let external_dns: Vec<&str> = known
+        .iter()
+        .filter(|t| far_side_external(t))
+        .filter_map(|t| t.details.as_ref().map(|d| d.party_dn.as_str()))
+        .filter(|dn| !dn.is_empty())
+        .collect();
+    let dn_is_external_line = |t: &Tracked| {
+        let dn = t
+            .details
+            .as_ref()
+            .and_then(|d| d.dn.as_deref())
+            .unwrap_or(&t.key.dn);
+        external_dns.contains(&dn)
+    };
+    // An external party reached a local DN that did not dial.
+    if known.iter().any(|t| {
+        (far_side_external(t) && first_status(t).eq_ignore_ascii_case("ringing"))
+            || dn_is_external_line(t)
+    }) {
+        return Direction::Inbound;
+    }
+    if !known.iter().any(|t| far_side_external(t)) {
+        return Direction::Internal;
+    }
+    Direction::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::model::{Details, ParticipantKey};
+    use chrono::Utc;
+
+    fn member(dn: &str, first: &str, now: &str, party_dn: &str, party_type: &str) -> Tracked {
+        let mut t = Tracked::new(ParticipantKey::new(Provider::Jas, dn, "1"), Utc::now());
+        t.first_status = Some(first.into());
+        t.details = Some(Details {
+            call_id: "26".into(),
+            status: now.into(),
+            party_dn: party_dn.into(),
+            party_dn_type: party_type.into(),
+            ..Default::default()
+        });
+        t
+    }
+
+    #[test]
+    fn dialing_toward_an_external_line_is_outbound() {
+        let a = member("101", "Dialing", "Connected", "10000", "Wexternalline");
+        assert_eq!(direction_of(Provider::Jas, &[&a]), Direction::Outbound);
+    }
+
+    #[test]
+    fn ringing_from_an_external_line_is_inbound() {
+        let a = member("101", "Ringing", "Connected", "10000", "Wexternalline");
+        assert_eq!(direction_of(Provider::Jas, &[&a]), Direction::Inbound);
+    }
+
+    #[test]
+    fn the_trunk_itself_as_participant_is_inbound() {
+        // The trunk leg (dn 10000) is a participant and another leg names it as external.
+        let trunk = member("10000", "Connected", "Connected", "101", "Wextension");
+        let ext = member("101", "Connected", "Connected", "10000", "Wexternalline");
+        assert_eq!(
+            direction_of(Provider::Jas, &[&trunk, &ext]),
+            Direction::Inbound
+        );
+    }
+
+    #[test]
+    fn extensions_only_is_internal() {
+        let a = member("101", "Dialing", "Connected", "102", "Wextension");
+        let b = member("102", "Ringing", "Connected", "101", "Wextension");
+        assert_eq!(direction_of(Provider::Jas, &[&a, &b]), Direction::Internal);
+    }
+
+    #[test]
+    fn external_but_neither_dialing_nor_ringing_is_unknown() {
+        let a = member("101", "Connected", "Connected", "10000", "Wexternalline");
+        assert_eq!(direction_of(Provider::Jas, &[&a]), Direction::Unknown);
+    }
+
+    #[test]
+    fn no_details_is_unknown() {
+        let t = Tracked::new(ParticipantKey::new(Provider::Jas, "101", "1"), Utc::now());
+        assert_eq!(direction_of(Provider::Jas, &[&t]), Direction::Unknown);
+        assert_eq!(direction_of(Provider::Jas, &[]), Direction::Unknown);
+    }
+
+    #[test]
+    fn telecmi_follows_leg_a() {
+        let mut a = Tracked::new(ParticipantKey::new(Provider::Telecmi, "", "x"), Utc::now());
+        a.details = Some(Details {
+            leg: Some("a".into()),
+            leg_direction: Some("inbound".into()),
+            ..Default::default()
+        });
+        let mut b = Tracked::new(ParticipantKey::new(Provider::Telecmi, "", "y"), Utc::now());
+        b.details = Some(Details {
+            leg: Some("b".into()),
+            leg_direction: Some("outbound".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            direction_of(Provider::Telecmi, &[&b, &a]),
+            Direction::Inbound
+        );
+    }
+}

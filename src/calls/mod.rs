@@ -1,0 +1,14 @@
+//! The live call table and every ordering rule: per-participant sequences, tombstones, the end of
+//! a call, direction, the stale sweep. Pure and synchronous: the processor is its only writer, the
+//! admin API reads it concurrently through `dashmap`, and nothing here knows about HTTP or SQL.
+
+mod direction;
+mod model;
+mod table;
+
+pub use direction::direction_of;
+pub use model::{
+    Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Provider, Recording,
+    RecordingState, Tracked,
+};
+pub use table::{CallTable, Changes, Transition};

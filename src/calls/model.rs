@@ -1,0 +1,313 @@
+//! The shapes of the call table: what is tracked per participant, and the Call the API shows.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Jas,
+    Telecmi,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Jas => "jas",
+            Provider::Telecmi => "telecmi",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        match s {
+            "jas" => Some(Provider::Jas),
+            "telecmi" => Some(Provider::Telecmi),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallKey {
+    pub provider: Provider,
+    pub call_id: String,
+}
+
+impl CallKey {
+    pub fn new(provider: Provider, call_id: impl Into<String>) -> Self {
+        Self {
+            provider,
+            call_id: call_id.into(),
+        }
+    }
+}
+
+/// A participant as the provider names it: JAS `(dn, participant id)`, TeleCMI `("", cmiuuid)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ParticipantKey {
+    pub provider: Provider,
+    pub dn: String,
+    pub participant_id: String,
+}
+
+impl ParticipantKey {
+    pub fn new(provider: Provider, dn: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            provider,
+            dn: dn.into(),
+            participant_id: id.into(),
+        }
+    }
+}
+
+/// What a lookup (JAS) or the event itself (TeleCMI) says about a participant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    /// The call it is on; its membership follows the newest details.
+    pub call_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub dn: Option<String>,
+    #[serde(default)]
+    pub party_number: String,
+    #[serde(default)]
+    pub party_name: String,
+    #[serde(default)]
+    pub party_dn: String,
+    #[serde(default)]
+    pub party_dn_type: String,
+    #[serde(default)]
+    pub leg_id: Option<i64>,
+    /// TeleCMI's leg ("a" or "b"); the call's direction comes from leg a.
+    #[serde(default)]
+    pub leg: Option<String>,
+    #[serde(default)]
+    pub leg_direction: Option<String>,
+    /// Provider-specific facts worth keeping (hang-up reason, answered seconds, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+/// The ordering state of one participant. Kept after its removal as a tombstone, so that late or
+/// duplicated deliveries cannot bring it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub key: ParticipantKey,
+    /// Highest sequence seen for this participant.
+    pub last_seq: i64,
+    /// Set by the first remove: final.
+    pub removed_seq: Option<i64>,
+    pub joined_at: Option<DateTime<Utc>>,
+    pub left_at: Option<DateTime<Utc>>,
+    /// The newest details (by sequence) and the sequence they answer.
+    pub details: Option<Details>,
+    pub details_seq: i64,
+    /// The status of the oldest details, which is what direction is decided from.
+    pub first_status: Option<String>,
+    pub first_details_seq: i64,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Wall-clock time of the last event that touched it, for the stale sweep.
+    pub last_activity: DateTime<Utc>,
+}
+
+impl Tracked {
+    pub fn new(key: ParticipantKey, now: DateTime<Utc>) -> Self {
+        Self {
+            key,
+            last_seq: i64::MIN,
+            removed_seq: None,
+            joined_at: None,
+            left_at: None,
+            details: None,
+            details_seq: i64::MIN,
+            first_status: None,
+            first_details_seq: i64::MAX,
+            updated_at: None,
+            last_activity: now,
+        }
+    }
+
+    pub fn call_key(&self) -> Option<CallKey> {
+        self.details
+            .as_ref()
+            .map(|d| CallKey::new(self.key.provider, d.call_id.clone()))
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed_seq.is_some()
+    }
+
+    pub fn view(&self) -> Participant {
+        let d = self.details.clone().unwrap_or_default();
+        Participant {
+            dn: d.dn.unwrap_or_else(|| self.key.dn.clone()),
+            participant_id: self.key.participant_id.clone(),
+            status: if d.status.is_empty() {
+                "unknown".into()
+            } else {
+                d.status
+            },
+            party_number: d.party_number,
+            party_name: d.party_name,
+            party_dn: d.party_dn,
+            party_dn_type: d.party_dn_type,
+            leg_id: d.leg_id,
+            leg: d.leg,
+            updated_at: self.updated_at,
+            joined_at: self.joined_at,
+            left_at: self.left_at,
+            extra: d.extra,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    Active,
+    Ended,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Active => "active",
+            CallState::Ended => "ended",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Internal,
+    Unknown,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::Internal => "internal",
+            Direction::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Participant {
+    pub dn: String,
+    pub participant_id: String,
+    pub status: String,
+    pub party_number: String,
+    pub party_name: String,
+    pub party_dn: String,
+    pub party_dn_type: String,
+    pub leg_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub joined_at: Option<DateTime<Utc>>,
+    /// Set once the participant has left; an active call lists who left too.
+    pub left_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingState {
+    Pending,
+    Downloading,
+    Downloaded,
+    Failed,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Pending => "pending",
+            RecordingState::Downloading => "downloading",
+            RecordingState::Downloaded => "downloaded",
+            RecordingState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "downloading" => Some(Self::Downloading),
+            "downloaded" => Some(Self::Downloaded),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recording {
+    pub id: String,
+    /// The provider's name for it (JAS `recording_url`, TeleCMI `filename`).
+    pub url: String,
+    /// Relative to `recordings.dir`; absent when the name was refused.
+    pub path: Option<String>,
+    pub state: RecordingState,
+    pub bytes: Option<u64>,
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A call as the admin API shows it and the history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub provider: Provider,
+    pub call_id: String,
+    pub state: CallState,
+    pub direction: Direction,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `completed` when the last participant left, `stale` after 6 hours without an event, or
+    /// what the provider said (TeleCMI hang-up, CDR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    pub participants: Vec<Participant>,
+    pub recordings: Vec<Recording>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Value>,
+}
+
+impl Call {
+    pub fn key(&self) -> CallKey {
+        CallKey::new(self.provider, self.call_id.clone())
+    }
+
+    pub fn new(key: &CallKey) -> Self {
+        Self {
+            provider: key.provider,
+            call_id: key.call_id.clone(),
+            state: CallState::Active,
+            direction: Direction::Unknown,
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            participants: vec![],
+            recordings: vec![],
+            summary: None,
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! `CallTable`: participants by key, calls by id, and `apply`-style methods that hold every
+//! ordering rule. Each method returns what it changed so the processor can persist exactly that.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use dashmap::DashMap;
+use serde_json::Value;
+
+use super::direction::direction_of;
+use super::model::{Call, CallKey, CallState, Details, ParticipantKey, Recording, Tracked};
+
+/// A call started, ended, or came back (a participant joined after it looked finished: events
+/// delivered out of order).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Started(CallKey),
+    Ended(CallKey),
+    Resumed(CallKey),
+}
+
+/// What one input changed: the rows to persist and the transitions to log.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Whether the input was applied at all (false: older than what is known, or tombstoned).
+    pub applied: bool,
+    pub participants: BTreeSet<ParticipantKey>,
+    pub calls: BTreeSet<CallKey>,
+    /// Removed from memory (evicted or never tracked); their rows are deleted or left as they are.
+    pub dropped_participants: BTreeSet<ParticipantKey>,
+    pub transitions: Vec<Transition>,
+}
+
+impl Changes {
+    pub fn merge(&mut self, other: Changes) {
+        self.applied |= other.applied;
+        self.participants.extend(other.participants);
+        self.calls.extend(other.calls);
+        self.dropped_participants.extend(other.dropped_participants);
+        self.transitions.extend(other.transitions);
+    }
+}
+
+/// A call's own start and end times when no participant supplies them (a recording's).
+type OwnTimes = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+struct CallRecord {
+    call: Call,
+    members: BTreeSet<ParticipantKey>,
+    /// Wall clock of the last change, for the stale sweep and eviction.
+    last_activity: DateTime<Utc>,
+    /// Why and when the call was ended by something other than its last participant leaving.
+    forced_end: Option<(String, DateTime<Utc>)>,
+    /// When it came from a recording of a call never seen (no participants): its own times.
+    recording_times: Option<OwnTimes>,
+}
+
+/// Written only by the processor; read by the admin API. No guard is ever held across an
+/// `.await` (nothing here is async), and no method holds a guard of one map while locking the
+/// same map again.
+#[derive(Default)]
+pub struct CallTable {
+    participants: DashMap<ParticipantKey, Tracked>,
+    calls: DashMap<CallKey, CallRecord>,
+}
+
+impl CallTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An insert or update event at `seq`. Returns `applied = true` when it is the newest thing
+    /// known about a participant that has not left, which is when a lookup is worth starting.
+    pub fn upsert(
+        &self,
+        key: &ParticipantKey,
+        seq: i64,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let mut t = self
+            .participants
+            .entry(key.clone())
+            .or_insert_with(|| Tracked::new(key.clone(), now));
+        // When it joined is the oldest event's time, whatever order they arrive in.
+        if let Some(at) = at {
+            if t.joined_at.is_none_or(|j| at < j) {
+                t.joined_at = Some(at);
+            }
+        }
+        t.last_activity = now;
+        if !t.is_removed() && seq >= t.last_seq {
+            t.last_seq = seq;
+            changes.applied = true;
+        } else {
+            t.last_seq = t.last_seq.max(seq);
+        }
+        let call = t.call_key();
+        drop(t);
+        changes.participants.insert(key.clone());
+        if let Some(call) = call {
+            self.refresh(&call, now, &mut changes);
+        }
+        changes
+    }
+
+    /// A remove at `seq`: final, unless it is older than an event already applied.
+    pub fn remove(
+        &self,
+        key: &ParticipantKey,
+        seq: i64,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let mut t = self
+            .participants
+            .entry(key.clone())
+            .or_insert_with(|| Tracked::new(key.clone(), now));
+        t.last_activity = now;
+        if t.is_removed() || seq < t.last_seq {
+            return changes;
+        }
+        t.last_seq = seq;
+        t.removed_seq = Some(seq);
+        t.left_at = Some(at.unwrap_or(now));
+        let call = t.call_key();
+        drop(t);
+        changes.applied = true;
+        changes.participants.insert(key.clone());
+        if let Some(call) = call {
+            self.refresh(&call, now, &mut changes);
+        }
+        changes
+    }
+
+    /// Details that answer the event at `seq` (a lookup, or the event itself). The newest
+    /// details say which call the participant is on; the oldest say how it was first seen. A
+    /// participant that already left stays gone, but its details still say which call it was on.
+    pub fn details(
+        &self,
+        key: &ParticipantKey,
+        seq: i64,
+        details: Details,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let mut t = self
+            .participants
+            .entry(key.clone())
+            .or_insert_with(|| Tracked::new(key.clone(), now));
+        t.last_activity = now;
+        if let Some(at) = at {
+            if t.joined_at.is_none_or(|j| at < j) {
+                t.joined_at = Some(at);
+            }
+        }
+        if seq < t.first_details_seq {
+            t.first_details_seq = seq;
+            t.first_status = Some(details.status.clone());
+            changes.applied = true;
+        }
+        let old_call = t.call_key();
+        if seq >= t.details_seq {
+            t.details_seq = seq;
+            t.updated_at = at.or(Some(now));
+            t.details = Some(details);
+            changes.applied = true;
+        }
+        t.last_seq = t.last_seq.max(seq);
+        let new_call = t.call_key();
+        drop(t);
+        if !changes.applied {
+            return changes;
+        }
+        changes.participants.insert(key.clone());
+        if let Some(old) = old_call.filter(|old| Some(old) != new_call.as_ref()) {
+            if let Some(mut rec) = self.calls.get_mut(&old) {
+                rec.members.remove(key);
+            }
+            self.refresh(&old, now, &mut changes);
+        }
+        if let Some(call) = new_call {
+            let created = !self.calls.contains_key(&call);
+            self.calls
+                .entry(call.clone())
+                .or_insert_with(|| CallRecord::new(&call, now))
+                .members
+                .insert(key.clone());
+            self.refresh(&call, now, &mut changes);
+            let active = self
+                .calls
+                .get(&call)
+                .is_some_and(|r| r.call.state == CallState::Active);
+            if created && active {
+                changes.transitions.push(Transition::Started(call));
+            } else if created {
+                // Seen only after its last participant had left: nothing started, nothing ended.
+                changes
+                    .transitions
+                    .retain(|t| t != &Transition::Ended(call.clone()));
+            }
+        }
+        changes
+    }
+
+    /// A participant that is not visible to this token (403): not tracked at all.
+    pub fn forget(&self, key: &ParticipantKey, now: DateTime<Utc>) -> Changes {
+        let mut changes = Changes::default();
+        let Some((_, t)) = self.participants.remove(key) else {
+            return changes;
+        };
+        changes.applied = true;
+        changes.dropped_participants.insert(key.clone());
+        if let Some(call) = t.call_key() {
+            if let Some(mut rec) = self.calls.get_mut(&call) {
+                rec.members.remove(key);
+            }
+            self.refresh(&call, now, &mut changes);
+        }
+        changes
+    }
+
+    /// Ends a call whatever its participants say (TeleCMI leg a hang-up or CDR, stale sweep):
+    /// every member becomes a tombstone.
+    pub fn end_call(
+        &self,
+        call: &CallKey,
+        reason: &str,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let at = at.unwrap_or(now);
+        let members: Vec<ParticipantKey> = match self.calls.get_mut(call) {
+            Some(mut rec) => {
+                if rec.forced_end.is_none() && rec.call.state == CallState::Active {
+                    rec.forced_end = Some((reason.to_string(), at));
+                }
+                rec.members.iter().cloned().collect()
+            }
+            None => {
+                let mut rec = CallRecord::ended(call, now);
+                rec.forced_end = Some((reason.to_string(), at));
+                self.calls.insert(call.clone(), rec);
+                vec![]
+            }
+        };
+        for key in members {
+            if let Some(mut t) = self.participants.get_mut(&key) {
+                if !t.is_removed() {
+                    t.removed_seq = Some(t.last_seq);
+                    t.left_at = Some(at);
+                    changes.participants.insert(key.clone());
+                }
+            }
+        }
+        changes.applied = true;
+        self.refresh(call, now, &mut changes);
+        changes
+    }
+
+    /// Adds or updates a recording on its call; a call never seen is created, already ended,
+    /// with the recording's own times.
+    pub fn attach_recording(
+        &self,
+        call: &CallKey,
+        recording: Recording,
+        times: OwnTimes,
+        now: DateTime<Utc>,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        {
+            let mut rec = self.calls.entry(call.clone()).or_insert_with(|| {
+                let mut rec = CallRecord::ended(call, now);
+                rec.recording_times = Some(times);
+                rec
+            });
+            match rec
+                .call
+                .recordings
+                .iter_mut()
+                .find(|r| r.id == recording.id)
+            {
+                Some(existing) => *existing = recording,
+                None => rec.call.recordings.push(recording),
+            }
+        }
+        changes.applied = true;
+        self.refresh(call, now, &mut changes);
+        changes
+    }
+
+    /// Keeps a call summary verbatim on the call it names.
+    pub fn attach_summary(&self, call: &CallKey, summary: Value, now: DateTime<Utc>) -> Changes {
+        let mut changes = Changes::default();
+        {
+            let mut rec = self.calls.entry(call.clone()).or_insert_with(|| {
+                let mut rec = CallRecord::ended(call, now);
+                rec.recording_times = Some((None, None));
+                rec
+            });
+            rec.call.summary = Some(summary);
+        }
+        changes.applied = true;
+        self.refresh(call, now, &mut changes);
+        changes
+    }
+
+    /// Ends every active call without an event for `idle`, and forgets participants that never
+    /// joined a call (their lookup never answered) after the same time.
+    pub fn sweep_stale(&self, now: DateTime<Utc>, idle: Duration) -> Changes {
+        let cutoff = now - idle;
+        let stale: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|r| r.call.state == CallState::Active && r.last_activity < cutoff)
+            .map(|r| r.key().clone())
+            .collect();
+        let mut changes = Changes::default();
+        for call in stale {
+            changes.merge(self.end_call(&call, "stale", Some(now), now));
+        }
+        let orphans: Vec<ParticipantKey> = self
+            .participants
+            .iter()
+            .filter(|t| t.details.is_none() && t.last_activity < cutoff)
+            .map(|t| t.key().clone())
+            .collect();
+        for key in orphans {
+            self.participants.remove(&key);
+            changes.dropped_participants.insert(key);
+        }
+        changes
+    }
+
+    /// Drops ended calls (and their participants' tombstones) untouched since `before` from
+    /// memory; they stay in the database's history.
+    pub fn evict_ended(&self, before: DateTime<Utc>) -> usize {
+        let old: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|r| r.call.state == CallState::Ended && r.last_activity < before)
+            .map(|r| r.key().clone())
+            .collect();
+        for call in &old {
+            if let Some((_, rec)) = self.calls.remove(call) {
+                for key in rec.members {
+                    self.participants.remove(&key);
+                }
+            }
+        }
+        old.len()
+    }
+
+    /// Active calls, oldest first.
+    pub fn active_calls(&self) -> Vec<Call> {
+        let mut calls: Vec<Call> = self
+            .calls
+            .iter()
+            .filter(|r| r.call.state == CallState::Active)
+            .map(|r| r.call.clone())
+            .collect();
+        calls.sort_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then_with(|| a.call_id.cmp(&b.call_id))
+        });
+        calls
+    }
+
+    pub fn active_count(&self, provider: super::Provider) -> usize {
+        self.calls
+            .iter()
+            .filter(|r| r.call.state == CallState::Active && r.key().provider == provider)
+            .count()
+    }
+
+    pub fn call(&self, key: &CallKey) -> Option<Call> {
+        self.calls.get(key).map(|r| r.call.clone())
+    }
+
+    pub fn participant(&self, key: &ParticipantKey) -> Option<Tracked> {
+        self.participants.get(key).map(|t| t.clone())
+    }
+
+    /// The persisted form of a call: its JSON and the wall clock of its last change.
+    pub fn call_row(&self, key: &CallKey) -> Option<(Call, DateTime<Utc>)> {
+        self.calls
+            .get(key)
+            .map(|r| (r.call.clone(), r.last_activity))
+    }
+
+    pub fn len(&self) -> (usize, usize) {
+        (self.participants.len(), self.calls.len())
+    }
+
+    /// Participants whose newest event was not answered by a lookup yet (the process stopped
+    /// while it was in flight): the processor asks again after a restart.
+    pub fn awaiting_lookup(&self) -> Vec<(ParticipantKey, i64)> {
+        self.participants
+            .iter()
+            .filter(|t| !t.is_removed() && t.last_seq > t.details_seq)
+            .map(|t| (t.key.clone(), t.last_seq))
+            .collect()
+    }
+
+    /// Rebuilds the table from persisted rows (restart).
+    pub fn restore(&self, participants: Vec<Tracked>, calls: Vec<(Call, DateTime<Utc>)>) {
+        for (call, last_activity) in calls {
+            let key = call.key();
+            let forced_end = match (&call.end_reason, call.ended_at) {
+                (Some(reason), Some(at)) if reason != "completed" => Some((reason.clone(), at)),
+                _ => None,
+            };
+            let recording_times = call
+                .participants
+                .is_empty()
+                .then_some((call.started_at, call.ended_at));
+            self.calls.insert(
+                key,
+                CallRecord {
+                    call,
+                    members: BTreeSet::new(),
+                    last_activity,
+                    forced_end,
+                    recording_times,
+                },
+            );
+        }
+        for t in participants {
+            if let Some(call) = t.call_key() {
+                if let Some(mut rec) = self.calls.get_mut(&call) {
+                    rec.members.insert(t.key.clone());
+                }
+            }
+            self.participants.insert(t.key.clone(), t);
+        }
+    }
+
+    /// Recomputes a call from its members: state, times, direction, participants. Every rule
+    /// that depends on more than one participant lives here.
+    fn refresh(&self, key: &CallKey, now: DateTime<Utc>, changes: &mut Changes) {
+        let Some(members) = self.calls.get(key).map(|r| r.members.clone()) else {
+            return;
+        };
+        // Copies, so that no participant guard is held while the call's guard is.
+        let tracked: Vec<Tracked> = members
+            .iter()
+            .filter_map(|k| self.participants.get(k).map(|t| t.clone()))
+            .collect();
+        let Some(mut rec) = self.calls.get_mut(key) else {
+            return;
+        };
+        let before = rec.call.state;
+        let refs: Vec<&Tracked> = tracked.iter().collect();
+        let any_present = tracked.iter().any(|t| !t.is_removed());
+        let mut participants: Vec<_> = tracked.iter().map(Tracked::view).collect();
+        participants.sort_by(|a, b| {
+            a.joined_at
+                .cmp(&b.joined_at)
+                .then_with(|| a.dn.cmp(&b.dn))
+                .then_with(|| a.participant_id.cmp(&b.participant_id))
+        });
+
+        if tracked.is_empty()
+            && rec.call.recordings.is_empty()
+            && rec.call.summary.is_none()
+            && rec.forced_end.is_none()
+        {
+            // A call that only existed through a participant that moved elsewhere.
+            drop(rec);
+            self.calls.remove(key);
+            changes.calls.insert(key.clone());
+            return;
+        }
+
+        let direction = direction_of(key.provider, &refs);
+        let joined = tracked.iter().filter_map(|t| t.joined_at).min();
+        let left = tracked.iter().filter_map(|t| t.left_at).max();
+        let (rec_start, rec_end) = rec.recording_times.unwrap_or((None, None));
+        let forced_end = rec.forced_end.clone();
+        let call = &mut rec.call;
+        call.participants = participants;
+        call.direction = direction;
+        call.started_at = joined.or(rec_start);
+        if any_present {
+            call.state = CallState::Active;
+            call.ended_at = None;
+            call.end_reason = None;
+        } else {
+            call.state = CallState::Ended;
+            match forced_end {
+                Some((reason, at)) if tracked.is_empty() || left.is_none_or(|l| l <= at) => {
+                    call.end_reason = Some(reason);
+                    call.ended_at = Some(at);
+                }
+                _ => {
+                    call.end_reason = Some("completed".into());
+                    call.ended_at = left.or(rec_end).or(call.started_at);
+                }
+            }
+        }
+        if any_present {
+            // A participant present again after a forced end means the end was premature.
+            rec.forced_end = None;
+        }
+        rec.last_activity = now;
+        let after = rec.call.state;
+        drop(rec);
+        changes.calls.insert(key.clone());
+        match (before, after) {
+            (CallState::Active, CallState::Ended) => {
+                changes.transitions.push(Transition::Ended(key.clone()))
+            }
+            (CallState::Ended, CallState::Active) => {
+                changes.transitions.push(Transition::Resumed(key.clone()))
+            }
+            _ => {}
+        }
+    }
+}
+
+impl CallRecord {
+    fn new(key: &CallKey, now: DateTime<Utc>) -> Self {
+        Self {
+            call: Call::new(key),
+            members: BTreeSet::new(),
+            last_activity: now,
+            forced_end: None,
+            recording_times: None,
+        }
+    }
+
+    /// A call first heard of through something other than a participant (a recording, a
+    /// summary, a CDR): it is already over.
+    fn ended(key: &CallKey, now: DateTime<Utc>) -> Self {
+        let mut rec = Self::new(key, now);
+        rec.call.state = CallState::Ended;
+        rec
+    }
+}

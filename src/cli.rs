@@ -1,0 +1,329 @@
+//! The command line: `serve` (the default), `demo`, `check-config`, `sign`, `send`, `webhooks`.
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Application, jas_client};
+use crate::config::{Settings, Sources};
+use crate::providers::jas::verify::sign;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "callhook",
+    version,
+    about = "Receives JAS Connect (3CX) and TeleCMI telephony webhooks: a journal that never forgets, a live call table, recordings and history."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ConfigArg {
+    /// TOML configuration file (default: config/callhook.toml when it exists)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (what a bare `callhook` does)
+    Serve(ConfigArg),
+    /// Run the whole pipeline against a built-in simulated JAS Connect API, print the result, exit
+    Demo,
+    /// Load and validate the configuration and print it with every secret as ***
+    CheckConfig(ConfigArg),
+    /// Print the X-SIG value of a body (for curl tests)
+    Sign {
+        /// Environment variable holding the webhook secret
+        #[arg(long, value_name = "VAR")]
+        secret_env: String,
+        /// Body file, or - for standard input
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Post a JSON event file signed with the configured JAS webhook secret
+    Send {
+        /// The webhook URL, e.g. http://127.0.0.1:9999/webhooks/jas
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON event file, or - for standard input
+        file: String,
+    },
+    /// Manage the JAS Connect webhook registrations by hand
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WebhooksAction {
+    /// Register each of jas.events at jas.callback_url
+    Register(ConfigArg),
+    /// Remove the registration of each of jas.events
+    Unregister(ConfigArg),
+    /// Show the current registrations
+    List(ConfigArg),
+}
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
+        Command::Serve(c) => serve(c),
+        Command::Demo => runtime(crate::demo::run()),
+        Command::CheckConfig(c) => check_config(c),
+        Command::Sign { secret_env, file } => sign_cmd(&secret_env, &file),
+        Command::Send { url, config, file } => runtime(send(url, config, file)),
+        Command::Webhooks { action } => runtime(webhooks(action)),
+    }
+}
+
+fn runtime<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("callhook: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(c: &ConfigArg) -> Result<Settings, ExitCode> {
+    Settings::load(&Sources {
+        file: c.config.clone(),
+        env: None,
+    })
+    .map_err(|e| {
+        eprintln!("callhook: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(c: ConfigArg) -> ExitCode {
+    let settings = match load(&c) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    crate::telemetry::init(&settings.log, std::io::stdout);
+    runtime(async move {
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("callhook: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match app.run_until_stopped(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "stopped with an error");
+                eprintln!("callhook: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn stop_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+fn check_config(c: ConfigArg) -> ExitCode {
+    match load(&c) {
+        Ok(settings) => {
+            print!("{}", settings.redacted_toml());
+            for warning in settings.disabled_features() {
+                eprintln!("warning: {warning}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn read_input(file: &str) -> std::io::Result<Vec<u8>> {
+    if file == "-" {
+        let mut buf = vec![];
+        std::io::stdin().read_to_end(&mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(file)
+    }
+}
+
+fn sign_cmd(var: &str, file: &str) -> ExitCode {
+    let Some(secret) = std::env::var_os(var) else {
+        eprintln!("callhook: environment variable {var} is not set");
+        return ExitCode::from(2);
+    };
+    let body = match read_input(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("callhook: cannot read {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", sign(secret.as_encoded_bytes(), &body));
+    ExitCode::SUCCESS
+}
+
+async fn send(url: String, c: ConfigArg, file: String) -> ExitCode {
+    let settings = match load(&c) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Some(secret) = settings.jas.webhook_secrets.first() else {
+        eprintln!("callhook: jas.webhook_secret is not configured; nothing to sign with");
+        return ExitCode::from(2);
+    };
+    let body = match read_input(&file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("callhook: cannot read {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sig = sign(secret.expose_secret().as_bytes(), &body);
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("callhook: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-sig", sig)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            println!("{}", status.as_u16());
+            println!("{text}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("callhook: request failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn webhooks(action: WebhooksAction) -> ExitCode {
+    let (c, what) = match &action {
+        WebhooksAction::Register(c) => (c, "register"),
+        WebhooksAction::Unregister(c) => (c, "unregister"),
+        WebhooksAction::List(c) => (c, "list"),
+    };
+    let settings = match load(c) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let client = match jas_client(&settings) {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            eprintln!(
+                "callhook: set jas.token (or jas.client_id and jas.client_secret) to manage webhooks"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("callhook: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut failed = false;
+    match what {
+        "list" => match client.list_webhooks().await {
+            Ok(v) => println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            ),
+            Err(e) => {
+                eprintln!("callhook: listing webhooks failed: {e}");
+                failed = true;
+            }
+        },
+        "register" => {
+            let Some(callback) = settings.jas.callback_url.as_ref() else {
+                eprintln!("callhook: jas.callback_url is not set");
+                return ExitCode::from(2);
+            };
+            for event in &settings.jas.events {
+                match client.register(event, callback.as_str()).await {
+                    Ok(()) => println!("registered {event} -> {callback}"),
+                    Err(e) => {
+                        println!("failed     {event}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        _ => {
+            for event in &settings.jas.events {
+                match client.unregister(event).await {
+                    Ok(()) => println!("unregistered {event}"),
+                    Err(e) => {
+                        println!("failed       {event}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,933 @@
+//! Settings: compiled-in defaults, then the TOML file, then `CALLHOOK__SECTION__KEY` environment
+//! variables; `*_file` variants for every secret; one validation pass that names the bad key.
+//! Secrets live in `SecretString` so that no `Debug`, log line or reply can print them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use url::Url;
+
+/// Every key the file or the environment may set. Anything else is an error, so a typo is never
+/// silently ignored (the `config` crate itself would accept it).
+const KNOWN_KEYS: &[&str] = &[
+    "server.listen",
+    "server.max_body_bytes",
+    "server.trusted_proxies",
+    "admin.listen",
+    "admin.token",
+    "admin.token_file",
+    "jas.enabled",
+    "jas.api_base",
+    "jas.token",
+    "jas.token_file",
+    "jas.client_id",
+    "jas.client_secret",
+    "jas.client_secret_file",
+    "jas.webhook_secret",
+    "jas.webhook_secret_file",
+    "jas.callback_url",
+    "jas.register",
+    "jas.events",
+    "jas.lookup_participants",
+    "telecmi.enabled",
+    "telecmi.path_token",
+    "telecmi.path_token_file",
+    "telecmi.allow_ips",
+    "telecmi.app_id",
+    "telecmi.secret",
+    "telecmi.secret_file",
+    "telecmi.api_base",
+    "recordings.enabled",
+    "recordings.dir",
+    "recordings.concurrency",
+    "recordings.max_attempts",
+    "storage.path",
+    "storage.retention_days",
+    "log.format",
+    "log.level",
+];
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &[
+    "server.trusted_proxies",
+    "jas.webhook_secret",
+    "jas.webhook_secret_file",
+    "jas.events",
+    "telecmi.allow_ips",
+];
+
+pub const DEFAULT_CONFIG_FILE: &str = "config/callhook.toml";
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub jas: JasSettings,
+    pub telecmi: TelecmiSettings,
+    pub recordings: RecordingsSettings,
+    pub storage: StorageSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JasSettings {
+    pub enabled: bool,
+    pub api_base: Url,
+    pub token: Option<SecretString>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    /// Several during a rotation; any one verifies.
+    pub webhook_secrets: Vec<SecretString>,
+    pub callback_url: Option<Url>,
+    pub register: bool,
+    pub events: Vec<String>,
+    pub lookup_participants: bool,
+}
+
+impl JasSettings {
+    pub fn has_credentials(&self) -> bool {
+        self.token.is_some() || (self.client_id.is_some() && self.client_secret.is_some())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TelecmiSettings {
+    pub enabled: bool,
+    pub path_token: Option<SecretString>,
+    pub allow_ips: Vec<IpNet>,
+    pub app_id: Option<String>,
+    pub secret: Option<SecretString>,
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordingsSettings {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub path: PathBuf,
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The shape of the merged layers before validation: plain strings, so the validation pass can
+/// name the key that is wrong.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Raw {
+    server: RawServer,
+    admin: RawAdmin,
+    jas: RawJas,
+    telecmi: RawTelecmi,
+    recordings: RawRecordings,
+    storage: RawStorage,
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: u64,
+    trusted_proxies: Vec<String>,
+}
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9999".into(),
+            max_body_bytes: 65536,
+            trusted_proxies: vec![],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawAdmin {
+    listen: String,
+    token: Option<String>,
+    token_file: Option<String>,
+}
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9998".into(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawJas {
+    enabled: bool,
+    api_base: String,
+    token: Option<String>,
+    token_file: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<String>,
+    webhook_secret: OneOrMany,
+    webhook_secret_file: OneOrMany,
+    callback_url: Option<String>,
+    register: bool,
+    events: Vec<String>,
+    lookup_participants: bool,
+}
+impl Default for RawJas {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            api_base: "https://api.jasconnect.com/v2".into(),
+            token: None,
+            token_file: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            webhook_secret: OneOrMany::default(),
+            webhook_secret_file: OneOrMany::default(),
+            callback_url: None,
+            register: true,
+            events: vec![
+                "call_status".into(),
+                "new_recording".into(),
+                "call_summary".into(),
+            ],
+            lookup_participants: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawTelecmi {
+    enabled: bool,
+    path_token: Option<String>,
+    path_token_file: Option<String>,
+    allow_ips: Vec<String>,
+    app_id: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<String>,
+    api_base: String,
+}
+impl Default for RawTelecmi {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path_token: None,
+            path_token_file: None,
+            allow_ips: vec![],
+            app_id: None,
+            secret: None,
+            secret_file: None,
+            api_base: "https://rest.telecmi.com/v2".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawRecordings {
+    enabled: bool,
+    dir: String,
+    concurrency: u64,
+    max_attempts: u64,
+}
+impl Default for RawRecordings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "recordings".into(),
+            concurrency: 4,
+            max_attempts: 8,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawStorage {
+    path: String,
+    retention_days: u64,
+}
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            path: "data/callhook.db".into(),
+            retention_days: 90,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A key that takes one value or a list (`webhook_secret = "a"` or `["a", "b"]`).
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::None => vec![],
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Where the layers come from; tests pass their own environment instead of the process's.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config FILE`; when absent, `config/callhook.toml` is read if it exists.
+    pub file: Option<PathBuf>,
+    /// `None` reads the process environment.
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+impl Settings {
+    /// Loads every layer and validates the result.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        match &sources.file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::new(
+                        "--config",
+                        format!("file {} does not exist", path.display()),
+                    ));
+                }
+                builder = builder.add_source(
+                    config::File::from(path.as_path()).format(config::FileFormat::Toml),
+                );
+            }
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.exists() {
+                    builder = builder
+                        .add_source(config::File::from(default).format(config::FileFormat::Toml));
+                }
+            }
+        }
+        let mut env = config::Environment::with_prefix("CALLHOOK")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        if let Some(vars) = &sources.env {
+            env = env.source(Some(vars.clone().into_iter().collect()));
+        }
+        let merged = builder
+            .add_source(env)
+            .build()
+            .map_err(|e| ConfigError::new("config", e.to_string()))?;
+
+        let tree: config::Map<String, config::Value> = merged
+            .clone()
+            .try_deserialize()
+            .map_err(|e| ConfigError::new("config", e.to_string()))?;
+        check_known_keys("", &tree)?;
+
+        let raw: Raw = merged.try_deserialize().map_err(|e| {
+            let msg = e.to_string();
+            // The config crate ends with "for key `x.y`"; lift the key to the front.
+            let key = msg
+                .rsplit_once("for key `")
+                .and_then(|(_, k)| k.split('`').next())
+                .unwrap_or("config")
+                .to_string();
+            ConfigError::new(key, msg)
+        })?;
+        raw.validate()
+    }
+
+    /// The effective configuration as `check-config` prints it, every secret shown as `***`.
+    pub fn redacted(&self) -> Value {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|_| "***");
+        json!({
+            "server": {
+                "listen": self.server.listen.to_string(),
+                "max_body_bytes": self.server.max_body_bytes,
+                "trusted_proxies": self.server.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            },
+            "admin": {
+                "listen": self.admin.listen.to_string(),
+                "token": secret(&self.admin.token),
+            },
+            "jas": {
+                "enabled": self.jas.enabled,
+                "api_base": self.jas.api_base.as_str(),
+                "token": secret(&self.jas.token),
+                "client_id": self.jas.client_id,
+                "client_secret": secret(&self.jas.client_secret),
+                "webhook_secret": self.jas.webhook_secrets.iter().map(|_| "***").collect::<Vec<_>>(),
+                "callback_url": self.jas.callback_url.as_ref().map(Url::as_str),
+                "register": self.jas.register,
+                "events": self.jas.events,
+                "lookup_participants": self.jas.lookup_participants,
+            },
+            "telecmi": {
+                "enabled": self.telecmi.enabled,
+                "path_token": secret(&self.telecmi.path_token),
+                "allow_ips": self.telecmi.allow_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "app_id": self.telecmi.app_id,
+                "secret": secret(&self.telecmi.secret),
+                "api_base": self.telecmi.api_base.as_str(),
+            },
+            "recordings": {
+                "enabled": self.recordings.enabled,
+                "dir": self.recordings.dir.display().to_string(),
+                "concurrency": self.recordings.concurrency,
+                "max_attempts": self.recordings.max_attempts,
+            },
+            "storage": {
+                "path": self.storage.path.display().to_string(),
+                "retention_days": self.storage.retention_days,
+            },
+            "log": {
+                "format": match self.log.format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
+                "level": self.log.level,
+            },
+        })
+    }
+
+    /// `redacted()` as TOML text; unset keys are printed as comments so the output shows every key.
+    pub fn redacted_toml(&self) -> String {
+        let mut out = String::new();
+        if let Value::Object(sections) = self.redacted() {
+            for (section, keys) in sections {
+                out.push_str(&format!("[{section}]\n"));
+                if let Value::Object(keys) = keys {
+                    for (key, value) in keys {
+                        match value {
+                            Value::Null => out.push_str(&format!("# {key} is unset\n")),
+                            other => out.push_str(&format!("{key} = {other}\n")),
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The features that are off and why, for `warn` lines at start-up.
+    pub fn disabled_features(&self) -> Vec<String> {
+        let mut out = vec![];
+        if self.jas.enabled {
+            if self.jas.webhook_secrets.is_empty() {
+                out.push(
+                    "jas.webhook_secret is unset: POST /webhooks/jas answers 401 to every request"
+                        .to_string(),
+                );
+            }
+            if !self.jas.has_credentials() {
+                out.push("no jas.token or jas.client_id/client_secret: no webhook registration, no participant lookups, no JAS recording downloads".to_string());
+            } else if self.jas.register && self.jas.callback_url.is_none() {
+                out.push("jas.callback_url is unset: webhooks are not registered".to_string());
+            }
+        }
+        if self.telecmi.enabled && self.telecmi.path_token.is_none() {
+            out.push(
+                "telecmi.path_token is unset: POST /webhooks/telecmi/... answers 404".to_string(),
+            );
+        }
+        if !self.recordings.enabled {
+            out.push("recordings.enabled = false: recordings are not downloaded".to_string());
+        }
+        out
+    }
+}
+
+fn check_known_keys(
+    prefix: &str,
+    tree: &config::Map<String, config::Value>,
+) -> Result<(), ConfigError> {
+    for (key, value) in tree {
+        let full = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if prefix.is_empty() {
+            match value.clone().into_table() {
+                Ok(table) => check_known_keys(&full, &table)?,
+                Err(_) => return Err(ConfigError::new(&full, "unknown key")),
+            }
+        } else if !KNOWN_KEYS.contains(&full.as_str()) {
+            return Err(ConfigError::new(&full, "unknown key"));
+        }
+    }
+    Ok(())
+}
+
+/// `x` or the contents of the file named by `x_file` (trailing newline trimmed), never both.
+fn secret_or_file(
+    key: &str,
+    value: Option<String>,
+    file: Option<String>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            key,
+            format!("both {key} and {key}_file are set; use one"),
+        )),
+        (Some(v), None) if v.is_empty() => Ok(None),
+        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (None, Some(path)) => read_secret_file(&format!("{key}_file"), &path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn read_secret_file(key: &str, path: &str) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {path}: {e}")))?;
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(key, format!("{path} is empty")));
+    }
+    Ok(SecretString::from(trimmed.to_string()))
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("`{value}` is not an address like 127.0.0.1:9998"),
+        )
+    })
+}
+
+fn http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value)
+        .map_err(|e| ConfigError::new(key, format!("`{value}` is not a URL: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(ConfigError::new(
+            key,
+            format!("`{value}` is not an http(s) URL"),
+        ));
+    }
+    Ok(url)
+}
+
+fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    values
+        .iter()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            let v = v.trim();
+            v.parse::<IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::new(key, format!("`{v}` is not a CIDR like 10.0.0.0/8")))
+        })
+        .collect()
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let Raw {
+            server,
+            admin,
+            jas,
+            telecmi,
+            recordings,
+            storage,
+            log,
+        } = self;
+
+        if server.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        let server = ServerSettings {
+            listen: socket_addr("server.listen", &server.listen)?,
+            max_body_bytes: usize::try_from(server.max_body_bytes)
+                .map_err(|_| ConfigError::new("server.max_body_bytes", "too large"))?,
+            trusted_proxies: cidrs("server.trusted_proxies", &server.trusted_proxies)?,
+        };
+        let admin = AdminSettings {
+            listen: socket_addr("admin.listen", &admin.listen)?,
+            token: secret_or_file("admin.token", admin.token, admin.token_file)?,
+        };
+
+        let mut webhook_secrets: Vec<SecretString> = jas
+            .webhook_secret
+            .into_vec()
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+            .collect();
+        for path in jas.webhook_secret_file.into_vec() {
+            webhook_secrets.push(read_secret_file("jas.webhook_secret_file", &path)?);
+        }
+        let client_secret = secret_or_file(
+            "jas.client_secret",
+            jas.client_secret,
+            jas.client_secret_file,
+        )?;
+        let client_id = non_empty(jas.client_id);
+        if client_id.is_some() != client_secret.is_some() {
+            return Err(ConfigError::new(
+                "jas.client_id",
+                "jas.client_id and jas.client_secret must be set together",
+            ));
+        }
+        let events: Vec<String> = jas
+            .events
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if let Some(bad) = events
+            .iter()
+            .find(|e| !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(ConfigError::new(
+                "jas.events",
+                format!("`{bad}` is not an event name"),
+            ));
+        }
+        let jas = JasSettings {
+            enabled: jas.enabled,
+            api_base: http_url("jas.api_base", &jas.api_base)?,
+            token: secret_or_file("jas.token", jas.token, jas.token_file)?,
+            client_id,
+            client_secret,
+            webhook_secrets,
+            callback_url: non_empty(jas.callback_url)
+                .map(|u| http_url("jas.callback_url", &u))
+                .transpose()?,
+            register: jas.register,
+            events,
+            lookup_participants: jas.lookup_participants,
+        };
+
+        let path_token = secret_or_file(
+            "telecmi.path_token",
+            telecmi.path_token,
+            telecmi.path_token_file,
+        )?;
+        if let Some(token) = &path_token {
+            let t = token.expose_secret();
+            if !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+            {
+                return Err(ConfigError::new(
+                    "telecmi.path_token",
+                    "may only contain letters, digits and - _ . ~ (it is a URL path segment)",
+                ));
+            }
+        }
+        let telecmi = TelecmiSettings {
+            enabled: telecmi.enabled,
+            path_token,
+            allow_ips: cidrs("telecmi.allow_ips", &telecmi.allow_ips)?,
+            app_id: non_empty(telecmi.app_id),
+            secret: secret_or_file("telecmi.secret", telecmi.secret, telecmi.secret_file)?,
+            api_base: http_url("telecmi.api_base", &telecmi.api_base)?,
+        };
+
+        if recordings.concurrency == 0 || recordings.concurrency > 256 {
+            return Err(ConfigError::new(
+                "recordings.concurrency",
+                "must be between 1 and 256",
+            ));
+        }
+        if recordings.max_attempts == 0 || recordings.max_attempts > 1000 {
+            return Err(ConfigError::new(
+                "recordings.max_attempts",
+                "must be between 1 and 1000",
+            ));
+        }
+        if recordings.dir.trim().is_empty() {
+            return Err(ConfigError::new("recordings.dir", "must not be empty"));
+        }
+        let recordings = RecordingsSettings {
+            enabled: recordings.enabled,
+            dir: PathBuf::from(recordings.dir),
+            concurrency: recordings.concurrency as usize,
+            max_attempts: recordings.max_attempts as u32,
+        };
+
+        if storage.path.trim().is_empty() {
+            return Err(ConfigError::new("storage.path", "must not be empty"));
+        }
+        if storage.retention_days == 0 || storage.retention_days > 36500 {
+            return Err(ConfigError::new(
+                "storage.retention_days",
+                "must be between 1 and 36500",
+            ));
+        }
+        let storage = StorageSettings {
+            path: PathBuf::from(storage.path),
+            retention_days: storage.retention_days as u32,
+        };
+
+        let format = match log.format.as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                return Err(ConfigError::new(
+                    "log.format",
+                    format!("`{other}` is neither json nor pretty"),
+                ));
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("`{}` is not a filter directive: {e}", log.level),
+            ));
+        }
+        let log = LogSettings {
+            format,
+            level: log.level,
+        };
+
+        Ok(Settings {
+            server,
+            admin,
+            jas,
+            telecmi,
+            recordings,
+            storage,
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load(&Sources {
+            file: Some(write_empty()),
+            env: Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    }
+
+    fn write_empty() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("callhook-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = load_env(&[]).unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:9999");
+        assert_eq!(s.server.max_body_bytes, 65536);
+        assert_eq!(s.admin.listen.to_string(), "127.0.0.1:9998");
+        assert_eq!(s.jas.api_base.as_str(), "https://api.jasconnect.com/v2");
+        assert_eq!(
+            s.jas.events,
+            vec!["call_status", "new_recording", "call_summary"]
+        );
+        assert!(s.jas.register && s.jas.lookup_participants && s.jas.enabled);
+        assert_eq!(s.recordings.concurrency, 4);
+        assert_eq!(s.recordings.max_attempts, 8);
+        assert_eq!(s.storage.retention_days, 90);
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.telecmi.api_base.as_str(), "https://rest.telecmi.com/v2");
+    }
+
+    #[test]
+    fn environment_overrides_and_parses_lists() {
+        let s = load_env(&[
+            ("CALLHOOK__JAS__WEBHOOK_SECRET", "one,two"),
+            ("CALLHOOK__SERVER__MAX_BODY_BYTES", "1024"),
+            ("CALLHOOK__JAS__LOOKUP_PARTICIPANTS", "false"),
+            ("CALLHOOK__JAS__TOKEN", "12345"),
+            ("CALLHOOK__TELECMI__ALLOW_IPS", "10.0.0.0/8,192.168.1.5"),
+        ])
+        .unwrap();
+        let secrets: Vec<_> = s
+            .jas
+            .webhook_secrets
+            .iter()
+            .map(|s| s.expose_secret().to_string())
+            .collect();
+        assert_eq!(secrets, vec!["one", "two"]);
+        assert_eq!(s.server.max_body_bytes, 1024);
+        assert!(!s.jas.lookup_participants);
+        assert_eq!(s.jas.token.as_ref().unwrap().expose_secret(), "12345");
+        assert_eq!(s.telecmi.allow_ips.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = load_env(&[("CALLHOOK__JAS__WEBHOOK_SECRETS", "x")]).unwrap_err();
+        assert_eq!(err.key, "jas.webhook_secrets");
+        let err = load_env(&[("CALLHOOK__NOPE__X", "x")]).unwrap_err();
+        assert_eq!(err.key, "nope.x");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (var, value, key) in [
+            ("CALLHOOK__SERVER__LISTEN", "nope", "server.listen"),
+            ("CALLHOOK__ADMIN__LISTEN", "1.2.3.4", "admin.listen"),
+            ("CALLHOOK__JAS__API_BASE", "not a url", "jas.api_base"),
+            (
+                "CALLHOOK__SERVER__TRUSTED_PROXIES",
+                "10.0.0.0/99",
+                "server.trusted_proxies",
+            ),
+            ("CALLHOOK__LOG__FORMAT", "xml", "log.format"),
+            (
+                "CALLHOOK__RECORDINGS__CONCURRENCY",
+                "0",
+                "recordings.concurrency",
+            ),
+            (
+                "CALLHOOK__JAS__TOKEN_FILE",
+                "/nonexistent/callhook",
+                "jas.token_file",
+            ),
+            (
+                "CALLHOOK__SERVER__MAX_BODY_BYTES",
+                "lots",
+                "server.max_body_bytes",
+            ),
+        ] {
+            let err = load_env(&[(var, value)]).unwrap_err();
+            assert_eq!(err.key, key, "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn secret_files_are_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let s =
+            load_env(&[("CALLHOOK__JAS__WEBHOOK_SECRET_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(s.jas.webhook_secrets[0].expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn redacted_output_never_shows_secrets() {
+        let s = load_env(&[
+            ("CALLHOOK__JAS__WEBHOOK_SECRET", "hunter2"),
+            ("CALLHOOK__JAS__TOKEN", "tok-abc"),
+            ("CALLHOOK__ADMIN__TOKEN", "adm-xyz"),
+            ("CALLHOOK__TELECMI__PATH_TOKEN", "path-123"),
+        ])
+        .unwrap();
+        let text = s.redacted_toml();
+        for secret in ["hunter2", "tok-abc", "adm-xyz", "path-123"] {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+            assert!(
+                !format!("{s:?}").contains(secret),
+                "{secret} leaked in Debug"
+            );
+        }
+        assert!(text.contains("token = \"***\""));
+    }
+
+    #[test]
+    fn toml_file_layer_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[jas]\nwebhook_secret = [\"a\", \"b\"]\nregister = false\n[storage]\nretention_days = 7\n",
+        )
+        .unwrap();
+        let s = Settings::load(&Sources {
+            file: Some(path),
+            env: Some(BTreeMap::new()),
+        })
+        .unwrap();
+        assert_eq!(s.jas.webhook_secrets.len(), 2);
+        assert!(!s.jas.register);
+        assert_eq!(s.storage.retention_days, 7);
+    }
+}

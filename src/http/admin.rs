@@ -1,0 +1,127 @@
+//! The admin listener: the calls API, history, metrics and health, behind an optional Bearer
+//! token. Kept off the public listener so it is never exposed by accident.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{AppState, healthz, not_found};
+use crate::calls::{CallKey, Provider};
+use crate::http::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/calls", get(active_calls))
+        .route("/api/calls/{provider}/{call_id}", get(one_call))
+        .route("/api/history", get(history))
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Added after the token layer so that a liveness probe needs no credentials.
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = &state.settings.admin.token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized("admin requests need Authorization: Bearer <admin.token>".into())
+            .into_response()
+    }
+}
+
+async fn active_calls(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "calls": state.table.active_calls() }))
+}
+
+async fn one_call(
+    State(state): State<AppState>,
+    Path((provider, call_id)): Path<(String, String)>,
+) -> Result<Json<crate::calls::Call>, ApiError> {
+    let provider = Provider::parse(&provider).ok_or(ApiError::NotFound)?;
+    let key = CallKey::new(provider, call_id);
+    if let Some(call) = state.table.call(&key) {
+        return Ok(Json(call));
+    }
+    state
+        .journal
+        .call(key)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+pub const HISTORY_DEFAULT: usize = 50;
+pub const HISTORY_MAX: usize = 1000;
+
+async fn history(
+    State(state): State<AppState>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None | Some("") => HISTORY_DEFAULT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=HISTORY_MAX).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid `limit`: expected an integer from 1 to {HISTORY_MAX}"
+                )));
+            }
+        },
+    };
+    let before = match q.before.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|_| {
+                    ApiError::BadRequest(
+                        "invalid `before`: expected an RFC 3339 time such as 2025-04-14T15:04:23Z"
+                            .into(),
+                    )
+                })?
+                .with_timezone(&Utc),
+        ),
+    };
+    let calls = state.journal.history(limit, before).await?;
+    Ok(Json(json!({ "calls": calls })))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.readiness.reason() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
+}

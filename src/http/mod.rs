@@ -1,0 +1,102 @@
+//! The two listeners' routers. Only extraction and replies live here; the event path itself is
+//! in each provider's `routes.rs`, the state in `calls` and `journal`.
+
+pub mod admin;
+pub mod error;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::calls::CallTable;
+use crate::config::Settings;
+use crate::journal::Journal;
+use crate::providers::jas::verify::Verifier;
+
+pub use error::ApiError;
+
+/// Everything a handler needs; cheap to clone (all `Arc`s), no globals, so tests can run many
+/// daemons in one process.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub journal: Journal,
+    pub table: Arc<CallTable>,
+    pub jas_verifier: Arc<Verifier>,
+    pub readiness: Readiness,
+    pub metrics: PrometheusHandle,
+}
+
+/// `None` once ready; otherwise why not yet. A std RwLock: held for a copy, never across await.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<RwLock<Option<String>>>);
+
+impl Readiness {
+    pub fn not_ready(reason: &str) -> Self {
+        Self(Arc::new(RwLock::new(Some(reason.to_string()))))
+    }
+    pub fn set(&self, reason: Option<&str>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = reason.map(str::to_string);
+    }
+    pub fn reason(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids (honoured when sent, generated otherwise, returned in the reply) and one span per
+/// request carrying it, so every log line of a request can be found by it.
+fn traced(router: Router) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone())),
+    )
+}
+
+/// `server.listen`: the webhook endpoints and `/healthz`.
+pub fn public_router(state: AppState) -> Router {
+    let limit = state.settings.server.max_body_bytes;
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(crate::providers::jas::routes::router())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    traced(router)
+}
+
+/// `admin.listen`: calls API, metrics, health; loopback by default.
+pub fn admin_router(state: AppState) -> Router {
+    traced(admin::router(state))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// How long in-flight requests get to finish at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(10);

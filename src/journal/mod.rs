@@ -1,0 +1,398 @@
+//! The SQLite database: the journal of every accepted event, the current state of calls and
+//! participants, and the download jobs. One writer thread commits whatever is queued as one
+//! transaction (group commit: one sync per batch); reads go through their own connection.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::calls::{Call, CallKey, ParticipantKey, Tracked};
+
+pub use writer::{JobUpdate, NewJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the journal is closed")]
+    Closed,
+    #[error("stored document is not valid: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// An event to journal. The dedupe key is unique across the database and across restarts.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub provider: &'static str,
+    pub name: String,
+    pub dedupe_key: String,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    pub received_at: DateTime<Utc>,
+    /// A download job created in the same transaction as the event (`new_recording`, CDRs).
+    pub job: Option<NewJob>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Accepted(i64),
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub provider: String,
+    pub name: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A call row: the call and the wall clock of its last change (`None` deletes the row).
+pub type CallRow = Option<(Call, DateTime<Utc>)>;
+
+/// Current state to write after applying events, with the journal id it is current up to.
+#[derive(Debug, Default)]
+pub struct StateWrite {
+    pub participants: Vec<(ParticipantKey, Option<Tracked>)>,
+    pub calls: Vec<(CallKey, CallRow)>,
+    pub jobs: Vec<JobUpdate>,
+    pub cursor: Option<i64>,
+}
+
+impl StateWrite {
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+            && self.calls.is_empty()
+            && self.jobs.is_empty()
+            && self.cursor.is_none()
+    }
+}
+
+/// What a restart needs: state tables and where the unapplied tail of the journal starts.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub cursor: i64,
+    pub participants: Vec<Tracked>,
+    pub calls: Vec<(Call, DateTime<Utc>)>,
+}
+
+/// A download job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub provider: String,
+    pub recording_id: String,
+    pub call_id: String,
+    pub dn: Option<String>,
+    pub source: String,
+    pub rel_path: Option<String>,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub bytes: Option<u64>,
+    pub sha256: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+/// Cheap to clone; every clone talks to the same writer thread.
+#[derive(Clone)]
+pub struct Journal {
+    commands: mpsc::Sender<writer::Command>,
+    /// Reads (the processor's tail of the journal, history, restore) use their own connection,
+    /// which WAL lets run beside the writer. A std Mutex: it is only locked inside
+    /// `spawn_blocking`, never across an `.await`.
+    reader: Arc<Mutex<Connection>>,
+    /// The highest journal id committed so far; the processor waits on it.
+    committed: watch::Receiver<i64>,
+    path: PathBuf,
+}
+
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before the writer answers, so a 200 survives a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Journal {
+    /// Opens (creating the folder and schema on first start) and starts the writer thread.
+    pub async fn open(path: &Path) -> Result<Journal, JournalError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(|_| JournalError::Closed)?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Journal, JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = open_connection(&path)?;
+        schema::migrate(&mut conn)?;
+        let last_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+        let reader = open_connection(&path)?;
+        let (committed_tx, committed) = watch::channel(last_id);
+        let commands = writer::spawn(conn, committed_tx);
+        Ok(Journal {
+            commands,
+            reader: Arc::new(Mutex::new(reader)),
+            committed,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Journals one event; returns once it is committed and synced (with whatever else was
+    /// queued at the same time).
+    pub async fn append(&self, event: NewEvent) -> Result<Appended, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::Append(Box::new(event), reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Writes current state (and the applied cursor) in one transaction.
+    pub async fn write_state(&self, state: StateWrite) -> Result<(), JournalError> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::State(Box::new(state), reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Deletes journal rows, ended calls and finished jobs older than `before`; returns how
+    /// many rows went.
+    pub async fn sweep(&self, before: DateTime<Utc>) -> Result<usize, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::Sweep(ms(before), reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Commits what is queued, checkpoints the WAL and stops the writer thread.
+    pub async fn close(&self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(writer::Command::Close(reply))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Resolves when the writer has committed an event with an id above `after`.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| JournalError::Closed)?
+    }
+
+    /// Journal rows after `cursor`, oldest first.
+    pub async fn events_after(
+        &self,
+        cursor: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, provider, name, content_type, body, received_ms FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![cursor, limit as i64], |r| {
+                Ok(StoredEvent {
+                    id: r.get(0)?,
+                    provider: r.get(1)?,
+                    name: r.get(2)?,
+                    content_type: r.get(3)?,
+                    body: r.get(4)?,
+                    received_at: from_ms(r.get(5)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Current state for a restart: active calls, recently ended ones (late events may still
+    /// arrive for them), the participants that belong to those, and the applied cursor.
+    pub async fn restore(&self, recent: DateTime<Utc>) -> Result<Restored, JournalError> {
+        let recent = ms(recent);
+        self.read(move |conn| {
+            let cursor: i64 = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'applied_cursor'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut calls = vec![];
+            let mut stmt = conn.prepare(
+                "SELECT doc, activity_ms FROM calls WHERE state = 'active' OR activity_ms >= ?1",
+            )?;
+            let mut rows = stmt.query(params![recent])?;
+            while let Some(row) = rows.next()? {
+                let doc: String = row.get(0)?;
+                calls.push((serde_json::from_str(&doc)?, from_ms(row.get(1)?)));
+            }
+            let mut participants = vec![];
+            let mut stmt = conn.prepare(
+                "SELECT p.doc FROM participants p
+                 WHERE p.activity_ms >= ?1
+                    OR EXISTS (SELECT 1 FROM calls c WHERE c.provider = p.provider
+                               AND c.call_id = p.call_id AND c.state = 'active')",
+            )?;
+            let mut rows = stmt.query(params![recent])?;
+            while let Some(row) = rows.next()? {
+                let doc: String = row.get(0)?;
+                participants.push(serde_json::from_str(&doc)?);
+            }
+            Ok(Restored {
+                cursor,
+                participants,
+                calls,
+            })
+        })
+        .await
+    }
+
+    /// One call, active or ended, as last written.
+    pub async fn call(&self, key: CallKey) -> Result<Option<Call>, JournalError> {
+        self.read(move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM calls WHERE provider = ?1 AND call_id = ?2",
+                    params![key.provider.as_str(), key.call_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+        })
+        .await
+    }
+
+    /// Ended calls, newest first, that ended before `before`.
+    pub async fn history(
+        &self,
+        limit: usize,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Call>, JournalError> {
+        let before = before.map(ms).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT doc FROM calls WHERE state = 'ended' AND ended_ms < ?1
+                 ORDER BY ended_ms DESC, provider, call_id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before, limit as i64], |r| r.get::<_, String>(0))?;
+            let mut out = vec![];
+            for doc in rows {
+                out.push(serde_json::from_str(&doc?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Jobs not finished (`pending`/`downloading`), plus `failed` ones when `include_failed`.
+    pub async fn open_jobs(&self, include_failed: bool) -> Result<Vec<Job>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, provider, recording_id, call_id, dn, source, rel_path, state, attempts,
+                        next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms
+                 FROM jobs WHERE state IN ('pending', 'downloading')
+                    OR (?1 AND state = 'failed' AND rel_path IS NOT NULL)
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![include_failed], writer::job_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// A job by its provider and recording id.
+    pub async fn job(
+        &self,
+        provider: &'static str,
+        recording_id: String,
+    ) -> Result<Option<Job>, JournalError> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT id, provider, recording_id, call_id, dn, source, rel_path, state, attempts,
+                            next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms
+                     FROM jobs WHERE provider = ?1 AND recording_id = ?2",
+                    params![provider, recording_id],
+                    writer::job_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Counts for tests and benchmarks.
+    pub async fn count_events(&self) -> Result<i64, JournalError> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

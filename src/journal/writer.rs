@@ -1,0 +1,339 @@
+//! The one writer thread. It takes whatever commands are queued (up to `MAX_BATCH`), runs them in
+//! one transaction, commits once (one fsync), and only then answers each caller.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Transaction, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Appended, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
+
+/// Upper bound on commands per transaction: enough to amortise the sync, small enough that the
+/// first caller in a batch does not wait long for the last.
+const MAX_BATCH: usize = 1024;
+
+/// Bound on queued commands: beyond it, callers wait (backpressure) instead of growing memory.
+const QUEUE: usize = 16 * 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
+
+pub(super) enum Command {
+    Append(Box<NewEvent>, Reply<Appended>),
+    State(Box<StateWrite>, Reply<()>),
+    Sweep(i64, Reply<usize>),
+    Close(Reply<()>),
+}
+
+/// A download job to create with its event.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub provider: &'static str,
+    pub recording_id: String,
+    pub call_id: String,
+    pub dn: Option<String>,
+    pub source: String,
+    /// `None` when the name was refused as unsafe: the job is created `failed` with `error`.
+    pub rel_path: Option<String>,
+    pub error: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+/// A change to a job's progress.
+#[derive(Debug, Clone)]
+pub struct JobUpdate {
+    pub id: i64,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub bytes: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+pub(super) fn spawn(conn: Connection, committed: watch::Sender<i64>) -> mpsc::Sender<Command> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    std::thread::Builder::new()
+        .name("callhook-journal".into())
+        .spawn(move || run(conn, rx, committed))
+        .expect("spawn the journal writer thread");
+    tx
+}
+
+enum Done {
+    Appended(Reply<Appended>, Result<Appended, JournalError>),
+    State(Reply<()>, Result<(), JournalError>),
+    Swept(Reply<usize>, Result<usize, JournalError>),
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::Sender<i64>) {
+    let mut close: Option<Reply<()>> = None;
+    while close.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        let mut done = Vec::with_capacity(size);
+        let mut max_id = None;
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for cmd in batch {
+                match cmd {
+                    Command::Append(event, reply) => {
+                        let result = append(&tx, &event).map_err(JournalError::from);
+                        if let Ok(Appended::Accepted(id)) = result {
+                            max_id = Some(id);
+                        }
+                        done.push(Done::Appended(reply, result));
+                    }
+                    Command::State(state, reply) => {
+                        let result = write_state(&tx, &state).map_err(JournalError::from);
+                        done.push(Done::State(reply, result));
+                    }
+                    Command::Sweep(before, reply) => {
+                        let result = sweep(&tx, before).map_err(JournalError::from);
+                        done.push(Done::Swept(reply, result));
+                    }
+                    Command::Close(reply) => close = Some(reply),
+                }
+            }
+            tx.commit()
+        })();
+        metrics::histogram!("callhook_journal_batch_size").record(size as f64);
+        metrics::histogram!("callhook_journal_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(()) => {
+                if let Some(id) = max_id {
+                    committed.send_replace(id);
+                }
+                for d in done {
+                    match d {
+                        Done::Appended(r, res) => drop(r.send(res)),
+                        Done::State(r, res) => drop(r.send(res)),
+                        Done::Swept(r, res) => drop(r.send(res)),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = size, "journal commit failed");
+                // Nothing of the batch is durable, so no caller may be told otherwise.
+                let failed = || JournalError::Sqlite(rusqlite::Error::ExecuteReturnedResults);
+                for d in done {
+                    match d {
+                        Done::Appended(r, _) => drop(r.send(Err(failed()))),
+                        Done::State(r, _) => drop(r.send(Err(failed()))),
+                        Done::Swept(r, _) => drop(r.send(Err(failed()))),
+                    }
+                }
+            }
+        }
+    }
+    // Stop taking commands; anything still queued is answered `Closed` when dropped.
+    rx.close();
+    let checkpoint = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(JournalError::from);
+    let closed = conn
+        .close()
+        .map_err(|(_, e)| JournalError::from(e))
+        .and(checkpoint);
+    if let Some(reply) = close {
+        let _ = reply.send(closed);
+    }
+}
+
+fn append(tx: &Transaction<'_>, e: &NewEvent) -> rusqlite::Result<Appended> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (provider, name, dedupe_key, received_ms, content_type, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(dedupe_key) DO NOTHING RETURNING id",
+    )?;
+    let mut rows = stmt.query(params![
+        e.provider,
+        e.name,
+        e.dedupe_key,
+        ms(e.received_at),
+        e.content_type,
+        &e.body[..]
+    ])?;
+    let Some(row) = rows.next()? else {
+        return Ok(Appended::Duplicate);
+    };
+    let id: i64 = row.get(0)?;
+    drop(rows);
+    if let Some(job) = &e.job {
+        let now = ms(e.received_at);
+        let (state, error) = match (&job.rel_path, &job.error) {
+            (Some(_), _) => ("pending", None),
+            (None, err) => ("failed", err.clone()),
+        };
+        tx.prepare_cached(
+            "INSERT INTO jobs (provider, recording_id, call_id, dn, source, rel_path, state,
+                               last_error, start_ms, end_ms, event_id, created_ms, updated_ms,
+                               next_attempt_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
+             ON CONFLICT(provider, recording_id) DO NOTHING",
+        )?
+        .execute(params![
+            job.provider,
+            job.recording_id,
+            job.call_id,
+            job.dn,
+            job.source,
+            job.rel_path,
+            state,
+            error,
+            job.start_time.map(ms),
+            job.end_time.map(ms),
+            id,
+            now,
+        ])?;
+    }
+    Ok(Appended::Accepted(id))
+}
+
+fn write_state(tx: &Transaction<'_>, state: &StateWrite) -> Result<(), rusqlite::Error> {
+    for (key, tracked) in &state.participants {
+        match tracked {
+            Some(t) => {
+                let doc = serde_json::to_string(t)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                tx.prepare_cached(
+                    "INSERT INTO participants (provider, dn, participant_id, call_id, activity_ms, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(provider, dn, participant_id) DO UPDATE SET
+                        call_id = excluded.call_id, activity_ms = excluded.activity_ms,
+                        doc = excluded.doc",
+                )?
+                .execute(params![
+                    key.provider.as_str(),
+                    key.dn,
+                    key.participant_id,
+                    t.call_key().map(|k| k.call_id),
+                    ms(t.last_activity),
+                    doc
+                ])?;
+            }
+            None => {
+                tx.prepare_cached(
+                    "DELETE FROM participants WHERE provider = ?1 AND dn = ?2 AND participant_id = ?3",
+                )?
+                .execute(params![key.provider.as_str(), key.dn, key.participant_id])?;
+            }
+        }
+    }
+    for (key, call) in &state.calls {
+        match call {
+            Some((call, activity)) => {
+                let doc = serde_json::to_string(call)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                tx.prepare_cached(
+                    "INSERT INTO calls (provider, call_id, state, started_ms, ended_ms, activity_ms, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(provider, call_id) DO UPDATE SET
+                        state = excluded.state, started_ms = excluded.started_ms,
+                        ended_ms = excluded.ended_ms, activity_ms = excluded.activity_ms,
+                        doc = excluded.doc",
+                )?
+                .execute(params![
+                    key.provider.as_str(),
+                    key.call_id,
+                    call.state.as_str(),
+                    call.started_at.map(ms),
+                    call.ended_at.map(ms),
+                    ms(*activity),
+                    doc
+                ])?;
+            }
+            None => {
+                tx.prepare_cached("DELETE FROM calls WHERE provider = ?1 AND call_id = ?2")?
+                    .execute(params![key.provider.as_str(), key.call_id])?;
+            }
+        }
+    }
+    for job in &state.jobs {
+        tx.prepare_cached(
+            "UPDATE jobs SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_error = ?5,
+                             bytes = COALESCE(?6, bytes), sha256 = COALESCE(?7, sha256),
+                             updated_ms = ?8
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            job.id,
+            job.state,
+            job.attempts,
+            ms(job.next_attempt_at),
+            job.last_error,
+            job.bytes.map(|b| b as i64),
+            job.sha256,
+            ms(Utc::now()),
+        ])?;
+    }
+    if let Some(cursor) = state.cursor {
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('applied_cursor', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![cursor.to_string()])?;
+    }
+    Ok(())
+}
+
+fn sweep(tx: &Transaction<'_>, before: i64) -> rusqlite::Result<usize> {
+    let cursor: i64 = tx
+        .query_row(
+            "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'applied_cursor'), 0)",
+            [],
+            |r| r.get(0),
+        )?;
+    // Never a row the processor has not applied yet, whatever its age.
+    let mut n = tx.execute(
+        "DELETE FROM events WHERE received_ms < ?1 AND id <= ?2",
+        params![before, cursor],
+    )?;
+    n += tx.execute(
+        "DELETE FROM participants WHERE activity_ms < ?1 AND NOT EXISTS (
+            SELECT 1 FROM calls c WHERE c.provider = participants.provider
+              AND c.call_id = participants.call_id AND c.state = 'active')",
+        params![before],
+    )?;
+    n += tx.execute(
+        "DELETE FROM calls WHERE state = 'ended' AND COALESCE(ended_ms, activity_ms) < ?1",
+        params![before],
+    )?;
+    n += tx.execute(
+        "DELETE FROM jobs WHERE state IN ('downloaded', 'failed') AND updated_ms < ?1",
+        params![before],
+    )?;
+    Ok(n)
+}
+
+pub(super) fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        recording_id: r.get(2)?,
+        call_id: r.get(3)?,
+        dn: r.get(4)?,
+        source: r.get(5)?,
+        rel_path: r.get(6)?,
+        state: r.get(7)?,
+        attempts: r.get::<_, i64>(8)? as u32,
+        next_attempt_at: from_ms(r.get(9)?),
+        last_error: r.get(10)?,
+        bytes: r.get::<_, Option<i64>>(11)?.map(|b| b as u64),
+        sha256: r.get(12)?,
+        start_time: r.get::<_, Option<i64>>(13)?.map(from_ms),
+        end_time: r.get::<_, Option<i64>>(14)?.map(from_ms),
+    })
+}

@@ -1,0 +1,17 @@
+//! callhook: a self-hosted receiver for JAS Connect (3CX) and TeleCMI telephony webhooks.
+//! The event path is verify → parse → journal → ack → apply; see ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod calls;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod journal;
+pub mod metrics;
+pub mod processor;
+pub mod providers;
+pub mod recordings;
+pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,135 @@
+//! Prometheus metrics. The `metrics` facade has one process-wide recorder by design, so it is
+//! installed once and its handle shared; every series is registered at zero at start-up so that
+//! dashboards and alerts see it before the first event. Labels never carry numbers or ids.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// The shared handle; installs the recorder on first use.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("callhook_journal_batch_size".into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            register();
+            handle
+        })
+        .clone()
+}
+
+const PROVIDER_EVENTS: &[(&str, &[&str])] = &[
+    (
+        "jas",
+        &["call_status", "new_recording", "call_summary", "unknown"],
+    ),
+    ("telecmi", &["event", "cdr", "unknown"]),
+];
+const OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "ignored",
+    "unauthorized",
+    "forbidden",
+    "bad_request",
+    "not_found",
+    "too_large",
+    "error",
+];
+
+fn register() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "callhook_events_total",
+        "Webhook requests by provider, event and outcome"
+    );
+    describe_gauge!("callhook_active_calls", "Calls in progress");
+    describe_counter!(
+        "callhook_upstream_requests_total",
+        "Requests to provider APIs by api and HTTP status"
+    );
+    describe_histogram!(
+        "callhook_upstream_request_seconds",
+        Unit::Seconds,
+        "Time of provider API requests"
+    );
+    describe_counter!(
+        "callhook_recordings_total",
+        "Recording downloads by outcome"
+    );
+    describe_gauge!(
+        "callhook_recording_queue_depth",
+        "Recording downloads not finished"
+    );
+    describe_histogram!(
+        "callhook_recording_download_seconds",
+        Unit::Seconds,
+        "Time to download one recording"
+    );
+    describe_counter!(
+        "callhook_recording_bytes_total",
+        Unit::Bytes,
+        "Bytes of recordings written"
+    );
+    describe_histogram!(
+        "callhook_ack_seconds",
+        Unit::Seconds,
+        "Time from request to webhook reply"
+    );
+    describe_histogram!(
+        "callhook_journal_batch_size",
+        "Commands committed per journal transaction"
+    );
+    describe_histogram!(
+        "callhook_journal_commit_seconds",
+        Unit::Seconds,
+        "Time of one journal transaction"
+    );
+    describe_counter!("callhook_lookups_total", "Participant lookups by outcome");
+
+    for (provider, events) in PROVIDER_EVENTS {
+        for event in *events {
+            for outcome in OUTCOMES {
+                metrics::counter!("callhook_events_total", "provider" => *provider, "event" => *event, "outcome" => *outcome).absolute(0);
+            }
+        }
+        metrics::gauge!("callhook_active_calls", "provider" => *provider).set(0.0);
+    }
+    for api in [
+        "jas_participants",
+        "jas_webhooks",
+        "jas_auth",
+        "jas_recordings",
+        "telecmi_play",
+    ] {
+        metrics::counter!("callhook_upstream_requests_total", "api" => api, "status" => "200")
+            .absolute(0);
+    }
+    for outcome in ["downloaded", "retried", "failed", "refused"] {
+        metrics::counter!("callhook_recordings_total", "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["ok", "forbidden", "gone", "failed"] {
+        metrics::counter!("callhook_lookups_total", "outcome" => outcome).absolute(0);
+    }
+    metrics::gauge!("callhook_recording_queue_depth").set(0.0);
+    metrics::counter!("callhook_recording_bytes_total").absolute(0);
+}

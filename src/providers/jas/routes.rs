@@ -1,0 +1,142 @@
+//! `POST /webhooks/jas`: verify → parse → journal → ack. Applying the event happens after the
+//! reply, in the processor, so a slow JAS API never delays an acknowledgement.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::events::{self, JasEvent};
+use crate::http::{ApiError, AppState};
+use crate::journal::{Appended, NewEvent, NewJob};
+use crate::recordings::path::recording_relative_path;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/webhooks/jas", post(receive))
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = accept(&state, &headers, body).await;
+    let (event, outcome) = match &result {
+        Ok((event, outcome)) => (*event, *outcome),
+        Err(e) => ("unknown", e.outcome()),
+    };
+    if let Err(e) = &result {
+        if !matches!(e, ApiError::Internal(_)) {
+            tracing::info!(provider = "jas", status = e.status().as_u16(), error = %e, "event refused");
+        }
+    }
+    metrics::counter!("callhook_events_total", "provider" => "jas", "event" => event, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("callhook_ack_seconds").record(started.elapsed().as_secs_f64());
+    result.map(|(_, outcome)| Json(reply(outcome)))
+}
+
+fn reply(outcome: &str) -> Value {
+    json!({ "status": outcome })
+}
+
+/// Returns the event's metric name and the outcome (`accepted:<id>` is split for the reply).
+async fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(&'static str, &'static str), ApiError> {
+    if !state.settings.jas.enabled {
+        return Err(ApiError::NotFound);
+    }
+    let limit = state.settings.server.max_body_bytes;
+    let body = body.map_err(|e| ApiError::from_body(e, limit))?;
+    state
+        .jas_verifier
+        .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let decoded = events::decode(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let name = decoded.event.metric_name();
+    let job = match &decoded.event {
+        JasEvent::NewRecording(r) if state.settings.recordings.enabled => Some(recording_job(r)),
+        _ => None,
+    };
+    let appended = state
+        .journal
+        .append(NewEvent {
+            provider: "jas",
+            name: decoded.event.name().to_string(),
+            dedupe_key: decoded.dedupe_key,
+            content_type: None,
+            body,
+            received_at: Utc::now(),
+            job,
+        })
+        .await?;
+    let outcome = match (appended, &decoded.event) {
+        (Appended::Duplicate, _) => "duplicate",
+        (Appended::Accepted(_), JasEvent::Unknown(_)) => "ignored",
+        (Appended::Accepted(_), _) => "accepted",
+    };
+    log_event(&decoded.event, appended, outcome);
+    Ok((name, outcome))
+}
+
+fn recording_job(r: &events::NewRecording) -> NewJob {
+    let checked = recording_relative_path("jas", &r.recording_url);
+    if let Err(e) = &checked {
+        tracing::warn!(provider = "jas", call_id = %r.call_id, recording = %r.recording_url.escape_debug(),
+            reason = %e, "recording name refused; nothing will be written");
+    }
+    NewJob {
+        provider: "jas",
+        recording_id: r.id(),
+        call_id: r.call_id.clone(),
+        dn: r.dn().map(str::to_string),
+        source: r.recording_url.clone(),
+        rel_path: checked
+            .as_ref()
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+        error: checked.err().map(|e| format!("refused: {e}")),
+        start_time: r.start_time,
+        end_time: r.end_time,
+    }
+}
+
+fn log_event(event: &JasEvent, appended: Appended, outcome: &str) {
+    let journal_id = match appended {
+        Appended::Accepted(id) => Some(id),
+        Appended::Duplicate => None,
+    };
+    match event {
+        JasEvent::CallStatus(cs) => tracing::info!(
+            provider = "jas", event = "call_status", sequence = cs.sequence, dn = %cs.dn,
+            participant_id = %cs.participant_id, event_type = cs.change.code(),
+            journal_id, status = outcome, "event {outcome}"
+        ),
+        JasEvent::NewRecording(r) => tracing::info!(
+            provider = "jas", event = "new_recording", call_id = %r.call_id,
+            recording = %r.recording_url.escape_debug(), journal_id, status = outcome, "event {outcome}"
+        ),
+        JasEvent::CallSummary(s) => tracing::info!(
+            provider = "jas",
+            event = "call_summary",
+            call_id = s.call_id.as_deref().unwrap_or(""),
+            journal_id,
+            status = outcome,
+            "event {outcome}"
+        ),
+        JasEvent::Unknown(name) => tracing::info!(
+            provider = "jas", event = %name.escape_debug(), journal_id, status = outcome, "event {outcome}"
+        ),
+    }
+}
