@@ -180,7 +180,8 @@ impl Application {
             processor,
             jas,
             tasks,
-            ..
+            public_addr,
+            admin_addr,
         } = self;
         state.readiness.set(Some("starting: registering webhooks"));
 
@@ -212,8 +213,8 @@ impl Application {
                     state.readiness.set(None);
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                     tracing::info!(
-                        public = %state.settings.server.listen,
-                        admin = %state.settings.admin.listen,
+                        public_addr = %public_addr,
+                        admin_addr = %admin_addr,
                         "ready"
                     );
                     shutdown.cancelled().await;

@@ -39,10 +39,12 @@ fn telecmi_direction(members: &[&Tracked]) -> Direction {
 }
 
 fn jas_direction(members: &[&Tracked]) -> Direction {
+    // Details with no status come from the event alone (lookups off): they say nothing about
+    // which way the call goes.
     let known: Vec<&Tracked> = members
         .iter()
         .copied()
-        .filter(|t| t.details.is_some())
+        .filter(|t| t.details.as_ref().is_some_and(|d| !d.status.is_empty()))
         .collect();
     if known.is_empty() {
         return Direction::Unknown;

@@ -30,7 +30,7 @@ async fn receive(
     let started = Instant::now();
     let result = accept(&state, &headers, body).await;
     let (event, outcome) = match &result {
-        Ok((event, outcome)) => (*event, *outcome),
+        Ok((event, outcome)) => (*event, outcome.label()),
         Err(e) => ("unknown", e.outcome()),
     };
     if let Err(e) = &result {
@@ -41,19 +41,40 @@ async fn receive(
     metrics::counter!("callhook_events_total", "provider" => "jas", "event" => event, "outcome" => outcome)
         .increment(1);
     metrics::histogram!("callhook_ack_seconds").record(started.elapsed().as_secs_f64());
-    result.map(|(_, outcome)| Json(reply(outcome)))
+    result.map(|(_, outcome)| Json(outcome.reply()))
 }
 
-fn reply(outcome: &str) -> Value {
-    json!({ "status": outcome })
+/// How an event was taken, for the reply and the `outcome` label.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Accepted(i64),
+    Duplicate,
+    Ignored,
 }
 
-/// Returns the event's metric name and the outcome (`accepted:<id>` is split for the reply).
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ignored => "ignored",
+        }
+    }
+
+    pub fn reply(self) -> Value {
+        match self {
+            Outcome::Accepted(id) => json!({ "status": "accepted", "id": id.to_string() }),
+            other => json!({ "status": other.label() }),
+        }
+    }
+}
+
+/// Returns the event's metric name and how it was taken.
 async fn accept(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(&'static str, &'static str), ApiError> {
+) -> Result<(&'static str, Outcome), ApiError> {
     if !state.settings.jas.enabled {
         return Err(ApiError::NotFound);
     }
@@ -82,11 +103,11 @@ async fn accept(
         })
         .await?;
     let outcome = match (appended, &decoded.event) {
-        (Appended::Duplicate, _) => "duplicate",
-        (Appended::Accepted(_), JasEvent::Unknown(_)) => "ignored",
-        (Appended::Accepted(_), _) => "accepted",
+        (Appended::Duplicate, _) => Outcome::Duplicate,
+        (Appended::Accepted(_), JasEvent::Unknown(_)) => Outcome::Ignored,
+        (Appended::Accepted(id), _) => Outcome::Accepted(id),
     };
-    log_event(&decoded.event, appended, outcome);
+    log_event(&decoded.event, appended, outcome.label());
     Ok((name, outcome))
 }
 
