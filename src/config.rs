@@ -931,3 +931,59 @@ mod tests {
         assert_eq!(s.storage.retention_days, 7);
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config/callhook.toml");
+
+    #[test]
+    fn the_example_documents_every_key() {
+        for key in KNOWN_KEYS {
+            let (_, name) = key.split_once('.').unwrap();
+            assert!(
+                EXAMPLE.contains(&format!("# {name} = "))
+                    || EXAMPLE.contains(&format!("#   {name} = ")),
+                "config/callhook.toml does not document {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_loads_as_is_and_uncommented() {
+        let dir = tempfile::tempdir().unwrap();
+        let as_is = dir.path().join("as_is.toml");
+        std::fs::write(&as_is, EXAMPLE).unwrap();
+        Settings::load(&Sources {
+            file: Some(as_is),
+            env: Some(BTreeMap::new()),
+        })
+        .unwrap();
+
+        // Uncomment every example value except the `_file` alternatives (indented).
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest.to_string()
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = dir.path().join("uncommented.toml");
+        std::fs::write(&path, uncommented).unwrap();
+        let s = Settings::load(&Sources {
+            file: Some(path),
+            env: Some(BTreeMap::new()),
+        })
+        .unwrap();
+        assert_eq!(s.jas.webhook_secrets.len(), 2);
+        assert!(s.telecmi.path_token.is_some());
+    }
+}

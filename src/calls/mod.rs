@@ -12,3 +12,6 @@ pub use model::{
     RecordingState, Tracked,
 };
 pub use table::{CallTable, Changes, Transition};
+
+#[cfg(test)]
+mod tests;

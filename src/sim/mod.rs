@@ -383,6 +383,14 @@ async fn auth(State(sim): State<JasSim>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The webhook events the simulated account offers.
+pub const OFFERED_EVENTS: &[&str] = &[
+    "call_status",
+    "new_recording",
+    "call_summary",
+    "call_analysis",
+];
+
 async fn register(State(sim): State<JasSim>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(resp) = sim.gate(SimRoute::Register, &headers).await {
         return resp;
@@ -402,6 +410,10 @@ async fn register(State(sim): State<JasSim>, headers: HeaderMap, body: Bytes) ->
             "`event` and `url` must be non-empty strings",
         );
     };
+    // Like the real account: only the events it offers can be registered.
+    if !OFFERED_EVENTS.contains(&event.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "unknown event");
+    }
     let mut st = sim.lock();
     match st.registrations.iter_mut().find(|(e, _)| *e == event) {
         Some(existing) => existing.1 = url.clone(),

@@ -209,17 +209,24 @@ where
 pub fn call_status(dn: &str, pid: &str, event_type: i64, seq: i64) -> String {
     json!({
         "eventName": "call_status",
-        "timestamp": format!("2025-04-14T15:04:{:02}.000Z", seq % 60),
+        "timestamp": event_time(seq),
         "data": {"event": {"entity": format!("/callcontrol/{dn}/participants/{pid}"), "event_type": event_type}, "sequence": seq}
     })
     .to_string()
 }
 
+/// A recent event time (retention would sweep old ones), ordered by `seq`.
+pub fn event_time(seq: i64) -> String {
+    let base = chrono::Utc::now() - chrono::Duration::minutes(30);
+    (base + chrono::Duration::milliseconds(seq))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 pub fn new_recording(call_id: &str, url: &str, id: i64) -> String {
     json!({
         "eventName": "new_recording",
-        "timestamp": "2025-04-14T15:05:00.000Z",
-        "data": {"call_id": call_id, "start_time": "2025-04-14T15:04:23.161Z", "end_time": "2025-04-14T15:05:00.000Z",
+        "timestamp": event_time(100_000),
+        "data": {"call_id": call_id, "start_time": event_time(0), "end_time": event_time(90_000),
                  "recording_url": url, "id_recording": id, "cdr_id": format!("cdr-{id}")}
     })
     .to_string()
@@ -247,13 +254,22 @@ pub fn participant(
 /// The daemon as a child process (for SIGTERM and SIGKILL), configured through a TOML file.
 pub struct ChildDaemon {
     pub child: Child,
+    /// Lines read while waiting for `ready`.
+    early: Vec<String>,
     pub public: String,
     pub admin: String,
     pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl ChildDaemon {
+    /// Starts it and waits for its `ready` line.
     pub fn spawn(env: &Env, dir: &Path) -> ChildDaemon {
+        let (child, rx) = Self::start(env, dir);
+        Self::ready(child, rx)
+    }
+
+    /// Starts it without waiting for anything.
+    pub fn start(env: &Env, dir: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
         let empty = dir.join("empty.toml");
         std::fs::write(&empty, "").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_callhook"))
@@ -275,6 +291,11 @@ impl ChildDaemon {
                 }
             }
         });
+        (child, rx)
+    }
+
+    fn ready(child: Child, rx: std::sync::mpsc::Receiver<String>) -> ChildDaemon {
+        let mut early = vec![];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -282,9 +303,11 @@ impl ChildDaemon {
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
+            early.push(line);
             if v["message"] == "ready" {
                 return ChildDaemon {
                     child,
+                    early,
                     public: format!("http://{}", v["public_addr"].as_str().unwrap()),
                     admin: format!("http://{}", v["admin_addr"].as_str().unwrap()),
                     lines: rx,
@@ -314,10 +337,11 @@ impl ChildDaemon {
     }
 
     /// Everything it logged so far, parsed.
-    pub fn logs(&self) -> Vec<Value> {
-        self.lines
-            .try_iter()
-            .filter_map(|l| serde_json::from_str(&l).ok())
+    pub fn logs(&mut self) -> Vec<Value> {
+        self.early.extend(self.lines.try_iter());
+        self.early
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 }

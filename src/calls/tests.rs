@@ -1,0 +1,297 @@
+//! Ordering rules of the call table: unit cases, and a property test that any permutation and
+//! duplication of a call's inputs ends in the same table as the in-order delivery.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+
+use super::*;
+
+fn t(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
+}
+
+fn key(dn: &str, id: &str) -> ParticipantKey {
+    ParticipantKey::new(Provider::Jas, dn, id)
+}
+
+fn details(call: &str, status: &str, party_type: &str) -> Details {
+    Details {
+        call_id: call.into(),
+        status: status.into(),
+        party_dn: "10000".into(),
+        party_number: "5148888888".into(),
+        party_dn_type: party_type.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn older_event_changes_nothing() {
+    let table = CallTable::new();
+    let k = key("101", "1");
+    assert!(table.upsert(&k, 5, Some(t(5)), t(5)).applied);
+    assert!(!table.upsert(&k, 4, Some(t(4)), t(6)).applied);
+    table.details(
+        &k,
+        5,
+        details("26", "Connected", "Wexternalline"),
+        Some(t(5)),
+        t(6),
+    );
+    table.details(
+        &k,
+        4,
+        details("26", "Dialing", "Wexternalline"),
+        Some(t(4)),
+        t(6),
+    );
+    let p = table.participant(&k).unwrap();
+    assert_eq!(
+        p.details.unwrap().status,
+        "Connected",
+        "older details must not win"
+    );
+    assert_eq!(p.first_status.as_deref(), Some("Dialing"));
+    assert_eq!(
+        table
+            .call(&CallKey::new(Provider::Jas, "26"))
+            .unwrap()
+            .direction,
+        Direction::Outbound
+    );
+}
+
+#[test]
+fn remove_is_final() {
+    let table = CallTable::new();
+    let k = key("101", "1");
+    table.upsert(&k, 1, Some(t(1)), t(1));
+    table.details(
+        &k,
+        1,
+        details("26", "Dialing", "Wexternalline"),
+        Some(t(1)),
+        t(1),
+    );
+    assert!(table.remove(&k, 2, Some(t(2)), t(2)).applied);
+    // A later insert, a late lookup answer, a duplicate remove: none revives it.
+    assert!(!table.upsert(&k, 3, Some(t(3)), t(3)).applied);
+    table.details(
+        &k,
+        3,
+        details("26", "Connected", "Wexternalline"),
+        Some(t(3)),
+        t(3),
+    );
+    assert!(!table.remove(&k, 2, Some(t(2)), t(3)).applied);
+    let call = table.call(&CallKey::new(Provider::Jas, "26")).unwrap();
+    assert_eq!(call.state, CallState::Ended);
+    assert_eq!(call.ended_at, Some(t(2)));
+    assert!(table.active_calls().is_empty());
+}
+
+#[test]
+fn call_ends_when_its_last_participant_leaves() {
+    let table = CallTable::new();
+    let (a, b) = (key("101", "1"), key("102", "2"));
+    for (k, s) in [(&a, 1), (&b, 2)] {
+        table.upsert(k, s, Some(t(s)), t(s));
+        table.details(
+            k,
+            s,
+            details("7", "Connected", "Wextension"),
+            Some(t(s)),
+            t(s),
+        );
+    }
+    let changes = table.remove(&a, 3, Some(t(3)), t(3));
+    assert!(changes.transitions.is_empty());
+    assert_eq!(table.active_calls().len(), 1);
+    let changes = table.remove(&b, 4, Some(t(4)), t(4));
+    assert_eq!(
+        changes.transitions,
+        vec![Transition::Ended(CallKey::new(Provider::Jas, "7"))]
+    );
+    let call = table.call(&CallKey::new(Provider::Jas, "7")).unwrap();
+    assert_eq!(
+        (call.state, call.ended_at, call.started_at),
+        (CallState::Ended, Some(t(4)), Some(t(1)))
+    );
+    assert_eq!(call.end_reason.as_deref(), Some("completed"));
+}
+
+#[test]
+fn stale_calls_end_and_stay_ended() {
+    let table = CallTable::new();
+    let k = key("101", "1");
+    table.upsert(&k, 1, Some(t(1)), t(1));
+    table.details(
+        &k,
+        1,
+        details("9", "Connected", "Wextension"),
+        Some(t(1)),
+        t(1),
+    );
+    let later = t(1) + Duration::hours(7);
+    let changes = table.sweep_stale(later, Duration::hours(6));
+    assert_eq!(
+        changes.transitions,
+        vec![Transition::Ended(CallKey::new(Provider::Jas, "9"))]
+    );
+    let call = table.call(&CallKey::new(Provider::Jas, "9")).unwrap();
+    assert_eq!(call.end_reason.as_deref(), Some("stale"));
+    assert!(!table.upsert(&k, 2, Some(later), later).applied);
+    assert_eq!(table.evict_ended(later + Duration::hours(1)), 1);
+    assert!(table.call(&CallKey::new(Provider::Jas, "9")).is_none());
+}
+
+#[test]
+fn forget_untracks_a_forbidden_participant() {
+    let table = CallTable::new();
+    let k = key("101", "1");
+    table.upsert(&k, 1, Some(t(1)), t(1));
+    let changes = table.forget(&k, t(2));
+    assert!(changes.dropped_participants.contains(&k));
+    assert!(table.participant(&k).is_none());
+}
+
+#[test]
+fn recording_for_a_call_never_seen_makes_an_ended_call() {
+    let table = CallTable::new();
+    let call = CallKey::new(Provider::Jas, "99");
+    let rec = Recording {
+        id: "1".into(),
+        url: "101/a.wav".into(),
+        path: Some("jas/101/a.wav".into()),
+        state: RecordingState::Pending,
+        bytes: None,
+        sha256: None,
+        dn: Some("101".into()),
+        error: None,
+    };
+    let changes = table.attach_recording(&call, rec, (Some(t(1)), Some(t(9))), t(10));
+    assert!(changes.transitions.is_empty());
+    let c = table.call(&call).unwrap();
+    assert_eq!(
+        (c.state, c.direction),
+        (CallState::Ended, Direction::Unknown)
+    );
+    assert_eq!((c.started_at, c.ended_at), (Some(t(1)), Some(t(9))));
+}
+
+/// One input to the table, as the processor would feed it.
+#[derive(Debug, Clone)]
+enum Input {
+    Upsert(usize, i64),
+    Answer(usize, i64, &'static str),
+    Remove(usize, i64),
+}
+
+fn apply(table: &CallTable, parts: &[(ParticipantKey, &'static str, &'static str)], input: &Input) {
+    let now = t(1000);
+    match *input {
+        Input::Upsert(p, seq) => {
+            table.upsert(&parts[p].0, seq, Some(t(seq)), now);
+        }
+        Input::Answer(p, seq, status) => {
+            let (k, call, party_type) = &parts[p];
+            table.details(k, seq, details(call, status, party_type), Some(t(seq)), now);
+        }
+        Input::Remove(p, seq) => {
+            table.remove(&parts[p].0, seq, Some(t(seq)), now);
+        }
+    }
+}
+
+/// A call's inputs in delivery order: each participant is inserted, updated some times, and
+/// (maybe) removed; every insert/update is answered by a lookup right after it.
+fn scenario() -> impl Strategy<
+    Value = (
+        Vec<(ParticipantKey, &'static str, &'static str)>,
+        Vec<Input>,
+    ),
+> {
+    let statuses = ["Dialing", "Ringing", "Connected", "Held"];
+    let types = ["Wexternalline", "Wextension"];
+    (
+        1usize..4,
+        prop::collection::vec(
+            (0usize..4, 0usize..2, 0usize..3, any::<bool>(), 0usize..2),
+            4,
+        ),
+    )
+        .prop_map(move |(n, specs)| {
+            let mut parts = vec![];
+            let mut inputs = vec![];
+            let mut seq = 0;
+            for (i, (first, party, updates, removed, call)) in specs.into_iter().take(n).enumerate()
+            {
+                let call_id: &'static str = ["26", "27"][call];
+                parts.push((
+                    key(&format!("10{i}"), &i.to_string()),
+                    call_id,
+                    types[party],
+                ));
+                seq += 1;
+                inputs.push(Input::Upsert(i, seq));
+                inputs.push(Input::Answer(i, seq, statuses[first]));
+                for u in 0..updates {
+                    seq += 1;
+                    inputs.push(Input::Upsert(i, seq));
+                    inputs.push(Input::Answer(i, seq, statuses[(first + u + 1) % 4]));
+                }
+                if removed {
+                    seq += 1;
+                    inputs.push(Input::Remove(i, seq));
+                }
+            }
+            (parts, inputs)
+        })
+}
+
+fn snapshot(table: &CallTable) -> Vec<Call> {
+    ["26", "27"]
+        .iter()
+        .filter_map(|c| table.call(&CallKey::new(Provider::Jas, *c)))
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn any_order_and_duplication_gives_the_in_order_table(
+        (parts, inputs) in scenario(),
+        shuffle in any::<prop::sample::Index>().prop_map(|i| i.index(usize::MAX)),
+        dups in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let in_order = CallTable::new();
+        for i in &inputs {
+            apply(&in_order, &parts, i);
+        }
+
+        let mut delivered = inputs.clone();
+        for d in &dups {
+            delivered.push(inputs[d.index(inputs.len())].clone());
+        }
+        // A deterministic Fisher–Yates from the drawn seed.
+        let mut state = shuffle as u64 | 1;
+        for i in (1..delivered.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            delivered.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let shuffled = CallTable::new();
+        for i in &delivered {
+            apply(&shuffled, &parts, i);
+        }
+
+        prop_assert_eq!(snapshot(&in_order), snapshot(&shuffled));
+        for (k, _, _) in &parts {
+            let a = in_order.participant(k).unwrap();
+            let b = shuffled.participant(k).unwrap();
+            prop_assert_eq!(a.removed_seq, b.removed_seq);
+            prop_assert_eq!(a.details, b.details);
+            prop_assert_eq!(a.first_status, b.first_status);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The daemon as an operator runs it: a child process that registers its webhooks, stops on
+//! SIGTERM with exit 0 after unregistering, exits 1 when its credentials are refused, and after
+//! SIGKILL restarts on the same database with nothing acknowledged lost.
+
+mod common;
+
+use std::time::Duration;
+
+use callhook::sim::{JasSim, SimRoute};
+use common::*;
+use serde_json::{Value, json};
+
+async fn post(url: &str, body: &str) -> (u16, Value) {
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("x-sig", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+fn registering_env(dir: &std::path::Path, base_url: &str) -> Env {
+    let mut env = Env::new(dir).with_sim(base_url);
+    env.set("jas.register", "true")
+        .set("jas.callback_url", "https://example.invalid/webhooks/jas");
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registers_at_start_unregisters_on_sigterm_and_exits_0() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    let dir = tempdir();
+    let env = registering_env(dir.path(), &server.base_url);
+    let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let mut registered = sim.registrations();
+    registered.sort();
+    assert_eq!(
+        registered,
+        ["call_status", "call_summary", "new_recording"]
+            .iter()
+            .map(|e| (
+                e.to_string(),
+                "https://example.invalid/webhooks/jas".to_string()
+            ))
+            .collect::<Vec<_>>()
+    );
+    // Unregistered first, so a previous run's registration never lingers.
+    assert_eq!(sim.requests(SimRoute::Unregister), 3);
+
+    daemon.signal("TERM");
+    let code = tokio::task::block_in_place(|| daemon.wait(Duration::from_secs(15)));
+    assert_eq!(code, Some(0));
+    assert!(sim.registrations().is_empty(), "{:?}", sim.registrations());
+    let logs = daemon.logs();
+    assert!(logs.iter().any(|l| l["message"] == "stopped"), "{logs:#?}");
+    for line in &logs {
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(line.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert!(!line.to_string().contains(TOKEN), "token logged: {line}");
+        assert!(!line.to_string().contains(SECRET), "secret logged: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_exit_1_with_a_clear_error() {
+    let sim = JasSim::with_token("the-real-token");
+    let server = sim.start().await.unwrap();
+    let dir = tempdir();
+    let env = registering_env(dir.path(), &server.base_url);
+    let (mut child, _lines) = ChildDaemon::start(&env, dir.path());
+    let code = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(code, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_the_account_does_not_offer_is_skipped() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    let dir = tempdir();
+    let mut env = registering_env(dir.path(), &server.base_url);
+    env.set("jas.events", "call_status,not_offered,new_recording");
+    let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let mut events: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
+    events.sort();
+    assert_eq!(events, ["call_status", "new_recording"]);
+    let logs = daemon.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "ERROR" && l["event"] == "not_offered"),
+        "{logs:#?}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(
+        tokio::task::block_in_place(|| daemon.wait(Duration::from_secs(15))),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_loses_nothing_acknowledged() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let url = format!("{}/webhooks/jas", daemon.public);
+    let mut bodies = vec![];
+    // Three calls: one ended, two still active.
+    for (dn, pid, kind, seq) in [
+        ("101", "1", 0, 1),
+        ("102", "2", 0, 2),
+        ("103", "3", 0, 3),
+        ("101", "1", 1, 4),
+    ] {
+        let body = call_status(dn, pid, kind, seq);
+        let (status, reply) = post(&url, &body).await;
+        assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")));
+        bodies.push(body);
+    }
+    // Wait until applied, so the comparison below means something.
+    let calls = format!("{}/api/calls", daemon.admin);
+    wait_until(Duration::from_secs(10), || async {
+        get(&calls).await["calls"].as_array().unwrap().len() == 2
+    })
+    .await;
+    let before = get(&calls).await;
+    daemon.signal("KILL");
+    assert_eq!(
+        tokio::task::block_in_place(|| daemon.wait(Duration::from_secs(10))),
+        None
+    );
+
+    let daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let url = format!("{}/webhooks/jas", daemon.public);
+    for body in &bodies {
+        assert_eq!(
+            post(&url, body).await,
+            (200, json!({"status": "duplicate"}))
+        );
+    }
+    let after = get(&format!("{}/api/calls", daemon.admin)).await;
+    assert_eq!(before, after);
+    let history = get(&format!("{}/api/history", daemon.admin)).await;
+    assert_eq!(history["calls"][0]["call_id"], "101:1");
+    assert_eq!(history["calls"][0]["state"], "ended");
+}
