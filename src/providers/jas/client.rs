@@ -934,22 +934,22 @@ mod tests {
         let client = token_client(&server.base_url, "t");
 
         client
-            .register("call.ringing", "https://hooks.example/jas")
+            .register("call_status", "https://hooks.example/jas")
             .await
             .unwrap();
         client
-            .register("call.ended", "https://hooks.example/jas")
+            .register("new_recording", "https://hooks.example/jas")
             .await
             .unwrap();
         assert_eq!(
             sim.registrations(),
             vec![
                 (
-                    "call.ringing".to_owned(),
+                    "call_status".to_owned(),
                     "https://hooks.example/jas".to_owned()
                 ),
                 (
-                    "call.ended".to_owned(),
+                    "new_recording".to_owned(),
                     "https://hooks.example/jas".to_owned()
                 ),
             ]
@@ -957,7 +957,7 @@ mod tests {
         let list = client.list_webhooks().await.unwrap();
         assert_eq!(list.as_array().map(Vec::len), Some(2));
 
-        client.unregister("call.ringing").await.unwrap();
+        client.unregister("call_status").await.unwrap();
         assert_eq!(sim.registrations().len(), 1);
         client.unregister("never.registered").await.unwrap();
         assert_eq!(sim.requests(SimRoute::Unregister), 2);
@@ -969,7 +969,7 @@ mod tests {
         sim.fail_next(SimRoute::Register, &[502, 429]);
         let server = sim.start().await.unwrap();
         let client = token_client(&server.base_url, "t");
-        client.register("call.ended", "http://x/y").await.unwrap();
+        client.register("new_recording", "http://x/y").await.unwrap();
         assert_eq!(sim.requests(SimRoute::Register), 3);
         assert_eq!(sim.registrations().len(), 1);
     }
@@ -1078,7 +1078,7 @@ mod tests {
         cfg.retry_max = Duration::from_millis(300);
         let client = JasClient::new(cfg).unwrap();
         let started = Instant::now();
-        client.register("e", "http://x").await.unwrap();
+        client.register("call_summary", "http://x").await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_millis(1000));
     }
