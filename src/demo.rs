@@ -1,8 +1,373 @@
-//! `callhook demo`: the whole pipeline with no account (work in progress).
+//! `callhook demo`: the whole pipeline with no account and no network. It starts the simulated
+//! JAS Connect API and the daemon on free loopback ports with a temporary data folder, drives an
+//! outbound and an inbound call with signed events (a duplicate and an out-of-order pair among
+//! them), waits for the recording, prints the call table, and exits.
 
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::config::{Settings, Sources};
+use crate::providers::jas::verify::sign;
+use crate::sim::JasSim;
+
+const SECRET: &str = "demo-webhook-secret";
+const TOKEN: &str = "demo-api-token";
+const RECORDING: &str = "101/[John Doe]_101-5148888888_20250603153720(26).wav";
 
 pub async fn run() -> ExitCode {
-    eprintln!("callhook demo: not built yet");
-    ExitCode::from(1)
+    match demo().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// A short WAV file (one second of silence) standing in for the recording.
+fn wav() -> Vec<u8> {
+    let data_len: u32 = 16_000;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&8_000u32.to_le_bytes());
+    out.extend_from_slice(&16_000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out.resize(44 + data_len as usize, 0);
+    out
+}
+
+fn participant(dn: &str, id: &str, callid: u32, status: &str) -> Value {
+    json!({
+        "id": id, "status": status, "dn": dn, "party_caller_name": "",
+        "party_dn": "10000", "party_caller_id": "5148888888", "party_did": "",
+        "device_id": format!("sip:{dn}@127.0.0.1:5063"), "party_dn_type": "Wexternalline",
+        "callid": callid, "legid": 1
+    })
+}
+
+fn call_status(dn: &str, id: &str, event_type: u8, sequence: u64) -> String {
+    json!({
+        "eventName": "call_status",
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {"event": {"entity": format!("/callcontrol/{dn}/participants/{id}"), "event_type": event_type}, "sequence": sequence}
+    })
+    .to_string()
+}
+
+struct Driver {
+    http: reqwest::Client,
+    webhook: String,
+    admin: String,
+}
+
+impl Driver {
+    async fn post(&self, what: &str, body: &str) -> Result<(), String> {
+        let resp = self
+            .http
+            .post(&self.webhook)
+            .header("content-type", "application/json")
+            .header("x-sig", sign(SECRET.as_bytes(), body.as_bytes()))
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("posting {what}: {e}"))?;
+        let status = resp.status().as_u16();
+        let reply = resp.text().await.unwrap_or_default();
+        println!("  POST {what:<44} -> {status} {reply}");
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{what} was answered {status}"))
+        }
+    }
+
+    async fn call(&self, id: &str) -> Option<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/api/calls/jas/{id}", self.admin))
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+
+    /// Polls until `check` holds for the call, or gives up after `limit`.
+    async fn wait_call(
+        &self,
+        id: &str,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(call) = self.call(id).await {
+                if check(&call) {
+                    return Ok(call);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("call {id} did not reach the expected state"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn demo() -> Result<(), String> {
+    let started = Instant::now();
+    let dir: PathBuf = std::env::temp_dir().join(format!(
+        "callhook-demo-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_millis()
+    ));
+    println!("callhook demo: data in {}", dir.display());
+
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim
+        .start()
+        .await
+        .map_err(|e| format!("cannot start the simulated JAS API: {e}"))?;
+    println!("  simulated JAS Connect API at {}", server.base_url);
+    sim.add_recording(RECORDING, wav());
+
+    let public_port = free_port()?;
+    let env: std::collections::BTreeMap<String, String> = [
+        ("SERVER__LISTEN", format!("127.0.0.1:{public_port}")),
+        ("ADMIN__LISTEN", "127.0.0.1:0".to_string()),
+        ("JAS__API_BASE", server.base_url.clone()),
+        ("JAS__TOKEN", TOKEN.to_string()),
+        ("JAS__WEBHOOK_SECRET", SECRET.to_string()),
+        (
+            "JAS__CALLBACK_URL",
+            format!("http://127.0.0.1:{public_port}/webhooks/jas"),
+        ),
+        (
+            "STORAGE__PATH",
+            dir.join("data/callhook.db").display().to_string(),
+        ),
+        (
+            "RECORDINGS__DIR",
+            dir.join("recordings").display().to_string(),
+        ),
+        ("TELECMI__ENABLED", "false".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("CALLHOOK__{k}"), v))
+    .collect();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let empty = dir.join("demo.toml");
+    std::fs::write(&empty, "").map_err(|e| e.to_string())?;
+    let settings = Settings::load(&Sources {
+        file: Some(empty),
+        env: Some(env),
+    })
+    .map_err(|e| e.to_string())?;
+
+    let app = Application::build(settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = Driver {
+        http: reqwest::Client::new(),
+        webhook: format!("http://{}/webhooks/jas", app.public_addr()),
+        admin: format!("http://{}", app.admin_addr()),
+    };
+    println!(
+        "  daemon: webhooks on {}, admin API on {}",
+        app.public_addr(),
+        app.admin_addr()
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let ready = format!("{}/readyz", driver.admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(driver.http.get(&ready).send().await, Ok(r) if r.status() == 200) {
+        if Instant::now() > deadline {
+            return Err("the daemon did not become ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut registered: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
+    registered.sort();
+    println!("  registered webhooks: {}", registered.join(", "));
+
+    println!("\noutbound call 26: extension 101 dials 5148888888");
+    sim.set_participant("101", "172", participant("101", "172", 26, "Dialing"));
+    driver
+        .post(
+            "call_status 101/172 insert  seq 1",
+            &call_status("101", "172", 0, 1),
+        )
+        .await?;
+    driver
+        .wait_call("26", Duration::from_secs(10), |c| {
+            !c["participants"].as_array().is_none_or(Vec::is_empty)
+        })
+        .await?;
+    sim.set_participant("101", "172", participant("101", "172", 26, "Connected"));
+    let late = call_status("101", "172", 0, 2);
+    driver
+        .post(
+            "call_status 101/172 update  seq 3",
+            &call_status("101", "172", 0, 3),
+        )
+        .await?;
+    driver
+        .post("call_status 101/172 update  seq 2 (late)", &late)
+        .await?;
+    driver
+        .post("call_status 101/172 update  seq 2 (again)", &late)
+        .await?;
+
+    println!("\ninbound call 27: 5148888888 rings extension 102");
+    sim.set_participant("102", "180", participant("102", "180", 27, "Ringing"));
+    driver
+        .post(
+            "call_status 102/180 insert  seq 4",
+            &call_status("102", "180", 0, 4),
+        )
+        .await?;
+    driver
+        .wait_call("27", Duration::from_secs(10), |c| {
+            !c["participants"].as_array().is_none_or(Vec::is_empty)
+        })
+        .await?;
+    sim.set_participant("102", "180", participant("102", "180", 27, "Connected"));
+    driver
+        .post(
+            "call_status 102/180 update  seq 5",
+            &call_status("102", "180", 0, 5),
+        )
+        .await?;
+    driver
+        .wait_call("26", Duration::from_secs(10), |c| {
+            c["participants"][0]["status"] == "Connected"
+        })
+        .await?;
+    driver
+        .wait_call("27", Duration::from_secs(10), |c| {
+            c["participants"][0]["status"] == "Connected"
+        })
+        .await?;
+
+    println!("\nhang up both, then the recording of call 26 arrives");
+    driver
+        .post(
+            "call_status 101/172 remove  seq 6",
+            &call_status("101", "172", 1, 6),
+        )
+        .await?;
+    driver
+        .post(
+            "call_status 102/180 remove  seq 7",
+            &call_status("102", "180", 1, 7),
+        )
+        .await?;
+    let recording = json!({
+        "eventName": "new_recording",
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {"call_id": "26", "recording_url": RECORDING, "id_recording": 1,
+                 "cdr_id": "61f450de-8b46-4326-a306-32eb6ad5e534",
+                 "start_time": Utc::now().to_rfc3339(), "end_time": Utc::now().to_rfc3339()}
+    })
+    .to_string();
+    driver.post("new_recording call 26", &recording).await?;
+    let outbound = driver
+        .wait_call("26", Duration::from_secs(20), |c| {
+            c["state"] == "ended" && c["recordings"][0]["state"] == "downloaded"
+        })
+        .await?;
+    let inbound = driver
+        .wait_call("27", Duration::from_secs(10), |c| c["state"] == "ended")
+        .await?;
+
+    println!("\ncall table");
+    println!(
+        "  {:<9} {:<8} {:<9} {:<9} {:<40} recording",
+        "call", "state", "direction", "duration", "participants"
+    );
+    for call in [&outbound, &inbound] {
+        let duration = match (call["started_at"].as_str(), call["ended_at"].as_str()) {
+            (Some(s), Some(e)) => match (
+                chrono::DateTime::parse_from_rfc3339(s),
+                chrono::DateTime::parse_from_rfc3339(e),
+            ) {
+                (Ok(s), Ok(e)) => format!("{:.1}s", (e - s).num_milliseconds() as f64 / 1000.0),
+                _ => "?".into(),
+            },
+            _ => "-".into(),
+        };
+        let participants: Vec<String> = call["participants"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{} <-> {} ({})",
+                            p["dn"].as_str().unwrap_or(""),
+                            p["party_number"].as_str().unwrap_or(""),
+                            p["status"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let recording = call["recordings"][0]["path"]
+            .as_str()
+            .map(|p| dir.join("recordings").join(p).display().to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  jas/{:<5} {:<8} {:<9} {:<9} {:<40} {}",
+            call["call_id"].as_str().unwrap_or(""),
+            call["state"].as_str().unwrap_or(""),
+            call["direction"].as_str().unwrap_or(""),
+            duration,
+            participants.join(", "),
+            recording
+        );
+    }
+    if let Some(bytes) = outbound["recordings"][0]["bytes"].as_u64() {
+        println!(
+            "\nrecording: {} bytes, sha256 {}",
+            bytes,
+            outbound["recordings"][0]["sha256"].as_str().unwrap_or("")
+        );
+    }
+
+    shutdown.cancel();
+    match running.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(e.to_string()),
+    }
+    println!(
+        "webhooks unregistered: {}; done in {:.1}s",
+        sim.registrations().is_empty(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

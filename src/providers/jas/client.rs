@@ -969,7 +969,10 @@ mod tests {
         sim.fail_next(SimRoute::Register, &[502, 429]);
         let server = sim.start().await.unwrap();
         let client = token_client(&server.base_url, "t");
-        client.register("new_recording", "http://x/y").await.unwrap();
+        client
+            .register("new_recording", "http://x/y")
+            .await
+            .unwrap();
         assert_eq!(sim.requests(SimRoute::Register), 3);
         assert_eq!(sim.registrations().len(), 1);
     }
