@@ -1,0 +1,151 @@
+//! The command line as a user meets it (§1): help, version, check-config, sign, send, and exit
+//! codes 0 / 1 / 2.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn callhook(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callhook"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in std::env::vars() {
+        if k.starts_with("CALLHOOK__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+#[test]
+fn help_and_version() {
+    let out = callhook(&["--version"], &[]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    for sub in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["demo", "--help"],
+        vec!["check-config", "--help"],
+        vec!["sign", "--help"],
+        vec!["send", "--help"],
+        vec!["webhooks", "--help"],
+        vec!["webhooks", "register", "--help"],
+    ] {
+        let out = callhook(&sub, &[]);
+        assert!(out.status.success(), "{sub:?}");
+        assert!(text(&out.stdout).contains("Usage"), "{sub:?}");
+    }
+    let out = callhook(&["no-such-command"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_config_prints_secrets_as_stars() {
+    let dir = tempdir();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[jas]\nwebhook_secret = [\"hunter2\", \"older\"]\ntoken = \"tok-abc\"\n[admin]\ntoken = \"adm-xyz\"\n",
+    )
+    .unwrap();
+    let out = callhook(
+        &["check-config", "--config", file.to_str().unwrap()],
+        &[("CALLHOOK__TELECMI__SECRET", "tcmi-secret")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for secret in ["hunter2", "older", "tok-abc", "adm-xyz", "tcmi-secret"] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+        assert!(!text(&out.stderr).contains(secret));
+    }
+    assert!(
+        stdout.contains("webhook_secret = [\"***\",\"***\"]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("listen = \"0.0.0.0:9999\""), "{stdout}");
+}
+
+#[test]
+fn check_config_exits_2_naming_the_key() {
+    let dir = tempdir();
+    let missing = dir.path().join("nope").join("secret");
+    for (env, key) in [
+        (("CALLHOOK__SERVER__LISTEN", "localhost"), "server.listen"),
+        (("CALLHOOK__JAS__API_BASE", "ftp://x"), "jas.api_base"),
+        (
+            ("CALLHOOK__TELECMI__ALLOW_IPS", "10.0.0.0/33"),
+            "telecmi.allow_ips",
+        ),
+        (("CALLHOOK__JAS__TYPO", "1"), "jas.typo"),
+        (
+            ("CALLHOOK__JAS__TOKEN_FILE", missing.to_str().unwrap()),
+            "jas.token_file",
+        ),
+    ] {
+        let file = dir.path().join("empty.toml");
+        std::fs::write(&file, "").unwrap();
+        let out = callhook(
+            &["check-config", "--config", file.to_str().unwrap()],
+            &[env],
+        );
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(key), "{stderr} should name {key}");
+    }
+    let out = callhook(&["check-config", "--config", "/nonexistent.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sign_prints_the_x_sig_of_a_file_or_stdin() {
+    let dir = tempdir();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, b"what do ya want for nothing?").unwrap();
+    let out = callhook(
+        &["sign", "--secret-env", "K", body.to_str().unwrap()],
+        &[("K", "Jefe")],
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    let out = callhook(&["sign", "--secret-env", "UNSET_VAR_X", "-"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_posts_a_signed_event_and_prints_the_reply() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, call_status("101", "1", 0, 1)).unwrap();
+    let url = format!("{}/webhooks/jas", app.public);
+    let out = tokio::task::block_in_place(|| {
+        callhook(
+            &["send", "--url", &url, event.to_str().unwrap()],
+            &[("CALLHOOK__JAS__WEBHOOK_SECRET", SECRET)],
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("200\n"), "{stdout}");
+    assert!(stdout.contains("\"accepted\""), "{stdout}");
+    // With the wrong secret the daemon answers 401 and send exits 1.
+    let out = tokio::task::block_in_place(|| {
+        callhook(
+            &["send", "--url", &url, event.to_str().unwrap()],
+            &[("CALLHOOK__JAS__WEBHOOK_SECRET", "wrong")],
+        )
+    });
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).starts_with("401"));
+}
