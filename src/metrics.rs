@@ -123,6 +123,16 @@ fn register() {
     ] {
         metrics::counter!("callhook_upstream_requests_total", "api" => api, "status" => "200")
             .absolute(0);
+        // A histogram handle, once created, is exported (with zero counts) before any sample.
+        let _ = metrics::histogram!("callhook_upstream_request_seconds", "api" => api);
+    }
+    for name in [
+        "callhook_ack_seconds",
+        "callhook_journal_batch_size",
+        "callhook_journal_commit_seconds",
+        "callhook_recording_download_seconds",
+    ] {
+        let _ = metrics::histogram!(name);
     }
     for outcome in ["downloaded", "retried", "failed", "refused"] {
         metrics::counter!("callhook_recordings_total", "outcome" => outcome).absolute(0);

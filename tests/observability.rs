@@ -1,0 +1,100 @@
+//! What an operator watches: /metrics from start-up, /readyz, request ids.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn every_series_is_exported_from_start_and_labels_carry_no_numbers() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let (status, body) = app.get_admin("/metrics").await;
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap().to_string();
+    for series in [
+        "callhook_events_total{",
+        "callhook_active_calls{",
+        "callhook_upstream_requests_total{",
+        "callhook_upstream_request_seconds",
+        "callhook_recordings_total{",
+        "callhook_recording_queue_depth",
+        "callhook_ack_seconds",
+        "callhook_journal_batch_size",
+        "callhook_journal_commit_seconds",
+    ] {
+        assert!(
+            text.contains(series),
+            "{series} missing from /metrics:\n{text}"
+        );
+    }
+
+    app.post_jas(&call_status("5148888888", "172", 0, 1)).await;
+    let (_, body) = app.get_admin("/metrics").await;
+    let text = body.as_str().unwrap();
+    assert!(
+        text.contains(
+            r#"callhook_events_total{provider="jas",event="call_status",outcome="accepted"}"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("5148888888"), "a number became a label");
+}
+
+#[tokio::test]
+async fn request_ids_are_honoured_or_generated() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.public))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = app
+        .http
+        .get(format!("{}/api/calls", app.admin))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_webhooks_are_registered() {
+    let sim = callhook::sim::JasSim::with_token(TOKEN);
+    // Registration fails three times (503) before it succeeds.
+    sim.fail_next(callhook::sim::SimRoute::Register, &[503; 3]);
+    let server = sim.start().await.unwrap();
+    let dir = tempdir();
+    let mut env = Env::new(dir.path()).with_sim(&server.base_url);
+    env.set("jas.register", "true")
+        .set("jas.callback_url", "http://127.0.0.1:1/webhooks/jas")
+        .set("jas.events", "call_status");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let app = callhook::app::Application::build(env.settings(dir.path()))
+        .await
+        .unwrap();
+    let admin = format!("http://{}", app.admin_addr());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let http = reqwest::Client::new();
+    // While registration is being retried the webhook endpoints already answer, but not ready.
+    let mut saw_503 = false;
+    for _ in 0..100 {
+        let r = http.get(format!("{admin}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            saw_503 = true;
+            assert!(r.text().await.unwrap().contains("registering"));
+        } else {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(saw_503);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
