@@ -10,7 +10,7 @@ use common::*;
 fn callhook(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_callhook"));
     cmd.args(args).stdin(Stdio::null());
-    for (k, v) in std::env::vars() {
+    for (k, _) in std::env::vars() {
         if k.starts_with("CALLHOOK__") {
             cmd.env_remove(k);
         }
