@@ -211,7 +211,12 @@ impl Application {
             Ok(()) => {
                 if !shutdown.is_cancelled() {
                     state.readiness.set(None);
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    crate::systemd::ready();
+                    tasks.spawn(crate::systemd::watchdog(
+                        state.journal.clone(),
+                        public_addr,
+                        stop_work.clone(),
+                    ));
                     tracing::info!(
                         public_addr = %public_addr,
                         admin_addr = %admin_addr,
@@ -225,7 +230,7 @@ impl Application {
         };
 
         tracing::info!("shutting down");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        crate::systemd::stopping();
         state.readiness.set(Some("shutting down"));
         stop_serving.cancel();
         for server in [public_server, admin_server] {

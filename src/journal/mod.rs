@@ -200,6 +200,17 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Round trip through the writer thread (an empty transaction): proves it is alive and
+    /// committing, for the systemd watchdog.
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::State(Box::default(), reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// Deletes journal rows, ended calls and finished jobs older than `before`; returns how
     /// many rows went.
     pub async fn sweep(&self, before: DateTime<Utc>) -> Result<usize, JournalError> {
