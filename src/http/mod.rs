@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod reply;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::journal::Journal;
 use crate::providers::jas::verify::Verifier;
 
 pub use error::ApiError;
+pub use reply::Outcome;
 
 /// Everything a handler needs; cheap to clone (all `Arc`s), no globals, so tests can run many
 /// daemons in one process.
