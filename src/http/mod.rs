@@ -2,6 +2,7 @@
 //! in each provider's `routes.rs`, the state in `calls` and `journal`.
 
 pub mod admin;
+pub mod client_ip;
 pub mod error;
 pub mod reply;
 
