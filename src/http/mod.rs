@@ -82,6 +82,7 @@ pub fn public_router(state: AppState) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::providers::jas::routes::router())
+        .merge(crate::providers::telecmi::routes::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
