@@ -155,23 +155,16 @@ pub fn apply(
             changes.merge(table.end_call(&call, "cdr", Some(at), now));
             changes.merge(table.upsert(&key, RANK_CDR, Some(at), now));
             changes.merge(table.remove(&key, RANK_CDR, Some(at), now));
-            let cdr_status = event.status.clone().unwrap_or_default();
-            // A leg seen live keeps its last live status; one known only from its CDR shows the
-            // CDR's verdict. A CDR without `leg` whose cmiuuid is the call's own id is leg a's.
-            let status = known
-                .as_ref()
-                .map(|d| d.status.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| cdr_status.clone());
+            // The CDR's verdict (`answered`, `missed`) is the leg's final status; the live
+            // hang-up's reason and timings stay in `extra`. A CDR without `leg` whose cmiuuid is
+            // the call's own id is leg a's.
+            let status = event.status.clone().unwrap_or_default();
             let leg = event.leg.or_else(|| {
                 (known.as_ref().and_then(|d| d.leg.as_deref()).is_none()
                     && event.cmiuuid == call.call_id)
                     .then_some(Leg::A)
             });
-            let mut details = leg_details(event, leg, &call, known, status);
-            details
-                .extra
-                .insert("cdr_status".into(), Value::from(cdr_status));
+            let details = leg_details(event, leg, &call, known, status);
             changes.merge(table.details(&key, RANK_CDR, details, Some(at), now));
             if let Some(name) = recording_name(event).filter(|_| recordings) {
                 let already = table
@@ -487,7 +480,6 @@ mod tests {
         let b = leg(&c, "B");
         assert_eq!(b.status, "answered");
         assert_eq!(b.dn, "202_2222223");
-        assert_eq!(b.extra["cdr_status"], "answered");
         assert_eq!(b.extra["hangup_reason"], "sent_bye");
         assert_eq!(c.recordings.len(), 1);
         let r = &c.recordings[0];

@@ -53,7 +53,7 @@ async fn receive(
     if let Err(e) = &result {
         if !matches!(e, ApiError::Internal(_)) {
             tracing::info!(provider = "telecmi", status = e.status().as_u16(), error = %e,
-                client_ip = ?client, "event refused");
+                client_ip = client.map(|ip| ip.to_string()), "event refused");
         }
     }
     metrics::counter!("callhook_events_total", "provider" => "telecmi", "event" => event, "outcome" => outcome)
@@ -126,7 +126,7 @@ async fn accept(
         call_id = %call.call_id.escape_debug(),
         participant_id = %event.cmiuuid.escape_debug(),
         dn = event.user.as_deref().map(|s| s.escape_debug().to_string()),
-        client_ip = ?client,
+        client_ip = client.map(|ip| ip.to_string()),
         journal_id,
         status = outcome.label(),
         "event {}",
