@@ -823,3 +823,35 @@ async fn logs_name_the_event_but_never_the_path_token() {
         .expect("a refused line");
     assert_eq!(refused["status"], 404);
 }
+
+#[tokio::test]
+async fn calls_and_duplicates_survive_a_restart() {
+    let dir = tempdir();
+    let env = env_with_token(dir.path());
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let form = Post {
+        content_type: Some(FORM),
+        ..Default::default()
+    };
+    let waiting = "type=event&leg=a&cmiuuid=rs-a&conversation_uuid=rs-call&status=waiting\
+        &direction=inbound&from=04471000000";
+    assert_eq!(form.send(&app, waiting).await.0, 200);
+    app.wait_call("telecmi", "rs-call", |_| true).await;
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let call = app.call("telecmi", "rs-call").await.expect("restored");
+    assert_eq!(
+        (&call["state"], &call["direction"]),
+        (&json!("active"), &json!("inbound"))
+    );
+    assert_eq!(
+        form.send(&app, waiting).await,
+        (200, json!({"status": "duplicate"}))
+    );
+    let hangup = "type=event&leg=a&cmiuuid=rs-a&conversation_uuid=rs-call&status=hangup";
+    assert_eq!(form.send(&app, hangup).await.0, 200);
+    let call = app.wait_call("telecmi", "rs-call", ended).await;
+    assert_eq!(participant(&call, "rs-a")["party_number"], "04471000000");
+    app.stop().await.unwrap();
+}
