@@ -114,7 +114,8 @@ impl Application {
             lookups,
             cursor,
             tasks.clone(),
-        );
+        )
+        .with_recordings(settings.recordings.enabled);
         processor
             .catch_up()
             .await

@@ -15,6 +15,8 @@ use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provide
 use crate::journal::{Journal, JournalError, StateWrite, StoredEvent};
 use crate::providers::jas::client::{JasClient, JasError, ParticipantDetails};
 use crate::providers::jas::events::{self as jas_events, JasEvent, ParticipantChange};
+use crate::providers::telecmi::apply as telecmi_apply;
+use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
 
 /// Rows read from the journal per step.
 const BATCH: usize = 512;
@@ -47,6 +49,8 @@ pub struct Processor {
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     pending: StateBuffer,
+    /// Whether recordings are downloaded: a recorded CDR then shows a `pending` recording.
+    recordings: bool,
 }
 
 /// Keys changed since the last write.
@@ -74,7 +78,14 @@ impl Processor {
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             tasks,
             pending: StateBuffer::default(),
+            recordings: true,
         }
+    }
+
+    /// With `recordings.enabled = false` no download job exists, so no recording is shown.
+    pub fn with_recordings(mut self, enabled: bool) -> Self {
+        self.recordings = enabled;
+        self
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon
@@ -167,6 +178,12 @@ impl Processor {
                     tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes")
                 }
             },
+            "telecmi" => match telecmi_events::decode(&row.body, row.content_type.as_deref()) {
+                Ok(event) => self.apply_telecmi(event, row.received_at),
+                Err(e) => {
+                    tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes")
+                }
+            },
             other => tracing::warn!(
                 journal_id = row.id,
                 provider = other,
@@ -222,6 +239,19 @@ impl Processor {
             }
             JasEvent::NewRecording(_) | JasEvent::Unknown(_) => {}
         }
+    }
+
+    /// TeleCMI names every leg and ranks its statuses itself, so there is nothing to look up:
+    /// the mapping onto the table lives with the provider.
+    fn apply_telecmi(&mut self, event: TelecmiEvent, received_at: DateTime<Utc>) {
+        let changes = telecmi_apply::apply(
+            &self.table,
+            &event,
+            received_at,
+            Utc::now(),
+            self.recordings,
+        );
+        self.note(changes);
     }
 
     fn start_lookup(&self, key: ParticipantKey, seq: i64, at: Option<DateTime<Utc>>) {

@@ -2,13 +2,15 @@
 //! in each provider's `routes.rs`, the state in `calls` and `journal`.
 
 pub mod admin;
+pub mod client_ip;
 pub mod error;
+pub mod reply;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,6 +24,7 @@ use crate::journal::Journal;
 use crate::providers::jas::verify::Verifier;
 
 pub use error::ApiError;
+pub use reply::Outcome;
 
 /// Everything a handler needs; cheap to clone (all `Arc`s), no globals, so tests can run many
 /// daemons in one process.
@@ -66,11 +69,24 @@ fn traced(router: Router) -> Router {
                         .get(&X_REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let path = loggable_path(req);
+                    tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
                 }),
             )
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone())),
     )
+}
+
+/// Route parameters named like this are credentials (TeleCMI's path token).
+const SECRET_PARAM: &str = "{path_token}";
+
+/// The request path for logs: as sent, except that a route with a secret segment is logged as
+/// its template, so the token never reaches a log line.
+fn loggable_path<B>(req: &Request<B>) -> &str {
+    match req.extensions().get::<MatchedPath>() {
+        Some(route) if route.as_str().contains(SECRET_PARAM) => route.as_str(),
+        _ => req.uri().path(),
+    }
 }
 
 /// `server.listen`: the webhook endpoints and `/healthz`.
@@ -79,6 +95,7 @@ pub fn public_router(state: AppState) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::providers::jas::routes::router())
+        .merge(crate::providers::telecmi::routes::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);

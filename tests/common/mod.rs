@@ -299,7 +299,12 @@ impl ChildDaemon {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).expect("daemon became ready");
+            let Ok(line) = rx.recv_timeout(left) else {
+                // Reap it before failing, so a broken start leaves no stray daemon behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not become ready");
+            };
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
