@@ -294,7 +294,7 @@ impl ChildDaemon {
         (child, rx)
     }
 
-    fn ready(child: Child, rx: std::sync::mpsc::Receiver<String>) -> ChildDaemon {
+    fn ready(mut child: Child, rx: std::sync::mpsc::Receiver<String>) -> ChildDaemon {
         let mut early = vec![];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
