@@ -278,7 +278,11 @@ impl ChildDaemon {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).expect("daemon became ready");
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not become ready within 20 s");
+            };
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
