@@ -77,10 +77,18 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(env: &Env, dir: &Path) -> TestApp {
+        Self::spawn_settings(env.settings(dir)).await
+    }
+
+    /// For settings that are not configuration keys (e.g. `recordings.tuning`).
+    pub async fn spawn_settings(settings: Settings) -> TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let app = Application::build(env.settings(dir))
-            .await
-            .expect("daemon starts");
+        let admin_token = settings
+            .admin
+            .token
+            .as_ref()
+            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
+        let app = Application::build(settings).await.expect("daemon starts");
         let public = format!("http://{}", app.public_addr());
         let admin = format!("http://{}", app.admin_addr());
         let shutdown = CancellationToken::new();
@@ -89,7 +97,7 @@ impl TestApp {
             public,
             admin,
             http: reqwest::Client::new(),
-            admin_token: env.0.get("CALLHOOK__ADMIN__TOKEN").cloned(),
+            admin_token,
             shutdown,
             handle: Some(handle),
         };
