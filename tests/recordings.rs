@@ -791,3 +791,62 @@ async fn serve_one(mut sock: TcpStream, state: Arc<Mutex<UpstreamState>>) {
     };
     let _ = sock.shutdown().await;
 }
+
+#[tokio::test]
+async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
+    use callhook::calls::{CallTable, Details, ParticipantKey, Provider};
+    use callhook::journal::StateWrite;
+
+    let dir = tempdir();
+    // An outbound call that ended ten hours ago: stored, but not restored into memory.
+    let ended = Utc::now() - chrono::Duration::hours(10);
+    let table = CallTable::new();
+    let key = ParticipantKey::new(Provider::Jas, "101", "1");
+    let details = Details {
+        call_id: "26".into(),
+        status: "Dialing".into(),
+        dn: Some("101".into()),
+        party_number: "5148888888".into(),
+        party_dn: "10000".into(),
+        party_dn_type: "Wexternalline".into(),
+        leg_id: Some(1),
+        ..Default::default()
+    };
+    let started = ended - chrono::Duration::minutes(3);
+    table.upsert(&key, 1, Some(started), ended);
+    table.details(&key, 1, details, Some(started), ended);
+    table.remove(&key, 2, Some(ended), ended);
+    let (call, _) = table
+        .call_row(&callhook::calls::CallKey::new(Provider::Jas, "26"))
+        .unwrap();
+    assert_eq!(
+        (call.state.as_str(), call.direction.as_str()),
+        ("ended", "outbound")
+    );
+    let journal = Journal::open(&dir.path().join("data/callhook.db"))
+        .await
+        .unwrap();
+    journal
+        .write_state(StateWrite {
+            participants: vec![(key.clone(), table.participant(&key))],
+            calls: vec![(call.key(), Some((call.clone(), ended)))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    journal.close().await.unwrap();
+
+    let sim = JasSim::with_token(TOKEN);
+    sim.add_recording("101/late.wav", audio(1000));
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    assert!(app.active_calls().await.is_empty());
+    app.post_jas(&new_recording("26", "101/late.wav", 1)).await;
+    let got = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(got["direction"], "outbound");
+    assert_eq!(got["participants"].as_array().unwrap().len(), 1);
+    assert_eq!(got["started_at"], json!(call.started_at));
+    assert_eq!(got["ended_at"], json!(call.ended_at));
+}

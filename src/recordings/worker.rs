@@ -48,6 +48,14 @@ struct Worker {
 #[derive(Debug)]
 struct NotRecorded;
 
+/// Why a job ended `failed`.
+enum Failure {
+    /// Its name could leave `recordings.dir`; nothing was requested or written.
+    Refused(String),
+    /// A permanent error, or a transient one on the last attempt.
+    Download(String),
+}
+
 impl Recorder {
     pub fn new(
         journal: Journal,
@@ -190,7 +198,9 @@ impl Worker {
                 tracing::warn!(provider = %job.provider, call_id = %job.call_id,
                     recording = %job.source.escape_debug(), journal_id = job.event_id,
                     reason = %e, "recording name refused; nothing will be written");
-                return self.finish(job, job.attempts, Err(reason)).await;
+                return self
+                    .finish(job, job.attempts, Err(Failure::Refused(reason)))
+                    .await;
             }
         };
         let dest = self.dir.join(&rel);
@@ -250,7 +260,10 @@ impl Worker {
                 let recording = recording_of(job, RecordingState::Pending, None, Some(error));
                 self.record(job, update, recording).await
             }
-            Err(e) => self.finish(job, attempt, Err(e.to_string())).await,
+            Err(e) => {
+                self.finish(job, attempt, Err(Failure::Download(e.to_string())))
+                    .await
+            }
         }
     }
 
@@ -259,7 +272,7 @@ impl Worker {
         &self,
         job: &Job,
         attempts: u32,
-        outcome: Result<Downloaded, String>,
+        outcome: Result<Downloaded, Failure>,
     ) -> Result<(), NotRecorded> {
         let (update, recording) = match outcome {
             Ok(done) => {
@@ -281,14 +294,19 @@ impl Worker {
                     recording_of(job, RecordingState::Downloaded, Some(&done), None),
                 )
             }
-            Err(error) => {
-                if !error.starts_with("refused") {
-                    metrics::counter!("callhook_recordings_total", "outcome" => "failed")
-                        .increment(1);
-                    tracing::warn!(provider = %job.provider, call_id = %job.call_id,
-                        recording = %job.source.escape_debug(), journal_id = job.event_id,
-                        attempts, error = %error, "recording download failed");
-                }
+            Err(failure) => {
+                let error = match failure {
+                    // Counted and logged where it was refused.
+                    Failure::Refused(reason) => reason,
+                    Failure::Download(error) => {
+                        metrics::counter!("callhook_recordings_total", "outcome" => "failed")
+                            .increment(1);
+                        tracing::warn!(provider = %job.provider, call_id = %job.call_id,
+                            recording = %job.source.escape_debug(), journal_id = job.event_id,
+                            attempts, error = %error, "recording download failed");
+                        error
+                    }
+                };
                 (
                     JobUpdate {
                         id: job.id,
