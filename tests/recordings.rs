@@ -108,6 +108,57 @@ async fn download_fails_twice_with_500_then_succeeds() {
     let recordings = dir.path().join("recordings");
     assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), body);
     assert_eq!(files_under(&recordings), vec![REL.to_string()]);
+
+    // One process-wide registry for every test here: only lower bounds hold.
+    let (_, metrics) = app.get_admin("/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(value("callhook_recordings_total{outcome=\"retried\"}") >= 2.0);
+    assert!(value("callhook_recordings_total{outcome=\"downloaded\"}") >= 1.0);
+    value("callhook_recording_queue_depth");
+}
+
+#[tokio::test]
+async fn graceful_stop_mid_download_leaves_it_resumable() {
+    let dir = tempdir();
+    let body = audio(600_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Stall { sent: 300_000 }]);
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &upstream.base())
+        .set("jas.token", TOKEN);
+    let recordings = dir.path().join("recordings");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    app.wait_call("jas", "26", |c| in_state(c, "1", "downloading"))
+        .await;
+    wait_until(Duration::from_secs(5), || async {
+        !files_under(&recordings).is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    app.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The temp file went with the download; nothing under the final name.
+    assert_eq!(files_under(&recordings), Vec::<String>::new());
+
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "1").unwrap()["sha256"], sha256(&body));
+    assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), body);
+    assert_eq!(upstream.hits().len(), 2);
 }
 
 #[tokio::test]
