@@ -18,6 +18,8 @@ use crate::journal::{Journal, JournalError};
 use crate::processor::{KEEP_ENDED, Processor};
 use crate::providers::jas::client::{JasAuth, JasClient, JasClientConfig, JasError};
 use crate::providers::jas::verify::Verifier;
+use crate::recordings::Recorder;
+use crate::recordings::fetch::Fetcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,6 +44,8 @@ pub struct Application {
     admin_addr: SocketAddr,
     processor: Processor,
     jas: Option<JasClient>,
+    /// The download workers; `None` when `recordings.enabled` is false.
+    recorder: Option<Recorder>,
     tasks: TaskTracker,
 }
 
@@ -114,8 +118,21 @@ impl Application {
             lookups,
             cursor,
             tasks.clone(),
-        )
-        .with_recordings(settings.recordings.enabled);
+        );
+        let recorder = if settings.recordings.enabled {
+            let fetcher = Fetcher::new(&settings, jas.clone()).map_err(StartError::Other)?;
+            let nudge = Arc::new(tokio::sync::Notify::new());
+            processor.wake_downloads(nudge.clone());
+            Some(Recorder::new(
+                journal.clone(),
+                fetcher,
+                &settings.recordings,
+                processor.recording_updates(),
+                nudge,
+            ))
+        } else {
+            None
+        };
         processor
             .catch_up()
             .await
@@ -155,6 +172,7 @@ impl Application {
             admin_addr,
             processor,
             jas,
+            recorder,
             tasks,
         })
     }
@@ -180,6 +198,7 @@ impl Application {
             admin,
             processor,
             jas,
+            recorder,
             tasks,
             public_addr,
             admin_addr,
@@ -201,6 +220,9 @@ impl Application {
             stop_serving.clone(),
         ));
         let processor_task = tokio::spawn(processor.run(stop_work.clone()));
+        // Stopped before the processor, so every progress report a worker sent gets written.
+        let stop_downloads = CancellationToken::new();
+        let recorder_task = recorder.map(|r| tokio::spawn(r.run(stop_downloads.clone())));
         tasks.spawn(upkeep(state.clone(), stop_work.clone()));
 
         let registrar = Registrar::new(&state.settings, jas.clone());
@@ -241,6 +263,15 @@ impl Application {
             }
         }
         registrar.unregister_all().await;
+        stop_downloads.cancel();
+        if let Some(task) = recorder_task {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("recording downloads did not stop within 5 s");
+            }
+        }
         stop_work.cancel();
         let _ = processor_task.await;
         tasks.close();

@@ -141,6 +141,9 @@ pub struct RecordingsSettings {
     pub dir: PathBuf,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Retry pacing. Not a configuration key: always the defaults, except in tests.
+    #[doc(hidden)]
+    pub tuning: crate::recordings::RecorderOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -727,6 +730,7 @@ impl Raw {
             dir: PathBuf::from(recordings.dir),
             concurrency: recordings.concurrency as usize,
             max_attempts: recordings.max_attempts as u32,
+            tuning: Default::default(),
         };
 
         if storage.path.trim().is_empty() {

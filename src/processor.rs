@@ -7,16 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Transition};
-use crate::journal::{Journal, JournalError, StateWrite, StoredEvent};
+use crate::calls::{
+    CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Recording, RecordingState,
+    Transition,
+};
+use crate::journal::{JobUpdate, Journal, JournalError, StateWrite, StoredEvent};
 use crate::providers::jas::client::{JasClient, JasError, ParticipantDetails};
+use crate::providers::jas::events::NewRecording;
 use crate::providers::jas::events::{self as jas_events, JasEvent, ParticipantChange};
 use crate::providers::telecmi::apply as telecmi_apply;
 use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
+use crate::recordings::RecordingUpdate;
+use crate::recordings::path::recording_relative_path;
 
 /// Rows read from the journal per step.
 const BATCH: usize = 512;
@@ -49,14 +55,20 @@ pub struct Processor {
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     pending: StateBuffer,
-    /// Whether recordings are downloaded: a recorded CDR then shows a `pending` recording.
-    recordings: bool,
+    /// Progress of the recording workers, applied here like lookup answers.
+    recordings_tx: mpsc::Sender<RecordingUpdate>,
+    recordings_rx: mpsc::Receiver<RecordingUpdate>,
+    /// Wakes the recording workers; `None` when downloads are off.
+    downloads: Option<Arc<Notify>>,
 }
 
 /// Keys changed since the last write.
 #[derive(Default)]
 struct StateBuffer {
     changes: Changes,
+    /// Job rows to write with the calls they show on, and who waits for that write.
+    jobs: Vec<JobUpdate>,
+    written: Vec<oneshot::Sender<bool>>,
 }
 
 impl Processor {
@@ -68,6 +80,7 @@ impl Processor {
         tasks: TaskTracker,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(1024);
+        let (recordings_tx, recordings_rx) = mpsc::channel(1024);
         Self {
             journal,
             table,
@@ -78,14 +91,21 @@ impl Processor {
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             tasks,
             pending: StateBuffer::default(),
-            recordings: true,
+            recordings_tx,
+            recordings_rx,
+            downloads: None,
         }
     }
 
-    /// With `recordings.enabled = false` no download job exists, so no recording is shown.
-    pub fn with_recordings(mut self, enabled: bool) -> Self {
-        self.recordings = enabled;
-        self
+    /// Where the recording workers send their progress.
+    pub fn recording_updates(&self) -> mpsc::Sender<RecordingUpdate> {
+        self.recordings_tx.clone()
+    }
+
+    /// Recordings are downloaded: new ones are `pending` and wake the workers. Set before
+    /// `catch_up`, which may apply `new_recording` events.
+    pub fn wake_downloads(&mut self, nudge: Arc<Notify>) {
+        self.downloads = Some(nudge);
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon
@@ -119,6 +139,13 @@ impl Processor {
                     // Drain what else has arrived so their writes share one transaction.
                     while let Ok(answer) = self.answers_rx.try_recv() {
                         self.apply_answer(answer);
+                    }
+                    self.flush(None).await;
+                }
+                Some(update) = self.recordings_rx.recv() => {
+                    self.apply_recording_update(update).await;
+                    while let Ok(update) = self.recordings_rx.try_recv() {
+                        self.apply_recording_update(update).await;
                     }
                     self.flush(None).await;
                 }
@@ -162,6 +189,7 @@ impl Processor {
             return Ok(0);
         };
         for row in rows {
+            self.warm_for(&row).await;
             self.apply_row(row);
         }
         self.cursor = last;
@@ -237,7 +265,113 @@ impl Processor {
                     self.note(changes);
                 }
             }
-            JasEvent::NewRecording(_) | JasEvent::Unknown(_) => {}
+            JasEvent::NewRecording(r) => self.attach_new_recording(r, now),
+            JasEvent::Unknown(_) => {}
+        }
+    }
+
+    /// Shows a new recording on its call: `pending` (the job was made with the event), or
+    /// `failed` when its name was refused or downloads are off. Progress already reported by a
+    /// worker (the event applied again after a restart) is kept.
+    fn attach_new_recording(&mut self, r: NewRecording, now: DateTime<Utc>) {
+        let key = CallKey::new(Provider::Jas, r.call_id.clone());
+        let id = r.id();
+        if self
+            .table
+            .call(&key)
+            .is_some_and(|c| c.recordings.iter().any(|x| x.id == id))
+        {
+            return;
+        }
+        let checked = recording_relative_path("jas", &r.recording_url);
+        let (state, path, error) = match (checked, &self.downloads) {
+            (Err(e), _) => {
+                metrics::counter!("callhook_recordings_total", "outcome" => "refused").increment(1);
+                (RecordingState::Failed, None, Some(format!("refused: {e}")))
+            }
+            (Ok(_), None) => (
+                RecordingState::Failed,
+                None,
+                Some("recording downloads are disabled".to_string()),
+            ),
+            (Ok(p), Some(_)) => (
+                RecordingState::Pending,
+                Some(p.to_string_lossy().into_owned()),
+                None,
+            ),
+        };
+        let recording = Recording {
+            id,
+            dn: r.dn().map(str::to_string),
+            url: r.recording_url,
+            path,
+            state,
+            bytes: None,
+            sha256: None,
+            error,
+        };
+        let changes = self
+            .table
+            .attach_recording(&key, recording, (r.start_time, r.end_time), now);
+        self.note(changes);
+        if let Some(nudge) = &self.downloads {
+            nudge.notify_one();
+        }
+    }
+
+    async fn apply_recording_update(&mut self, update: RecordingUpdate) {
+        let RecordingUpdate {
+            call,
+            recording,
+            times,
+            job,
+            done,
+        } = update;
+        self.warm(&call).await;
+        let changes = self
+            .table
+            .attach_recording(&call, recording, times, Utc::now());
+        self.note(changes);
+        self.pending.jobs.extend(job);
+        self.pending.written.extend(done);
+    }
+
+    /// Before an event that may name an ended call (a recording, a summary) is applied, brings
+    /// that call back into memory if it was evicted, so it is updated rather than replaced.
+    async fn warm_for(&mut self, row: &StoredEvent) {
+        if row.provider == "telecmi" {
+            // A late TeleCMI event or CDR may name a call already evicted from memory.
+            if let Ok(event) = telecmi_events::decode(&row.body, row.content_type.as_deref()) {
+                self.warm(&CallKey::new(Provider::Telecmi, event.call_id()))
+                    .await;
+            }
+            return;
+        }
+        if row.provider != "jas" || !matches!(row.name.as_str(), "new_recording" | "call_summary") {
+            return;
+        }
+        let call_id = match jas_events::decode(&row.body).map(|d| d.event) {
+            Ok(JasEvent::NewRecording(r)) => r.call_id,
+            Ok(JasEvent::CallSummary(s)) => match s.call_id {
+                Some(id) => id,
+                None => return,
+            },
+            _ => return,
+        };
+        self.warm(&CallKey::new(Provider::Jas, call_id)).await;
+    }
+
+    async fn warm(&mut self, key: &CallKey) {
+        if self.table.call(key).is_some() {
+            return;
+        }
+        match self.journal.stored_call(key.clone()).await {
+            Ok(Some((call, activity, participants))) => {
+                self.table.restore(participants, vec![(call, activity)]);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(provider = %key.provider, call_id = %key.call_id,
+                error = %e, "reading a stored call failed"),
         }
     }
 
@@ -249,8 +383,13 @@ impl Processor {
             &event,
             received_at,
             Utc::now(),
-            self.recordings,
+            self.downloads.is_some(),
         );
+        if let Some(nudge) = &self.downloads {
+            if changes.applied && event.kind == telecmi_events::Kind::Cdr {
+                nudge.notify_one();
+            }
+        }
         self.note(changes);
     }
 
@@ -352,8 +491,10 @@ impl Processor {
     /// Writes every changed row (and the cursor) through the journal's writer.
     async fn flush(&mut self, cursor: Option<i64>) {
         let changes = std::mem::take(&mut self.pending.changes);
+        let written = std::mem::take(&mut self.pending.written);
         let mut state = StateWrite {
             cursor,
+            jobs: std::mem::take(&mut self.pending.jobs),
             ..Default::default()
         };
         for key in changes.participants.union(&changes.dropped_participants) {
@@ -364,10 +505,18 @@ impl Processor {
         for key in changes.calls {
             state.calls.push((key.clone(), self.table.call_row(&key)));
         }
-        if let Err(e) = self.journal.write_state(state).await {
-            // The events stay in the journal after the persisted cursor, so a restart re-applies
-            // them; nothing acknowledged is lost.
-            tracing::error!(error = %e, "writing call state failed");
+        let ok = match self.journal.write_state(state).await {
+            Ok(()) => true,
+            Err(e) => {
+                // The events stay in the journal after the persisted cursor, so a restart
+                // re-applies them; nothing acknowledged is lost. A worker told `false` leaves
+                // its job as last written, to be tried again.
+                tracing::error!(error = %e, "writing call state failed");
+                false
+            }
+        };
+        for done in written {
+            let _ = done.send(ok);
         }
     }
 }

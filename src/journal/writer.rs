@@ -335,5 +335,6 @@ pub(super) fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         sha256: r.get(12)?,
         start_time: r.get::<_, Option<i64>>(13)?.map(from_ms),
         end_time: r.get::<_, Option<i64>>(14)?.map(from_ms),
+        event_id: r.get(15)?,
     })
 }
