@@ -149,3 +149,39 @@ async fn send_posts_a_signed_event_and_prints_the_reply() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).starts_with("401"));
 }
+
+#[test]
+fn demo_runs_the_whole_pipeline_and_exits_0() {
+    let out = callhook(&["demo"], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("{\"status\":\"duplicate\"}"), "{stdout}");
+    let row = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("jas/{id}")))
+            .unwrap_or_else(|| panic!("no row for call {id}:\n{stdout}"))
+            .to_string()
+    };
+    assert!(row("26").contains("outbound") && row("26").contains("ended"));
+    assert!(row("27").contains("inbound"));
+    // The recording path it prints exists and is whole.
+    let path = row("26")
+        .split_whitespace()
+        .skip_while(|w| !w.starts_with('/'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let bytes = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .len();
+    assert!(
+        stdout.contains(&format!("recording: {bytes} bytes")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("webhooks unregistered: true"));
+}
