@@ -313,10 +313,14 @@ impl Journal {
             }
             let mut participants = vec![];
             let mut stmt = conn.prepare(
+                // Every participant of every call loaded above (a call touched recently by a
+                // late recording may have members quiet for longer), plus recent ones not on
+                // any call yet.
                 "SELECT p.doc FROM participants p
                  WHERE p.activity_ms >= ?1
                     OR EXISTS (SELECT 1 FROM calls c WHERE c.provider = p.provider
-                               AND c.call_id = p.call_id AND c.state = 'active')",
+                               AND c.call_id = p.call_id
+                               AND (c.state = 'active' OR c.activity_ms >= ?1))",
             )?;
             let mut rows = stmt.query(params![recent])?;
             while let Some(row) = rows.next()? {

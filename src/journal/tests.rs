@@ -283,3 +283,37 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
         .collect();
     assert_eq!(retry, vec!["b"]);
 }
+
+#[tokio::test]
+async fn restore_brings_back_quiet_participants_of_a_recently_touched_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let long_ago = Utc::now() - chrono::Duration::hours(10);
+    let key = ParticipantKey::new(Provider::Jas, "101", "1");
+    let mut t = Tracked::new(key.clone(), long_ago);
+    t.details = Some(crate::calls::Details {
+        call_id: "26".into(),
+        status: "Connected".into(),
+        ..Default::default()
+    });
+    let mut call = crate::calls::Call::new(&CallKey::new(Provider::Jas, "26"));
+    call.state = crate::calls::CallState::Ended;
+    j.write_state(StateWrite {
+        participants: vec![(key, Some(t.clone()))],
+        // The call itself changed a minute ago (a late recording), its participant 10 h ago.
+        calls: vec![(
+            call.key(),
+            Some((call, Utc::now() - chrono::Duration::minutes(1))),
+        )],
+        jobs: vec![],
+        cursor: None,
+    })
+    .await
+    .unwrap();
+    let r = j
+        .restore(Utc::now() - chrono::Duration::hours(6))
+        .await
+        .unwrap();
+    assert_eq!(r.calls.len(), 1);
+    assert_eq!(r.participants, vec![t]);
+}
