@@ -121,6 +121,12 @@ async fn download_fails_twice_with_500_then_succeeds() {
     assert!(value("callhook_recordings_total{outcome=\"retried\"}") >= 2.0);
     assert!(value("callhook_recordings_total{outcome=\"downloaded\"}") >= 1.0);
     value("callhook_recording_queue_depth");
+    assert!(
+        value("callhook_upstream_requests_total{api=\"jas_recordings\",status=\"500\"}") >= 2.0
+    );
+    assert!(
+        value("callhook_upstream_requests_total{api=\"jas_recordings\",status=\"200\"}") >= 1.0
+    );
 }
 
 #[tokio::test]

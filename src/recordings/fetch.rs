@@ -77,7 +77,11 @@ impl Fetcher {
     /// Downloads `job` onto `dest` (already checked to lie under `recordings.dir`).
     pub async fn fetch(&self, job: &Job, dest: &Path) -> Result<Downloaded, DownloadError> {
         let request = self.request(job).await?;
-        download_to(request, dest).await
+        let api = match job.provider.as_str() {
+            "telecmi" => "telecmi_play",
+            _ => crate::providers::jas::client::RECORDINGS_API_LABEL,
+        };
+        download_to(request, dest, api).await
     }
 
     async fn request(&self, job: &Job) -> Result<reqwest::RequestBuilder, DownloadError> {
