@@ -162,3 +162,45 @@ async fn kill_9_loses_nothing_acknowledged() {
     assert_eq!(history["calls"][0]["call_id"], "101:1");
     assert_eq!(history["calls"][0]["state"], "ended");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempdir();
+    let mut daemon =
+        tokio::task::block_in_place(|| ChildDaemon::spawn(&Env::new(dir.path()), dir.path()));
+    let body = call_status("101", "1", 0, 1);
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/jas", daemon.public))
+        .header("x-sig", sig)
+        .header("x-request-id", "req-42")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    let mut accepted = None;
+    for _ in 0..100 {
+        accepted = daemon
+            .logs()
+            .into_iter()
+            .find(|l| l["message"] == "event accepted");
+        if accepted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = accepted.expect("an info line for the accepted event");
+    assert_eq!(line["span"]["request_id"], "req-42", "{line}");
+    for key in [
+        "provider",
+        "event",
+        "sequence",
+        "dn",
+        "participant_id",
+        "journal_id",
+    ] {
+        assert!(line.get(key).is_some(), "{key} missing in {line}");
+    }
+}
