@@ -16,6 +16,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::calls::CallTable;
@@ -98,6 +99,11 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::providers::telecmi::routes::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        // A client that trickles its body cannot hold a connection (and a journal slot) forever.
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state);
     traced(router)
 }
@@ -114,6 +120,9 @@ pub async fn healthz() -> &'static str {
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
+
+/// Longest a webhook request may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long in-flight requests get to finish at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(10);
