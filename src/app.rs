@@ -384,6 +384,13 @@ impl Registrar {
                             "JAS Connect refused this webhook; skipping it");
                         break;
                     }
+                    // Any other 4xx (404 for an event the account does not offer) or a request
+                    // that cannot be built: retrying would not change the answer.
+                    Err(e @ (JasError::NotFound | JasError::Invalid(_))) => {
+                        tracing::error!(event = %event, error = %e,
+                            "JAS Connect refused this webhook; skipping it");
+                        break;
+                    }
                     Err(e) => {
                         // The API is down or slow: keep trying, the webhook endpoints already
                         // accept events meanwhile; readiness says why it is not ready.

@@ -69,6 +69,9 @@ struct StateBuffer {
     /// Job rows to write with the calls they show on, and who waits for that write.
     jobs: Vec<JobUpdate>,
     written: Vec<oneshot::Sender<bool>>,
+    /// The applied cursor not yet persisted: it only moves on disk together with the state it
+    /// covers, so a failed write never lets a restart skip events whose effects were lost.
+    cursor: Option<i64>,
 }
 
 impl Processor {
@@ -490,31 +493,51 @@ impl Processor {
 
     /// Writes every changed row (and the cursor) through the journal's writer.
     async fn flush(&mut self, cursor: Option<i64>) {
+        if cursor.is_some() {
+            self.pending.cursor = cursor;
+        }
         let changes = std::mem::take(&mut self.pending.changes);
         let written = std::mem::take(&mut self.pending.written);
-        let mut state = StateWrite {
-            cursor,
-            jobs: std::mem::take(&mut self.pending.jobs),
-            ..Default::default()
-        };
-        for key in changes.participants.union(&changes.dropped_participants) {
-            state
-                .participants
-                .push((key.clone(), self.table.participant(key)));
-        }
-        for key in changes.calls {
-            state.calls.push((key.clone(), self.table.call_row(&key)));
-        }
-        let ok = match self.journal.write_state(state).await {
-            Ok(()) => true,
-            Err(e) => {
-                // The events stay in the journal after the persisted cursor, so a restart
-                // re-applies them; nothing acknowledged is lost. A worker told `false` leaves
-                // its job as last written, to be tried again.
-                tracing::error!(error = %e, "writing call state failed");
-                false
+        let jobs = std::mem::take(&mut self.pending.jobs);
+        let mut delay = Duration::from_millis(100);
+        let mut ok = false;
+        for attempt in 1..=5 {
+            // Rows are read from the table at each attempt, so a retry writes current state.
+            let mut state = StateWrite {
+                cursor: self.pending.cursor,
+                jobs: jobs.clone(),
+                ..Default::default()
+            };
+            for key in changes.participants.union(&changes.dropped_participants) {
+                state
+                    .participants
+                    .push((key.clone(), self.table.participant(key)));
             }
-        };
+            for key in &changes.calls {
+                state.calls.push((key.clone(), self.table.call_row(key)));
+            }
+            match self.journal.write_state(state).await {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(JournalError::Closed) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "writing call state failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        if ok {
+            self.pending.cursor = None;
+        } else {
+            // Keep the changed keys (and the unpersisted cursor) for the next write: the
+            // journal rows behind them are not behind the persisted cursor, so a restart would
+            // re-apply them too. A worker told `false` retries its own job update.
+            tracing::error!("call state not written; it will be written with the next batch");
+            self.pending.changes.merge(changes);
+        }
         for done in written {
             let _ = done.send(ok);
         }

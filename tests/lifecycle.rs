@@ -204,3 +204,19 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         assert!(line.get(key).is_some(), "{key} missing in {line}");
     }
 }
+
+#[tokio::test]
+async fn a_404_at_registration_skips_that_event_and_still_becomes_ready() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    // The first registration (call_status) is answered 404.
+    sim.fail_next(SimRoute::Register, &[404]);
+    let dir = tempdir();
+    let env = registering_env(dir.path(), &server.base_url);
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let mut events: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
+    events.sort();
+    assert_eq!(events, ["call_summary", "new_recording"]);
+    app.stop().await.unwrap();
+    assert!(sim.registrations().is_empty());
+}
