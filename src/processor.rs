@@ -458,6 +458,14 @@ impl Processor {
         for t in &changes.transitions {
             self.log_transition(t);
         }
+        if changes.transitions.is_empty() && !changes.dropped_participants.is_empty() {
+            // A call can vanish without a transition (its only participant turned out to be
+            // invisible to this token): keep the gauge true.
+            for provider in [Provider::Jas, Provider::Telecmi] {
+                metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
+                    .set(self.table.active_count(provider) as f64);
+            }
+        }
         self.pending.changes.merge(Changes {
             transitions: vec![],
             ..changes

@@ -103,3 +103,20 @@ async fn summaries_are_attached_verbatim() {
     let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
     assert_eq!(app.call("jas", "77").await.unwrap()["summary"], data);
 }
+
+#[tokio::test]
+async fn a_call_known_only_from_its_summary_is_in_history() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let body = json!({"eventName": "call_summary", "timestamp": event_time(5),
+                      "data": {"call_id": "4242", "summary": "short call"}})
+    .to_string();
+    assert_eq!(app.post_jas(&body).await.0, 200);
+    wait_until(std::time::Duration::from_secs(5), || async {
+        ids(&app.get_admin("/api/history").await.1).contains(&"4242".to_string())
+    })
+    .await;
+    let call = app.call("jas", "4242").await.unwrap();
+    assert_eq!(call["summary"]["summary"], "short call");
+    assert_eq!(call["state"], "ended");
+}

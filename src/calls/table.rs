@@ -184,6 +184,9 @@ impl CallTable {
         }
         if let Some(call) = new_call {
             let created = !self.calls.contains_key(&call);
+            // A call first known from its recording or summary has no members yet: its first
+            // present participant starts it rather than resuming it.
+            let memberless = self.calls.get(&call).is_some_and(|r| r.members.is_empty());
             self.calls
                 .entry(call.clone())
                 .or_insert_with(|| CallRecord::new(&call, now))
@@ -194,7 +197,13 @@ impl CallTable {
                 .calls
                 .get(&call)
                 .is_some_and(|r| r.call.state == CallState::Active);
-            if created && active {
+            if memberless && active {
+                for t in changes.transitions.iter_mut() {
+                    if *t == Transition::Resumed(call.clone()) {
+                        *t = Transition::Started(call.clone());
+                    }
+                }
+            } else if created && active {
                 changes.transitions.push(Transition::Started(call));
             } else if created {
                 // Seen only after its last participant had left: nothing started, nothing ended.

@@ -295,3 +295,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
+    let table = CallTable::new();
+    let call = CallKey::new(Provider::Jas, "26");
+    let rec = Recording {
+        id: "1".into(),
+        url: "101/a.wav".into(),
+        path: None,
+        state: RecordingState::Pending,
+        bytes: None,
+        sha256: None,
+        dn: None,
+        error: None,
+    };
+    table.attach_recording(&call, rec, (None, None), t(1));
+    let k = key("101", "1");
+    table.upsert(&k, 1, Some(t(2)), t(2));
+    let changes = table.details(
+        &k,
+        1,
+        details("26", "Dialing", "Wexternalline"),
+        Some(t(2)),
+        t(2),
+    );
+    assert_eq!(changes.transitions, vec![Transition::Started(call.clone())]);
+    assert_eq!(table.call(&call).unwrap().recordings.len(), 1);
+}

@@ -28,6 +28,8 @@ pub enum JournalError {
     },
     #[error("the journal is closed")]
     Closed,
+    #[error("commit failed: {0}")]
+    Commit(String),
     #[error("stored document is not valid: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
