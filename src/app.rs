@@ -256,11 +256,13 @@ impl Application {
         crate::systemd::stopping();
         state.readiness.set(Some("shutting down"));
         stop_serving.cancel();
-        for server in [public_server, admin_server] {
-            match tokio::time::timeout(http::DRAIN, server).await {
-                Ok(_) => {}
-                Err(_) => tracing::warn!("in-flight requests did not finish within 10 s"),
-            }
+        // Both listeners drain at once, under one deadline.
+        let drained = async {
+            let _ = public_server.await;
+            let _ = admin_server.await;
+        };
+        if tokio::time::timeout(http::DRAIN, drained).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within 10 s");
         }
         registrar.unregister_all().await;
         stop_downloads.cancel();

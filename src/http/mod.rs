@@ -83,12 +83,19 @@ const SECRET_PARAM: &str = "{path_token}";
 
 /// The request path for logs: as sent, except that a route with a secret segment is logged as
 /// its template, so the token never reaches a log line.
+/// A path under a secret route's prefix that matched no route (a trailing slash, a typo) is
+/// cut at the prefix too: what follows may still be the token.
 fn loggable_path<B>(req: &Request<B>) -> &str {
     match req.extensions().get::<MatchedPath>() {
         Some(route) if route.as_str().contains(SECRET_PARAM) => route.as_str(),
+        _ if req.uri().path().starts_with(SECRET_PREFIX) => SECRET_PREFIX_LOGGED,
         _ => req.uri().path(),
     }
 }
+
+/// The static part of the TeleCMI route, before its token.
+const SECRET_PREFIX: &str = "/webhooks/telecmi/";
+const SECRET_PREFIX_LOGGED: &str = "/webhooks/telecmi/{path_token}";
 
 /// `server.listen`: the webhook endpoints and `/healthz`.
 pub fn public_router(state: AppState) -> Router {
@@ -119,6 +126,25 @@ pub async fn healthz() -> &'static str {
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_under_the_telecmi_prefix_is_never_logged() {
+        for path in [
+            "/webhooks/telecmi/s3cret/",
+            "/webhooks/telecmi/s3cret/x",
+            "/webhooks/telecmi/s3cret",
+        ] {
+            let req = Request::builder().uri(path).body(()).unwrap();
+            assert_eq!(loggable_path(&req), "/webhooks/telecmi/{path_token}");
+        }
+        let req = Request::builder().uri("/webhooks/jas").body(()).unwrap();
+        assert_eq!(loggable_path(&req), "/webhooks/jas");
+    }
 }
 
 /// Longest a webhook request may take, body included.
