@@ -128,6 +128,12 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+/// Longest a webhook request may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long in-flight requests get to finish at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,9 +152,3 @@ mod tests {
         assert_eq!(loggable_path(&req), "/webhooks/jas");
     }
 }
-
-/// Longest a webhook request may take, body included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long in-flight requests get to finish at shutdown.
-pub const DRAIN: Duration = Duration::from_secs(10);
