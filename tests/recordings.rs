@@ -907,3 +907,33 @@ async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
     assert_eq!(got["started_at"], json!(call.started_at));
     assert_eq!(got["ended_at"], json!(call.ended_at));
 }
+
+#[tokio::test]
+async fn an_expired_client_credentials_token_is_fetched_again_once() {
+    let dir = tempdir();
+    let sim = JasSim::with_client_credentials("cid", "csecret", "fresh-token");
+    let body = audio(10_000);
+    sim.add_recording(NAME, body.clone());
+    let server = sim.start().await.unwrap();
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &server.base_url)
+        .set("jas.client_id", "cid")
+        .set("jas.client_secret", "csecret");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    // Authenticate once through a download, then let the token expire.
+    sim.add_recording("101/first.wav", audio(100));
+    app.post_jas(&new_recording("25", "101/first.wav", 1)).await;
+    app.wait_call("jas", "25", |c| in_state(c, "1", "downloaded"))
+        .await;
+    let auths = sim.requests(SimRoute::Auth);
+    sim.expire_token();
+
+    app.post_jas(&new_recording("26", NAME, 2)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "2", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "2").unwrap()["sha256"], sha256(&body));
+    assert_eq!(sim.requests(SimRoute::Auth), auths + 1, "one new token");
+    let rec = recording(&call, "2").unwrap();
+    assert!(rec["error"].is_null(), "{rec}");
+}

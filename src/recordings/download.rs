@@ -40,6 +40,9 @@ pub enum DownloadError {
     /// not worth retrying: other 4xx, a JSON error body, a filesystem error on our side ...
     #[error("download failed: {reason}")]
     Permanent { reason: String },
+    /// 401: not worth retrying as it is, but a fresh token may fix it (the caller decides).
+    #[error("download failed: HTTP 401 Unauthorized")]
+    Unauthorized,
 }
 
 impl DownloadError {
@@ -47,7 +50,7 @@ impl DownloadError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } => None,
+            Self::Permanent { .. } | Self::Unauthorized => None,
         }
     }
 
@@ -157,6 +160,9 @@ fn check_status(resp: &reqwest::Response) -> Result<(), DownloadError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(());
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(DownloadError::Unauthorized);
     }
     let reason = format!("HTTP {status}");
     if status.is_server_error()

@@ -81,7 +81,21 @@ impl Fetcher {
             "telecmi" => "telecmi_play",
             _ => crate::providers::jas::client::RECORDINGS_API_LABEL,
         };
-        download_to(request, dest, api).await
+        match download_to(request, dest, api).await {
+            // An expired token from client credentials is fetched again, once (SPEC §2).
+            Err(DownloadError::Unauthorized) if job.provider == "jas" => {
+                let renewed = match &self.jas {
+                    Some(client) => client.renew_token().await.unwrap_or(false),
+                    None => false,
+                };
+                if !renewed {
+                    return Err(DownloadError::Unauthorized);
+                }
+                let request = self.request(job).await?;
+                download_to(request, dest, api).await
+            }
+            other => other,
+        }
     }
 
     async fn request(&self, job: &Job) -> Result<reqwest::RequestBuilder, DownloadError> {
