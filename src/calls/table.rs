@@ -90,6 +90,12 @@ impl CallTable {
             }
         }
         t.last_activity = now;
+        if t.swept && seq > t.last_seq {
+            // The stale sweep ended it, yet the provider is still talking about it.
+            t.swept = false;
+            t.removed_seq = None;
+            t.left_at = None;
+        }
         if !t.is_removed() && seq >= t.last_seq {
             t.last_seq = seq;
             changes.applied = true;
@@ -262,6 +268,7 @@ impl CallTable {
                 if !t.is_removed() {
                     t.removed_seq = Some(t.last_seq);
                     t.left_at = Some(at);
+                    t.swept = reason == "stale";
                     changes.participants.insert(key.clone());
                 }
             }
