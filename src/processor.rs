@@ -3,6 +3,7 @@
 //! event to the call table, starts participant lookups off the ack path, feeds their answers
 //! back through the same loop, and writes the changed state with the cursor.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ pub struct Processor {
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     pending: StateBuffer,
+    /// Where each recording in progress was attached, so the worker's progress reaches that
+    /// call even when its job row still names the route's first guess.
+    recording_homes: HashMap<(Provider, String), CallKey>,
     /// Progress of the recording workers, applied here like lookup answers.
     recordings_tx: mpsc::Sender<RecordingUpdate>,
     recordings_rx: mpsc::Receiver<RecordingUpdate>,
@@ -69,6 +73,7 @@ struct StateBuffer {
     /// Job rows to write with the calls they show on, and who waits for that write.
     jobs: Vec<JobUpdate>,
     written: Vec<oneshot::Sender<bool>>,
+    job_calls: Vec<(&'static str, String, String)>,
     /// The applied cursor not yet persisted: it only moves on disk together with the state it
     /// covers, so a failed write never lets a restart skip events whose effects were lost.
     cursor: Option<i64>,
@@ -94,6 +99,7 @@ impl Processor {
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             tasks,
             pending: StateBuffer::default(),
+            recording_homes: HashMap::new(),
             recordings_tx,
             recordings_rx,
             downloads: None,
@@ -330,6 +336,14 @@ impl Processor {
             job,
             done,
         } = update;
+        let home = (call.provider, recording.id.clone());
+        let call = match recording.state {
+            RecordingState::Downloaded | RecordingState::Failed => {
+                self.recording_homes.remove(&home)
+            }
+            _ => self.recording_homes.get(&home).cloned(),
+        }
+        .unwrap_or(call);
         self.warm(&call).await;
         let changes = self
             .table
@@ -381,6 +395,19 @@ impl Processor {
     /// TeleCMI names every leg and ranks its statuses itself, so there is nothing to look up:
     /// the mapping onto the table lives with the provider.
     fn apply_telecmi(&mut self, event: TelecmiEvent, received_at: DateTime<Utc>) {
+        if let Some(name) =
+            telecmi_apply::recording_name(&event).filter(|_| self.downloads.is_some())
+        {
+            // The route guessed the call of a CDR without `conversation_uuid` at ack time; the
+            // call decided here (after every earlier event) is the one the recording joins, and
+            // the one the worker's progress must reach.
+            let home = telecmi_apply::call_key(&self.table, &event);
+            self.recording_homes
+                .insert((Provider::Telecmi, name.to_string()), home.clone());
+            self.pending
+                .job_calls
+                .push(("telecmi", name.to_string(), home.call_id));
+        }
         let changes = telecmi_apply::apply(
             &self.table,
             &event,
@@ -507,6 +534,7 @@ impl Processor {
         let changes = std::mem::take(&mut self.pending.changes);
         let written = std::mem::take(&mut self.pending.written);
         let jobs = std::mem::take(&mut self.pending.jobs);
+        let job_calls = std::mem::take(&mut self.pending.job_calls);
         let mut delay = Duration::from_millis(100);
         let mut ok = false;
         for attempt in 1..=5 {
@@ -514,6 +542,7 @@ impl Processor {
             let mut state = StateWrite {
                 cursor: self.pending.cursor,
                 jobs: jobs.clone(),
+                job_calls: job_calls.clone(),
                 ..Default::default()
             };
             for key in changes.participants.union(&changes.dropped_participants) {
@@ -545,6 +574,7 @@ impl Processor {
             // re-apply them too. A worker told `false` retries its own job update.
             tracing::error!("call state not written; it will be written with the next batch");
             self.pending.changes.merge(changes);
+            self.pending.job_calls.extend(job_calls);
         }
         for done in written {
             let _ = done.send(ok);

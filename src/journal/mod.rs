@@ -72,6 +72,9 @@ pub struct StateWrite {
     pub participants: Vec<(ParticipantKey, Option<Tracked>)>,
     pub calls: Vec<(CallKey, CallRow)>,
     pub jobs: Vec<JobUpdate>,
+    /// `(provider, recording id, call id)`: the call a job's recording was attached to, when the
+    /// processor settled it differently from the route's guess at ack time.
+    pub job_calls: Vec<(&'static str, String, String)>,
     pub cursor: Option<i64>,
 }
 
@@ -80,6 +83,7 @@ impl StateWrite {
         self.participants.is_empty()
             && self.calls.is_empty()
             && self.jobs.is_empty()
+            && self.job_calls.is_empty()
             && self.cursor.is_none()
     }
 }

@@ -70,6 +70,7 @@ async fn state_and_cursor_round_trip() {
         participants: vec![(key.clone(), Some(t.clone()))],
         calls: vec![(call.key(), Some((call.clone(), Utc::now())))],
         jobs: vec![],
+        job_calls: vec![],
         cursor: Some(42),
     })
     .await
@@ -156,6 +157,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
             rows(&active, old),
         ],
         jobs: vec![],
+        job_calls: vec![],
         cursor: Some(applied),
     })
     .await
@@ -306,6 +308,7 @@ async fn restore_brings_back_quiet_participants_of_a_recently_touched_call() {
             Some((call, Utc::now() - chrono::Duration::minutes(1))),
         )],
         jobs: vec![],
+        job_calls: vec![],
         cursor: None,
     })
     .await

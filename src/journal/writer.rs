@@ -297,6 +297,12 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
             ms(Utc::now()),
         ])?;
     }
+    for (provider, recording_id, call_id) in &state.job_calls {
+        tx.prepare_cached(
+            "UPDATE jobs SET call_id = ?3 WHERE provider = ?1 AND recording_id = ?2",
+        )?
+        .execute(params![provider, recording_id, call_id])?;
+    }
     if let Some(cursor) = state.cursor {
         tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES ('applied_cursor', ?1)
