@@ -369,20 +369,20 @@ async fn outbound_answered_call_with_recording() {
         "record": true, "filename": filename,
     });
     post_ok(&app, &cdr.to_string()).await;
+    // This daemon has no telecmi.app_id/secret: the worker's verdict reaches this call (the
+    // leg's call, not a call named after the CDR's own id).
     let call = app
-        .wait_call("telecmi", conv, |c| {
-            !c["recordings"].as_array().unwrap().is_empty()
-        })
+        .wait_call("telecmi", conv, |c| c["recordings"][0]["state"] == "failed")
         .await;
     let rec = &call["recordings"][0];
     assert_eq!(rec["id"], filename);
     assert_eq!(rec["url"], filename);
     assert_eq!(rec["path"], format!("telecmi/{filename}"));
-    // Queued; a download worker may already have picked it up.
     assert!(
-        rec["state"] == "pending" || rec["state"] == "downloading",
+        rec["error"].as_str().unwrap().contains("telecmi.app_id"),
         "{rec}"
     );
+    assert!(app.call("telecmi", b_leg).await.is_none(), "a phantom call");
     assert_eq!(call["state"], "ended");
     assert_eq!(call["end_reason"], "hangup");
     assert_eq!(call["participants"].as_array().unwrap().len(), 2);
