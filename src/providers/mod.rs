@@ -2,3 +2,4 @@
 //! routes. Adding a provider means adding a folder here and one line in `http::public_router`.
 
 pub mod jas;
+pub mod telecmi;

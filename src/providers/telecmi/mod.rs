@@ -1,0 +1,3 @@
+//! TeleCMI: lenient webhook decoding (JSON or form bodies).
+
+pub mod events;
