@@ -77,24 +77,32 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(env: &Env, dir: &Path) -> TestApp {
+        let t = Self::start(env.settings(dir)).await;
+        t.wait_ready().await;
+        t
+    }
+
+    /// Builds and runs the daemon from `settings` without waiting for it to be ready.
+    pub async fn start(settings: Settings) -> TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let app = Application::build(env.settings(dir))
-            .await
-            .expect("daemon starts");
+        let admin_token = settings
+            .admin
+            .token
+            .as_ref()
+            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
+        let app = Application::build(settings).await.expect("daemon starts");
         let public = format!("http://{}", app.public_addr());
         let admin = format!("http://{}", app.admin_addr());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let t = TestApp {
+        TestApp {
             public,
             admin,
             http: reqwest::Client::new(),
-            admin_token: env.0.get("CALLHOOK__ADMIN__TOKEN").cloned(),
+            admin_token,
             shutdown,
             handle: Some(handle),
-        };
-        t.wait_ready().await;
-        t
+        }
     }
 
     pub async fn wait_ready(&self) {
