@@ -62,6 +62,13 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The call table alone: RSS growth of this process after N participants (calls of two)
+    /// with the details a lookup gives, so the daemon's figure can be split into the table's
+    /// share and the rest.
+    Table {
+        #[arg(long, default_value_t = 100_000)]
+        participants: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -104,6 +111,7 @@ fn main() {
         Cmd::Ceiling { listen } => rt.block_on(ceiling(listen)),
         Cmd::MockApi { listen } => rt.block_on(mock_api(listen)),
         Cmd::Download { size_mib, dir } => rt.block_on(download(size_mib, &dir)),
+        Cmd::Table { participants } => table(participants),
     }
 }
 
@@ -238,6 +246,37 @@ async fn download(size_mib: u64, dir: &Path) {
             );
         }
     }
+}
+
+fn table(n: usize) {
+    use callhook::calls::{Details, ParticipantKey, Provider};
+    let me = std::process::id().to_string();
+    let table = CallTable::new();
+    let before = rss_kib(&me);
+    let now = Utc::now();
+    for i in 0..n {
+        let dn = format!("{}", 100 + i % 50);
+        let key = ParticipantKey::new(Provider::Jas, &dn, i.to_string());
+        let seq = i as i64;
+        let _ = table.upsert(&key, seq, Some(now), now);
+        let details = Details {
+            call_id: (i / 2).to_string(),
+            status: if i % 2 == 0 { "Ringing" } else { "Connected" }.into(),
+            dn: Some(dn),
+            party_number: "5148888888".into(),
+            party_dn: "10000".into(),
+            party_dn_type: "Wexternalline".into(),
+            leg_id: Some(1),
+            ..Default::default()
+        };
+        let _ = table.details(&key, seq, details, Some(now), now);
+    }
+    let after = rss_kib(&me);
+    println!(
+        "{}",
+        json!({"participants": n, "calls": table.len().1, "growth_kib": after - before,
+               "bytes_per_participant": (after - before) as f64 * 1024.0 / n as f64})
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,6 +945,12 @@ async fn all(args: AllArgs) {
         d.proc.term();
         drop(api);
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+        let out = Command::new(&exe)
+            .args(["table", "--participants", &n.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let t: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
         row(
             &mut rows,
             &format!("4. RSS per active participant ({n} participants, {calls} calls)"),
@@ -916,6 +961,16 @@ async fn all(args: AllArgs) {
             ),
             "≤ 1 KiB",
             Some(per <= 1024.0),
+        );
+        row(
+            &mut rows,
+            "4. of which the call table alone (same participants, no daemon)",
+            format!(
+                "{:.0} B per participant",
+                t["bytes_per_participant"].as_f64().unwrap_or(f64::NAN)
+            ),
+            "—",
+            None,
         );
     }
 
