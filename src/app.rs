@@ -64,7 +64,7 @@ pub fn jas_client(settings: &Settings) -> Result<Option<JasClient>, StartError> 
         api_base: jas.api_base.clone(),
         auth,
         connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(10),
+        request_timeout: jas.request_timeout,
         retry_min: Duration::from_millis(200),
         retry_max: Duration::from_secs(10),
         max_retries: 5,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
@@ -117,6 +118,10 @@ pub struct JasSettings {
     pub register: bool,
     pub events: Vec<String>,
     pub lookup_participants: bool,
+    /// Whole-request deadline of JAS API calls (10 s). Not a configuration key: tests of a slow
+    /// API shorten it instead of waiting 10 s for each timeout.
+    #[doc(hidden)]
+    pub request_timeout: Duration,
 }
 
 impl JasSettings {
@@ -695,6 +700,7 @@ impl Raw {
             register: jas.register,
             events,
             lookup_participants: jas.lookup_participants,
+            request_timeout: Duration::from_secs(10),
         };
 
         let path_token = secret_or_file(

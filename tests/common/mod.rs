@@ -80,8 +80,16 @@ impl TestApp {
         Self::spawn_settings(env.settings(dir)).await
     }
 
-    /// For settings that are not configuration keys (e.g. `recordings.tuning`).
+    /// For settings that are not configuration keys (e.g. `recordings.tuning`); waits until
+    /// the daemon is ready.
     pub async fn spawn_settings(settings: Settings) -> TestApp {
+        let t = Self::start(settings).await;
+        t.wait_ready().await;
+        t
+    }
+
+    /// Builds and runs the daemon from `settings` without waiting for it to be ready.
+    pub async fn start(settings: Settings) -> TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let admin_token = settings
             .admin
@@ -93,16 +101,14 @@ impl TestApp {
         let admin = format!("http://{}", app.admin_addr());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let t = TestApp {
+        TestApp {
             public,
             admin,
             http: reqwest::Client::new(),
             admin_token,
             shutdown,
             handle: Some(handle),
-        };
-        t.wait_ready().await;
-        t
+        }
     }
 
     pub async fn wait_ready(&self) {

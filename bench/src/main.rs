@@ -1,0 +1,1047 @@
+//! callhook's benchmark driver: `bench/run.sh` builds it (`cargo build --release --example
+//! callhook-bench`) and runs `callhook-bench all`, which measures everything BENCHMARKS.md
+//! reports in one run, on loopback only, bounded in time, and prints the table.
+//! The other subcommands are the pieces `all` starts as child processes: the ceiling server,
+//! the mock JAS API, and the 1 GiB download whose RSS is measured in a process of its own.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use callhook::calls::CallTable;
+use callhook::journal::{Journal, NewEvent};
+use callhook::processor::Processor;
+use callhook::providers::jas::client::{JasAuth, JasClient, JasClientConfig};
+use callhook::providers::jas::verify::{Verifier, sign};
+use callhook::recordings::download::download_to;
+use chrono::{SecondsFormat, Utc};
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const SECRET: &str = "bench-webhook-secret";
+
+#[derive(Parser)]
+#[command(about = "callhook benchmarks (see BENCHMARKS.md)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every measurement of BENCHMARKS.md in one run; prints the table.
+    All(AllArgs),
+    /// The ceiling: an axum server that only verifies X-SIG and parses the JSON body.
+    Ceiling {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// A fast mock of the JAS participants API (any participant exists; callid = id / 2).
+    MockApi {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Streams a recording of SIZE MiB from a loopback server through
+    /// `recordings::download::download_to` and reports this process's RSS.
+    Download {
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// The call table alone: RSS growth of this process after N participants (calls of two)
+    /// with the details a lookup gives, so the daemon's figure can be split into the table's
+    /// share and the rest.
+    Table {
+        #[arg(long, default_value_t = 100_000)]
+        participants: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct AllArgs {
+    /// The callhook binary (release build).
+    #[arg(long, default_value = "target/release/callhook")]
+    callhook: PathBuf,
+    /// Scratch space (databases, bodies, the downloaded file); on the real disk, not tmpfs,
+    /// so journal syncs cost what they cost.
+    #[arg(long, default_value = "target/bench")]
+    work: PathBuf,
+    /// Seconds of load per throughput measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Distinct signed bodies; more than any run sends, so none repeats.
+    #[arg(long, default_value_t = 400_000)]
+    bodies: usize,
+    #[arg(long, default_value_t = 100_000)]
+    participants: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    journal_events: usize,
+    #[arg(long, default_value_t = 1024)]
+    download_mib: u64,
+    /// Only these parts (ceiling, plain, lookups, memory, download, restart); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Cmd::All(args) => rt.block_on(all(args)),
+        Cmd::Ceiling { listen } => rt.block_on(ceiling(listen)),
+        Cmd::MockApi { listen } => rt.block_on(mock_api(listen)),
+        Cmd::Download { size_mib, dir } => rt.block_on(download(size_mib, &dir)),
+        Cmd::Table { participants } => table(participants),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The servers started as children.
+
+async fn serve(listen: SocketAddr, router: axum::Router) {
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    println!("listening {}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    axum::serve(listener, router).await.unwrap();
+}
+
+async fn ceiling(listen: SocketAddr) {
+    async fn receive(
+        State(verifier): State<Arc<Verifier>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Json<Value>, StatusCode> {
+        verifier
+            .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
+            .map_err(|_| StatusCode::UNAUTHORIZED)?;
+        let _: Value = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        Ok(Json(json!({"status": "accepted"})))
+    }
+    let verifier = Arc::new(Verifier::new(vec![SecretString::from(SECRET)]));
+    let router = axum::Router::new()
+        .route("/webhooks/jas", post(receive))
+        .with_state(verifier);
+    serve(listen, router).await
+}
+
+async fn mock_api(listen: SocketAddr) {
+    async fn participant(UrlPath((dn, id)): UrlPath<(String, String)>) -> Json<Value> {
+        let n: u64 = id.parse().unwrap_or(0);
+        Json(json!({
+            "id": n, "status": if n % 2 == 0 { "Ringing" } else { "Connected" }, "dn": dn,
+            "party_caller_name": "", "party_dn": "10000", "party_caller_id": "5148888888",
+            "party_did": "", "device_id": format!("sip:{dn}@127.0.0.1:5063"),
+            "party_dn_type": "Wexternalline", "direct_control": false,
+            "originated_by_dn": "", "originated_by_type": "None", "referred_by_dn": "",
+            "referred_by_type": "None", "on_behalf_of_dn": "", "on_behalf_of_type": "None",
+            "callid": n / 2, "legid": 1
+        }))
+    }
+    let router = axum::Router::new().route(
+        "/v2/api/callcontrol/{dn}/participants/{id}",
+        get(participant),
+    );
+    serve(listen, router).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 1 GiB download, in its own process so its RSS is only this.
+
+fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn download(size_mib: u64, dir: &Path) {
+    const CHUNK: usize = 64 * 1024;
+    async fn recording(
+        State(size): State<u64>,
+        UrlPath(_rest): UrlPath<String>,
+    ) -> impl IntoResponse {
+        let chunk = Bytes::from(vec![0x5au8; CHUNK]);
+        let chunks = size.div_ceil(CHUNK as u64);
+        let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+            let left = size - i * CHUNK as u64;
+            Ok::<_, std::convert::Infallible>(chunk.slice(..(left.min(CHUNK as u64) as usize)))
+        });
+        (
+            [
+                (header::CONTENT_TYPE, "audio/wav".to_string()),
+                (header::CONTENT_LENGTH, size.to_string()),
+            ],
+            Body::from_stream(stream),
+        )
+    }
+    let size = size_mib * 1024 * 1024;
+    // A small download first, so the baseline already holds the client's and the runtime's
+    // one-time allocations and the growth is what the streaming itself costs.
+    for (bytes, path) in [(1024 * 1024, "warm"), (size, "big")] {
+        let router = axum::Router::new()
+            .route("/v2/api/recordings/{*rest}", get(recording))
+            .with_state(bytes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = JasClient::new(JasClientConfig::new(
+            format!("http://{addr}/v2").parse().unwrap(),
+            JasAuth::Token(SecretString::from("t")),
+        ))
+        .unwrap();
+        let req = client
+            .recording_request(&format!("101/{path}.wav"))
+            .await
+            .unwrap();
+        let dest = dir.join(format!("101/{path}.wav"));
+        let me = std::process::id().to_string();
+        let baseline = rss_kib(&me);
+        let peak = Arc::new(AtomicU64::new(baseline));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (peak, done, me) = (peak.clone(), done.clone(), me.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(&me), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let started = Instant::now();
+        let got = download_to(req, &dest, "bench").await.expect("download");
+        let secs = started.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        sampler.join().unwrap();
+        assert_eq!(got.bytes, bytes);
+        let _ = std::fs::remove_file(&dest);
+        server.abort();
+        if path == "big" {
+            let peak = peak.load(Ordering::Relaxed);
+            println!(
+                "{}",
+                json!({"bytes": bytes, "secs": secs, "baseline_kib": baseline, "peak_kib": peak,
+                       "growth_kib": peak.saturating_sub(baseline)})
+            );
+        }
+    }
+}
+
+fn table(n: usize) {
+    use callhook::calls::{Details, ParticipantKey, Provider};
+    let me = std::process::id().to_string();
+    let table = CallTable::new();
+    let before = rss_kib(&me);
+    let now = Utc::now();
+    for i in 0..n {
+        let dn = format!("{}", 100 + i % 50);
+        let key = ParticipantKey::new(Provider::Jas, &dn, i.to_string());
+        let seq = i as i64;
+        let _ = table.upsert(&key, seq, Some(now), now);
+        let details = Details {
+            call_id: (i / 2).to_string(),
+            status: if i % 2 == 0 { "Ringing" } else { "Connected" }.into(),
+            dn: Some(dn),
+            party_number: "5148888888".into(),
+            party_dn: "10000".into(),
+            party_dn_type: "Wexternalline".into(),
+            leg_id: Some(1),
+            ..Default::default()
+        };
+        let _ = table.details(&key, seq, details, Some(now), now);
+    }
+    let after = rss_kib(&me);
+    println!(
+        "{}",
+        json!({"participants": n, "calls": table.len().1, "growth_kib": after - before,
+               "bytes_per_participant": (after - before) as f64 * 1024.0 / n as f64})
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes.
+
+struct Proc {
+    child: Child,
+    /// Lines before the child said it was ready.
+    first: Vec<String>,
+}
+
+impl Proc {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn term(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and reads its stdout until `ready` matches a line; the rest of its output is
+/// drained (and dropped) by a thread so that logging never blocks it.
+fn start(mut cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Duration) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::with_capacity(1 << 20, child.stdout.take().unwrap());
+    let mut first = vec![];
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("child exited before it was ready; it said: {first:#?}");
+        }
+        first.push(line.trim_end().to_string());
+        if ready(&line) {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    std::thread::spawn(move || {
+        let mut sink = Vec::with_capacity(1 << 16);
+        while out.read_until(b'\n', &mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    (Proc { child, first }, took)
+}
+
+fn start_server(exe: &Path, sub: &str) -> (Proc, String) {
+    let mut cmd = Command::new(exe);
+    cmd.arg(sub);
+    let (p, _) = start(cmd, |l| l.starts_with("listening "));
+    let addr = p.first.last().unwrap()["listening ".len()..].to_string();
+    (p, addr)
+}
+
+struct Daemon {
+    proc: Proc,
+    public: String,
+    admin: String,
+}
+
+fn daemon_cmd(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> Command {
+    let config = dir.join("empty.toml");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&config, "").unwrap();
+    let mut env: BTreeMap<&str, String> = BTreeMap::new();
+    for (k, v) in [
+        ("server.listen", "127.0.0.1:0"),
+        ("admin.listen", "127.0.0.1:0"),
+        ("jas.webhook_secret", SECRET),
+        ("jas.register", "false"),
+        ("jas.lookup_participants", "false"),
+        ("log.format", "json"),
+        ("log.level", "info"),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        env.insert(k, v.to_string());
+    }
+    env.insert("storage.path", path_str(&dir.join("callhook.db")));
+    env.insert("recordings.dir", path_str(&dir.join("recordings")));
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(
+            format!("CALLHOOK__{}", k.replace('.', "__").to_uppercase()),
+            v,
+        );
+    }
+    cmd
+}
+
+fn start_daemon(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> (Daemon, Duration) {
+    let (proc, took) = start(daemon_cmd(bin, dir, extra), |l| {
+        l.contains("\"message\":\"ready\"")
+    });
+    let ready: Value = serde_json::from_str(proc.first.last().unwrap()).unwrap();
+    let d = Daemon {
+        public: format!("http://{}", ready["public_addr"].as_str().unwrap()),
+        admin: format!("http://{}", ready["admin_addr"].as_str().unwrap()),
+        proc,
+    };
+    (d, took)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Sum of a Prometheus series over the label sets that contain every `labels` pair.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|lab| l.contains(lab))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(http: &reqwest::Client, d: &Daemon) -> String {
+    http.get(format!("{}/metrics", d.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn lookups_done(text: &str) -> f64 {
+    metric(text, "callhook_lookups_total", &[])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load.
+
+/// `count` signed call_status inserts, participant `i` on DN `100 + i % 50`, all distinct.
+fn write_bodies(path: &Path, count: usize) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let base = Utc::now() - chrono::Duration::minutes(30);
+    for i in 0..count {
+        let ts = (base + chrono::Duration::milliseconds(i as i64))
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        let body = format!(
+            r#"{{"eventName":"call_status","timestamp":"{ts}","data":{{"event":{{"entity":"/callcontrol/{}/participants/{i}","event_type":0}},"sequence":{i}}}}}"#,
+            100 + i % 50
+        );
+        writeln!(out, "{} {body}", sign(SECRET.as_bytes(), body.as_bytes())).unwrap();
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Wrk {
+    rps: f64,
+    requests: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: f64,
+    /// CPU seconds the server used during the run, per 1000 requests.
+    cpu_ms_per_1k: f64,
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// Runs wrk against the server `pid` and notes the CPU it used.
+fn wrk_on(pid: &str, url: &str, bodies: &Path, first: usize, secs: u64, c: usize) -> Wrk {
+    let cpu = cpu_secs(pid);
+    let mut w = wrk(url, bodies, first, secs, c);
+    w.cpu_ms_per_1k = (cpu_secs(pid) - cpu) * 1000.0 / (w.requests / 1000.0);
+    w
+}
+
+/// Latency of appending 4 KiB to a file and `fdatasync`ing it, as a WAL commit does: the floor
+/// under any durable acknowledgement on this disk.
+fn fsync_probe(dir: &Path, n: usize) -> (f64, f64) {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&block).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    (times[n / 2], times[n * 99 / 100])
+}
+
+fn wrk(url: &str, bodies: &Path, first: usize, secs: u64, connections: usize) -> Wrk {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/wrk-signed.lua");
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--timeout",
+            "5s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .arg("--")
+        .arg(bodies)
+        .arg(first.to_string())
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no summary from wrk: {text}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Wrk {
+        rps: f("requests") / (f("duration_us") / 1e6),
+        requests: f("requests"),
+        p50_ms: f("p50_us") / 1000.0,
+        p99_ms: f("p99_us") / 1000.0,
+        max_ms: f("max_us") / 1000.0,
+        errors: f("connect_errors")
+            + f("read_errors")
+            + f("write_errors")
+            + f("non2xx")
+            + f("timeouts"),
+        cpu_ms_per_1k: f64::NAN,
+    }
+}
+
+/// Posts the first `count` bodies with `concurrency` clients; returns how many were accepted.
+async fn feed(url: &str, bodies: &Path, count: usize, concurrency: usize) -> usize {
+    let lines: Vec<String> = std::fs::read_to_string(bodies)
+        .unwrap()
+        .lines()
+        .take(count)
+        .map(str::to_string)
+        .collect();
+    let lines = Arc::new(lines);
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let http = reqwest::Client::new();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (lines, next, accepted, http, url) = (
+                lines.clone(),
+                next.clone(),
+                accepted.clone(),
+                http.clone(),
+                url.to_string(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(line) = lines.get(i) else { return };
+                    let (sig, body) = line.split_once(' ').unwrap();
+                    let resp = http
+                        .post(&url)
+                        .header("x-sig", sig)
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    let reply: Value = resp.json().await.unwrap();
+                    if reply["status"] == "accepted" {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    accepted.load(Ordering::Relaxed) as usize
+}
+
+/// Polls until `done(metrics) >= target` (or `limit` passes); returns when it got there.
+async fn wait_metric(
+    http: &reqwest::Client,
+    d: &Daemon,
+    target: f64,
+    limit: Duration,
+    done: impl Fn(&str) -> f64,
+) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done(&metrics(http, d).await) >= target {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The journal for the restart measurement.
+
+/// A database holding `events` journaled and applied events: inserts and removes of
+/// `events / 2 - 500` participants (ended calls), then 1000 inserts that stay active.
+async fn fill_journal(db: &Path, events: usize) {
+    let _ = std::fs::remove_file(db);
+    let journal = Journal::open(db).await.unwrap();
+    let active = 1000.min(events);
+    let ended = (events - active) / 2;
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let body = |i: usize, kind: i64, seq: usize| {
+        let ts = (base + chrono::Duration::milliseconds(seq as i64))
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        format!(
+            r#"{{"eventName":"call_status","timestamp":"{ts}","data":{{"event":{{"entity":"/callcontrol/{}/participants/{i}","event_type":{kind}}},"sequence":{seq}}}}}"#,
+            100 + i % 50
+        )
+    };
+    let mut all: Vec<String> = Vec::with_capacity(events);
+    for i in 0..ended {
+        all.push(body(i, 0, 2 * i));
+        all.push(body(i, 1, 2 * i + 1));
+    }
+    for i in ended..ended + active {
+        all.push(body(i, 0, 2 * i));
+    }
+    let started = Instant::now();
+    for chunk in all.chunks(8192) {
+        let appends = chunk.iter().map(|b| {
+            let decoded = callhook::providers::jas::events::decode(b.as_bytes()).unwrap();
+            journal.append(NewEvent {
+                provider: "jas",
+                name: "call_status".into(),
+                dedupe_key: decoded.dedupe_key,
+                content_type: None,
+                body: Bytes::from(b.clone()),
+                received_at: Utc::now(),
+                job: None,
+            })
+        });
+        for r in futures_util::future::join_all(appends).await {
+            r.unwrap();
+        }
+    }
+    let journaled = started.elapsed();
+    let mut processor = Processor::new(
+        journal.clone(),
+        Arc::new(CallTable::new()),
+        None,
+        0,
+        tokio_util::task::TaskTracker::new(),
+    );
+    processor.catch_up().await.unwrap();
+    journal.close().await.unwrap();
+    eprintln!(
+        "  journal of {} events: appended in {:.1}s, applied in {:.1}s",
+        all.len(),
+        journaled.as_secs_f64(),
+        (started.elapsed() - journaled).as_secs_f64()
+    );
+}
+
+/// Moves the database's ended calls a week into the past, as on a daemon that has been up a
+/// while (restart loads active calls and those ended in the last 6 hours).
+fn age(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let week = 7 * 24 * 3600 * 1000i64;
+    conn.execute_batch(&format!(
+        "UPDATE calls SET activity_ms = activity_ms - {week}, ended_ms = ended_ms - {week}
+           WHERE state = 'ended';
+         UPDATE participants SET activity_ms = activity_ms - {week}
+           WHERE call_id IN (SELECT call_id FROM calls WHERE state = 'ended');
+         UPDATE events SET received_ms = received_ms - {week};"
+    ))
+    .unwrap();
+}
+
+fn copy_db(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    for ext in ["", "-wal", "-shm"] {
+        let (f, t) = (
+            PathBuf::from(format!("{}{ext}", from.display())),
+            PathBuf::from(format!("{}{ext}", to.display())),
+        );
+        let _ = std::fs::remove_file(&t);
+        if f.exists() {
+            std::fs::copy(&f, &t).unwrap();
+        }
+    }
+}
+
+/// Time from spawn to the `ready` line, `runs` times (stopped with SIGTERM in between).
+fn restarts(bin: &Path, dir: &Path, runs: usize) -> (Vec<f64>, String) {
+    let mut times = vec![];
+    let mut restored = String::new();
+    for _ in 0..runs {
+        let (d, took) = start_daemon(bin, dir, &[]);
+        times.push(took.as_secs_f64() * 1000.0);
+        if let Some(l) = d.proc.first.iter().find(|l| l.contains("state restored")) {
+            let v: Value = serde_json::from_str(l).unwrap();
+            restored = format!("{} calls, {} participants", v["calls"], v["participants"]);
+        }
+        d.proc.term();
+    }
+    times.sort_by(f64::total_cmp);
+    (times, restored)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Row {
+    what: String,
+    measured: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn row(rows: &mut Vec<Row>, what: &str, measured: String, target: &str, met: Option<bool>) {
+    eprintln!("  {what}: {measured} (target {target})");
+    rows.push(Row {
+        what: what.into(),
+        measured,
+        target: target.into(),
+        met,
+    });
+}
+
+async fn all(args: AllArgs) {
+    let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+    let exe = std::env::current_exe().unwrap();
+    let bin = std::fs::canonicalize(&args.callhook).expect("the callhook release binary");
+    let _ = std::fs::remove_dir_all(&args.work);
+    std::fs::create_dir_all(&args.work).unwrap();
+    let work = std::fs::canonicalize(&args.work).unwrap();
+    let http = reqwest::Client::new();
+    let mut rows: Vec<Row> = vec![];
+    let (secs, conns) = (args.duration, args.connections);
+
+    let bodies = work.join("bodies.txt");
+    eprintln!("writing {} signed bodies", args.bodies);
+    write_bodies(&bodies, args.bodies);
+
+    if wants("plain") {
+        let (p50, p99) = fsync_probe(&work, 500);
+        row(
+            &mut rows,
+            "0. this disk: 4 KiB append + fdatasync (the floor under a durable ack)",
+            format!("p50 {p50:.2} ms, p99 {p99:.2} ms (500 syncs)"),
+            "—",
+            None,
+        );
+    }
+
+    let mut ceiling_rps = None;
+    if wants("ceiling") {
+        eprintln!("[1] ceiling: verify X-SIG + parse JSON, {conns} connections, {secs} s");
+        let (server, addr) = start_server(&exe, "ceiling");
+        let url = format!("http://{addr}/webhooks/jas");
+        let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
+        drop(server);
+        row(
+            &mut rows,
+            "1. ceiling (verify + parse only)",
+            format!(
+                "{:.0} req/s ({} in {secs} s), p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests",
+                w.rps, w.requests, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
+            ),
+            "—",
+            None,
+        );
+        ceiling_rps = Some(w.rps);
+    }
+
+    if wants("plain") {
+        eprintln!("[2] callhook, journal synced per batch, lookups off");
+        let dir = work.join("plain");
+        let (d, _) = start_daemon(&bin, &dir, &[]);
+        let url = format!("{}/webhooks/jas", d.public);
+        let w = wrk_on(&d.proc.pid(), &url, &bodies, 1, secs, conns);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let m = metrics(&http, &d).await;
+        let accepted = metric(&m, "callhook_events_total", &["outcome=\"accepted\""]);
+        let duplicate = metric(&m, "callhook_events_total", &["outcome=\"duplicate\""]);
+        let batches = metric(&m, "callhook_journal_batch_size_count", &[]);
+        let batch_mean = metric(&m, "callhook_journal_batch_size_sum", &[]) / batches.max(1.0);
+        let rss = rss_kib(&d.proc.pid());
+        // The same daemon with 4× the connections, on bodies it has not seen yet.
+        let wide = wrk_on(
+            &d.proc.pid(),
+            &url,
+            &bodies,
+            w.requests as usize + 1,
+            secs,
+            conns * 4,
+        );
+        let m2 = metrics(&http, &d).await;
+        let dup2 = metric(&m2, "callhook_events_total", &["outcome=\"duplicate\""]);
+        let batches2 = metric(&m2, "callhook_journal_batch_size_count", &[]) - batches;
+        let batch_mean2 = (metric(&m2, "callhook_journal_batch_size_sum", &[])
+            - batch_mean * batches)
+            / batches2.max(1.0);
+        d.proc.term();
+        row(
+            &mut rows,
+            &format!("2. callhook JAS endpoint, {conns} connections"),
+            format!(
+                "{:.0} req/s ({accepted} accepted, {duplicate} duplicate, {} errors); {:.0} ms CPU per 1000 requests; mean journal batch {batch_mean:.1} events, {batches} commits; RSS after {} MiB",
+                w.rps,
+                w.errors,
+                w.cpu_ms_per_1k,
+                rss / 1024
+            ),
+            "—",
+            None,
+        );
+        row(
+            &mut rows,
+            &format!("2b. the same, {} connections", conns * 4),
+            format!(
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({} duplicate in all, {} errors); mean journal batch {batch_mean2:.1} events",
+                wide.rps, wide.p50_ms, wide.p99_ms, dup2, wide.errors
+            ),
+            "—",
+            None,
+        );
+        if let Some(c) = ceiling_rps {
+            let ratio = w.rps / c;
+            row(
+                &mut rows,
+                "2. ratio to the ceiling",
+                format!("{ratio:.2}"),
+                "≥ 0.6",
+                Some(ratio >= 0.6),
+            );
+        }
+        row(
+            &mut rows,
+            "2. ack latency p50 / p99 (max)",
+            format!(
+                "{:.2} ms / {:.2} ms ({:.1} ms)",
+                w.p50_ms, w.p99_ms, w.max_ms
+            ),
+            "p99 ≤ 2 ms",
+            Some(w.p99_ms <= 2.0),
+        );
+    }
+
+    if wants("lookups") {
+        eprintln!("[3] callhook with participant lookups against the mock API");
+        let (api, addr) = start_server(&exe, "mock-api");
+        let base = format!("http://{addr}/v2");
+        let dir = work.join("lookups");
+        let (d, _) = start_daemon(
+            &bin,
+            &dir,
+            &[
+                ("jas.lookup_participants", "true"),
+                ("jas.token", "bench"),
+                ("jas.api_base", &base),
+            ],
+        );
+        let started = Instant::now();
+        let url = format!("{}/webhooks/jas", d.public);
+        let w = wrk_on(&d.proc.pid(), &url, &bodies, 1, secs, conns);
+        let load_secs = started.elapsed().as_secs_f64();
+        // Requests still in flight when wrk stopped are answered a moment later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let m = metrics(&http, &d).await;
+        let accepted = metric(&m, "callhook_events_total", &["outcome=\"accepted\""]);
+        let looked_up_during = lookups_done(&m);
+        let applied_at = wait_metric(&http, &d, accepted, Duration::from_secs(300), lookups_done)
+            .await
+            .expect("every lookup answered within 5 minutes");
+        let total = (applied_at - started).as_secs_f64();
+        let m = metrics(&http, &d).await;
+        let ok = metric(&m, "callhook_lookups_total", &["outcome=\"ok\""]);
+        d.proc.term();
+        drop(api);
+        row(
+            &mut rows,
+            "3. with lookups: acks",
+            format!(
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({accepted} accepted)",
+                w.rps, w.p50_ms, w.p99_ms
+            ),
+            "—",
+            None,
+        );
+        row(
+            &mut rows,
+            "3. with lookups: events fully applied",
+            format!(
+                "{:.0} events/s ({accepted} events, {ok} lookups ok, last applied {total:.1} s after the load began; {:.0}/s during the {load_secs:.0} s of load)",
+                accepted / total,
+                looked_up_during / load_secs
+            ),
+            "—",
+            None,
+        );
+    }
+
+    if wants("memory") {
+        let n = args.participants;
+        eprintln!("[4a] RSS with {n} active participants (lookups on, mock API)");
+        let (api, addr) = start_server(&exe, "mock-api");
+        let base = format!("http://{addr}/v2");
+        let dir = work.join("memory");
+        let (d, _) = start_daemon(
+            &bin,
+            &dir,
+            &[
+                ("jas.lookup_participants", "true"),
+                ("jas.token", "bench"),
+                ("jas.api_base", &base),
+            ],
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_kib(&d.proc.pid());
+        let accepted = feed(&format!("{}/webhooks/jas", d.public), &bodies, n, conns).await;
+        assert_eq!(accepted, n);
+        wait_metric(&http, &d, n as f64, Duration::from_secs(300), lookups_done)
+            .await
+            .expect("lookups finished");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(&d.proc.pid());
+        let m = metrics(&http, &d).await;
+        let calls = metric(&m, "callhook_active_calls", &["provider=\"jas\""]);
+        d.proc.term();
+        drop(api);
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+        let out = Command::new(&exe)
+            .args(["table", "--participants", &n.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let t: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
+        row(
+            &mut rows,
+            &format!("4. RSS per active participant ({n} participants, {calls} calls)"),
+            format!(
+                "{per:.0} B (RSS {} MiB idle → {} MiB)",
+                before / 1024,
+                after / 1024
+            ),
+            "≤ 1 KiB",
+            Some(per <= 1024.0),
+        );
+        row(
+            &mut rows,
+            "4. of which the call table alone (same participants, no daemon)",
+            format!(
+                "{:.0} B per participant",
+                t["bytes_per_participant"].as_f64().unwrap_or(f64::NAN)
+            ),
+            "—",
+            None,
+        );
+    }
+
+    if wants("download") {
+        let mib = args.download_mib;
+        eprintln!("[4b] RSS while downloading a {mib} MiB recording from loopback");
+        let dir = work.join("download");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(&exe)
+            .args(["download", "--size-mib", &mib.to_string(), "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
+        let growth = v["growth_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+        row(
+            &mut rows,
+            &format!("4. RSS growth during a {mib} MiB download"),
+            format!(
+                "{growth:.1} MiB ({} MiB before, peak {} MiB; {:.0} MiB/s)",
+                v["baseline_kib"].as_u64().unwrap_or(0) / 1024,
+                v["peak_kib"].as_u64().unwrap_or(0) / 1024,
+                mib as f64 / v["secs"].as_f64().unwrap_or(f64::NAN)
+            ),
+            "≤ 32 MiB",
+            Some(growth <= 32.0),
+        );
+    }
+
+    if wants("restart") {
+        let n = args.journal_events;
+        eprintln!("[5] restart with {n} journaled events");
+        let small_n = (n / 100).max(1000);
+        let big = work.join("restart-big/callhook.db");
+        std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+        fill_journal(&big, n).await;
+        let recent = work.join("restart-recent/callhook.db");
+        copy_db(&big, &recent);
+        age(&big);
+        let small = work.join("restart-small/callhook.db");
+        std::fs::create_dir_all(small.parent().unwrap()).unwrap();
+        fill_journal(&small, small_n).await;
+        age(&small);
+        for (label, db, events) in [
+            ("ended calls a week old", &small, small_n),
+            ("ended calls a week old", &big, n),
+            ("all of it in the last 6 h", &recent, n),
+        ] {
+            let (times, restored) = restarts(&bin, db.parent().unwrap(), 5);
+            let median = times[times.len() / 2];
+            row(
+                &mut rows,
+                &format!("5. time to ready, {events} events, {label}"),
+                format!(
+                    "median {median:.0} ms, max {:.0} ms of 5 (restored {restored})",
+                    times.last().unwrap()
+                ),
+                "≤ 2 s",
+                Some(median <= 2000.0),
+            );
+        }
+    }
+
+    println!("\n| measurement | result | target | met |\n| --- | --- | --- | --- |");
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        println!("| {} | {} | {} | {met} |", r.what, r.measured, r.target);
+    }
+}

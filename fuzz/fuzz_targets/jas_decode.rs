@@ -1,0 +1,25 @@
+//! The JAS Connect event decoder: never panics, every error names a field or says the body is
+//! not (a) JSON (object), and decoding is deterministic (a redelivery gets the same dedupe key).
+#![no_main]
+
+use callhook::providers::jas::events::{DecodeError, decode};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    match decode(data) {
+        Ok(d) => {
+            assert!(d.dedupe_key.starts_with("jas:"));
+            assert_eq!(decode(data).unwrap(), d);
+        }
+        Err(e) => {
+            let message = e.to_string();
+            match &e {
+                DecodeError::NotJson(_) => assert!(message.contains("not valid JSON")),
+                DecodeError::NotObject => assert!(message.contains("JSON object")),
+                DecodeError::Missing(f) | DecodeError::Invalid { field: f, .. } => {
+                    assert!(message.contains(f), "{message}")
+                }
+            }
+        }
+    }
+});

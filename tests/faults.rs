@@ -1,0 +1,226 @@
+//! The JAS API misbehaving: slower than the request timeout, bursts of 5xx, connections closed
+//! in the middle of a body, down when the daemon starts. Webhooks are acknowledged and
+//! journaled quickly throughout (lookups are off the ack path), failed lookups are retried, and
+//! the participant shows up in `/api/calls` once the API answers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use callhook::config::Settings;
+use callhook::sim::{JasSim, SimRoute};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An acknowledgement slower than this means the ack path waited for the API.
+const FAST_ACK: Duration = Duration::from_millis(1000);
+
+fn settings(dir: &std::path::Path, api_base: &str) -> Settings {
+    let mut s = Env::new(dir).with_sim(api_base).settings(dir);
+    // The production deadline is 10 s; a slow API is the same thing sooner.
+    s.jas.request_timeout = Duration::from_millis(300);
+    s
+}
+
+/// Posts `bodies`, asserting each is accepted quickly; returns the slowest ack.
+async fn post_all_fast(app: &TestApp, bodies: &[String]) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for body in bodies {
+        let started = Instant::now();
+        let (status, reply) = app.post_jas(body).await;
+        let took = started.elapsed();
+        assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")));
+        assert!(took < FAST_ACK, "ack took {took:?}");
+        slowest = slowest.max(took);
+    }
+    slowest
+}
+
+/// A participant insert followed by DTMF events for it (journaled, no lookup).
+fn events(dn: &str, pid: &str, n: i64) -> Vec<String> {
+    let mut bodies = vec![call_status(dn, pid, 0, 1)];
+    bodies.extend((2..=n).map(|seq| call_status(dn, pid, 2, seq)));
+    bodies
+}
+
+/// Rows in the journal, read from the database file as an operator would.
+fn journaled(dir: &std::path::Path) -> usize {
+    let db = rusqlite::Connection::open(dir.join("data/callhook.db")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+        .unwrap() as usize
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_slower_than_the_request_timeout_is_retried_and_acks_stay_fast() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    sim.set_participant(
+        "101",
+        "1",
+        participant("101", "1", "slow", "Ringing", "10000", "Wexternalline"),
+    );
+    sim.set_delay(SimRoute::Participant, Duration::from_secs(3));
+    let dir = tempdir();
+    let app = TestApp::start(settings(dir.path(), &server.base_url)).await;
+    app.wait_ready().await;
+
+    let bodies = events("101", "1", 20);
+    let slowest = post_all_fast(&app, &bodies).await;
+    // At least one attempt has timed out and another is under way.
+    wait_until(Duration::from_secs(5), || async {
+        sim.requests(SimRoute::Participant) >= 2
+    })
+    .await;
+    assert!(app.call("jas", "slow").await.is_none());
+    assert_eq!(journaled(dir.path()), bodies.len());
+
+    sim.set_delay(SimRoute::Participant, Duration::ZERO);
+    let call = app
+        .wait_call("jas", "slow", |c| {
+            c["participants"][0]["status"] == "Ringing"
+        })
+        .await;
+    assert_eq!(call["direction"], "inbound", "{call}");
+    eprintln!(
+        "slowest ack {slowest:?}; lookup attempts {}",
+        sim.requests(SimRoute::Participant)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_of_5xx_are_retried_until_the_lookup_answers() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    for (pid, callid) in [("1", "burst"), ("2", "burst"), ("3", "other")] {
+        sim.set_participant(
+            "101",
+            pid,
+            participant("101", pid, callid, "Connected", "102", "Wextension"),
+        );
+    }
+    sim.fail_next(SimRoute::Participant, &[500, 503, 502, 504, 503, 500]);
+    let dir = tempdir();
+    let app = TestApp::start(settings(dir.path(), &server.base_url)).await;
+    app.wait_ready().await;
+
+    let mut bodies = vec![];
+    for pid in ["1", "2", "3"] {
+        bodies.extend(events("101", pid, 5));
+    }
+    post_all_fast(&app, &bodies).await;
+    let call = app
+        .wait_call("jas", "burst", |c| {
+            c["participants"].as_array().is_some_and(|p| p.len() == 2)
+        })
+        .await;
+    assert_eq!(call["direction"], "internal", "{call}");
+    app.wait_call("jas", "other", |c| c["state"] == "active")
+        .await;
+    // Every injected failure was met by a retry, and nothing more.
+    assert_eq!(sim.requests(SimRoute::Participant), 3 + 6);
+}
+
+/// Answers participant lookups itself: the first `cut` connections get a 200 whose body stops
+/// half way (the connection is closed), the rest a whole participant.
+async fn cutting_server(cut: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v2", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let body = participant("101", "9", "cut", "Connected", "10000", "Wexternalline")
+                    .to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+                let end = if n < cut { body.len() / 2 } else { body.len() };
+                let _ = socket.write_all(&body.as_bytes()[..end]).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_closed_mid_body_are_retried() {
+    let (base, seen) = cutting_server(2).await;
+    let dir = tempdir();
+    let app = TestApp::start(settings(dir.path(), &base)).await;
+    app.wait_ready().await;
+
+    post_all_fast(&app, &events("101", "9", 10)).await;
+    let call = app
+        .wait_call("jas", "cut", |c| {
+            c["participants"][0]["status"] == "Connected"
+        })
+        .await;
+    assert_eq!(call["participants"][0]["party_number"], "5148888888");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        3,
+        "two cut bodies, then one whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_down_at_start_up_then_back() {
+    // A loopback port with nothing listening on it yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let base = format!("http://{addr}/v2");
+    let dir = tempdir();
+    let mut settings = settings(dir.path(), &base);
+    settings.jas.register = true;
+    settings.jas.callback_url = Some("https://example.invalid/webhooks/jas".parse().unwrap());
+    let app = TestApp::start(settings).await;
+
+    // Not ready (registration cannot happen), but webhooks are taken and journaled.
+    let (status, _) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503);
+    let bodies = events("101", "7", 10);
+    let slowest = post_all_fast(&app, &bodies).await;
+    assert_eq!(journaled(dir.path()), bodies.len());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let sim = JasSim::with_token(TOKEN);
+    sim.set_participant(
+        "101",
+        "7",
+        participant("101", "7", "back", "Ringing", "10000", "Wexternalline"),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let router = sim.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    app.wait_ready().await;
+    assert_eq!(sim.registrations().len(), 3, "{:?}", sim.registrations());
+    let call = app
+        .wait_call("jas", "back", |c| {
+            c["participants"][0]["status"] == "Ringing"
+        })
+        .await;
+    assert_eq!(call["direction"], "inbound", "{call}");
+    eprintln!("slowest ack while the API was down: {slowest:?}");
+}
