@@ -27,6 +27,8 @@ use crate::recordings::path::recording_relative_path;
 
 /// Rows read from the journal per step.
 const BATCH: usize = 512;
+/// How long the processor lets newly committed events gather before applying them.
+const LINGER: Duration = Duration::from_millis(10);
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
 const LOOKUP_CONCURRENCY: usize = 32;
 /// A call with no event for this long is ended as `stale`.
@@ -162,6 +164,9 @@ impl Processor {
                     if changed.is_err() {
                         break;
                     }
+                    // Let a burst gather: one state write then covers many events instead of
+                    // one per group commit (the ack path never waits for this).
+                    tokio::time::sleep(LINGER).await;
                     loop {
                         match self.step().await {
                             Ok(n) if n == BATCH => continue,

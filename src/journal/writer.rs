@@ -84,7 +84,18 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
         let size = batch.len();
         let mut done = Vec::with_capacity(size);
         let mut max_id = None;
+        // Only an acknowledged event needs its own fsync. Derived state (calls, participants,
+        // jobs, the applied cursor) is committed without one: WAL frames are written in order,
+        // so the next synced commit makes it durable too, and if a crash comes first the state
+        // and its cursor are lost together and rebuilt from the journal after the older cursor.
+        let sync = if batch.iter().any(|c| matches!(c, Command::Append(..))) {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
         let outcome = (|| -> rusqlite::Result<()> {
+            // Set inside the fallible part: an ack batch never commits without FULL.
+            conn.pragma_update(None, "synchronous", sync)?;
             let mut tx = conn.transaction()?;
             for cmd in batch {
                 match cmd {
