@@ -47,6 +47,10 @@ pub struct Processor {
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     pending: StateBuffer,
+    /// A call started or ended since `callhook_active_calls` was last set. The count walks
+    /// every call in memory, so it is taken at most once a second, not once per transition
+    /// (which made applying events quadratic in the calls kept in memory).
+    gauge_stale: bool,
 }
 
 /// Keys changed since the last write.
@@ -74,6 +78,7 @@ impl Processor {
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             tasks,
             pending: StateBuffer::default(),
+            gauge_stale: false,
         }
     }
 
@@ -99,10 +104,13 @@ impl Processor {
         let mut committed = self.journal.committed();
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = gauges.tick() => self.update_gauges(),
                 Some(answer) = self.answers_rx.recv() => {
                     self.apply_answer(answer);
                     // Drain what else has arrived so their writes share one transaction.
@@ -286,6 +294,7 @@ impl Processor {
         for t in &changes.transitions {
             self.log_transition(t);
         }
+        self.gauge_stale |= !changes.transitions.is_empty();
         self.pending.changes.merge(Changes {
             transitions: vec![],
             ..changes
@@ -315,8 +324,15 @@ impl Processor {
             participants = ?participants,
             "{what}"
         );
-        metrics::gauge!("callhook_active_calls", "provider" => key.provider.as_str())
-            .set(self.table.active_count(key.provider) as f64);
+    }
+
+    fn update_gauges(&mut self) {
+        if std::mem::take(&mut self.gauge_stale) {
+            for provider in [Provider::Jas, Provider::Telecmi] {
+                metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
+                    .set(self.table.active_count(provider) as f64);
+            }
+        }
     }
 
     /// Writes every changed row (and the cursor) through the journal's writer.

@@ -806,7 +806,7 @@ async fn all(args: AllArgs) {
             &d.proc.pid(),
             &url,
             &bodies,
-            w.requests as usize + 1,
+            w.requests as usize + conns + 1,
             secs,
             conns * 4,
         );
