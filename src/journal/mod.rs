@@ -295,10 +295,14 @@ impl Journal {
             }
             let mut participants = vec![];
             let mut stmt = conn.prepare(
-                "SELECT p.doc FROM participants p
-                 WHERE p.activity_ms >= ?1
-                    OR EXISTS (SELECT 1 FROM calls c WHERE c.provider = p.provider
-                               AND c.call_id = p.call_id AND c.state = 'active')",
+                // Two indexed lookups instead of `activity OR EXISTS(active call)`, which scanned
+                // every participant ever kept: restart follows the restored state, not the table.
+                "SELECT doc FROM participants WHERE rowid IN (
+                   SELECT rowid FROM participants WHERE activity_ms >= ?1
+                   UNION
+                   SELECT p.rowid FROM calls c JOIN participants p
+                     ON p.provider = c.provider AND p.call_id = c.call_id
+                   WHERE c.state = 'active')",
             )?;
             let mut rows = stmt.query(params![recent])?;
             while let Some(row) = rows.next()? {
