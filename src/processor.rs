@@ -66,6 +66,10 @@ pub struct Processor {
     recordings_rx: mpsc::Receiver<RecordingUpdate>,
     /// Wakes the recording workers; `None` when downloads are off.
     downloads: Option<Arc<Notify>>,
+    /// A call started or ended since `callhook_active_calls` was last set. The count walks
+    /// every call in memory, so it is taken at most once a second, not once per transition
+    /// (which made applying events quadratic in the calls kept in memory).
+    gauge_stale: bool,
 }
 
 /// Keys changed since the last write.
@@ -105,6 +109,7 @@ impl Processor {
             recordings_tx,
             recordings_rx,
             downloads: None,
+            gauge_stale: false,
         }
     }
 
@@ -141,10 +146,13 @@ impl Processor {
         let mut committed = self.journal.committed();
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = gauges.tick() => self.update_gauges(),
                 Some(answer) = self.answers_rx.recv() => {
                     self.apply_answer(answer);
                     // Drain what else has arrived so their writes share one transaction.
@@ -490,14 +498,10 @@ impl Processor {
         for t in &changes.transitions {
             self.log_transition(t);
         }
-        if changes.transitions.is_empty() && !changes.dropped_participants.is_empty() {
-            // A call can vanish without a transition (its only participant turned out to be
-            // invisible to this token): keep the gauge true.
-            for provider in [Provider::Jas, Provider::Telecmi] {
-                metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
-                    .set(self.table.active_count(provider) as f64);
-            }
-        }
+        // A call can also vanish without a transition (its only participant turned out to be
+        // invisible to this token).
+        self.gauge_stale |=
+            !changes.transitions.is_empty() || !changes.dropped_participants.is_empty();
         self.pending.changes.merge(Changes {
             transitions: vec![],
             ..changes
@@ -527,8 +531,15 @@ impl Processor {
             participants = ?participants,
             "{what}"
         );
-        metrics::gauge!("callhook_active_calls", "provider" => key.provider.as_str())
-            .set(self.table.active_count(key.provider) as f64);
+    }
+
+    fn update_gauges(&mut self) {
+        if std::mem::take(&mut self.gauge_stale) {
+            for provider in [Provider::Jas, Provider::Telecmi] {
+                metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
+                    .set(self.table.active_count(provider) as f64);
+            }
+        }
     }
 
     /// Writes every changed row (and the cursor) through the journal's writer.

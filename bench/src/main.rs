@@ -94,6 +94,9 @@ struct AllArgs {
     journal_events: usize,
     #[arg(long, default_value_t = 1024)]
     download_mib: u64,
+    /// Keep `work` and reuse the restart databases of an earlier run instead of filling them.
+    #[arg(long)]
+    reuse: bool,
     /// Only these parts (ceiling, plain, lookups, memory, download, restart); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -746,7 +749,9 @@ async fn all(args: AllArgs) {
     let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
     let exe = std::env::current_exe().unwrap();
     let bin = std::fs::canonicalize(&args.callhook).expect("the callhook release binary");
-    let _ = std::fs::remove_dir_all(&args.work);
+    if !args.reuse {
+        let _ = std::fs::remove_dir_all(&args.work);
+    }
     std::fs::create_dir_all(&args.work).unwrap();
     let work = std::fs::canonicalize(&args.work).unwrap();
     let http = reqwest::Client::new();
@@ -806,7 +811,7 @@ async fn all(args: AllArgs) {
             &d.proc.pid(),
             &url,
             &bodies,
-            w.requests as usize + 1,
+            w.requests as usize + conns + 1,
             secs,
             conns * 4,
         );
@@ -1006,15 +1011,17 @@ async fn all(args: AllArgs) {
         eprintln!("[5] restart with {n} journaled events");
         let small_n = (n / 100).max(1000);
         let big = work.join("restart-big/callhook.db");
-        std::fs::create_dir_all(big.parent().unwrap()).unwrap();
-        fill_journal(&big, n).await;
         let recent = work.join("restart-recent/callhook.db");
-        copy_db(&big, &recent);
-        age(&big);
         let small = work.join("restart-small/callhook.db");
-        std::fs::create_dir_all(small.parent().unwrap()).unwrap();
-        fill_journal(&small, small_n).await;
-        age(&small);
+        if !(args.reuse && big.exists() && recent.exists() && small.exists()) {
+            std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+            fill_journal(&big, n).await;
+            copy_db(&big, &recent);
+            age(&big);
+            std::fs::create_dir_all(small.parent().unwrap()).unwrap();
+            fill_journal(&small, small_n).await;
+            age(&small);
+        }
         for (label, db, events) in [
             ("ended calls a week old", &small, small_n),
             ("ended calls a week old", &big, n),

@@ -319,14 +319,16 @@ impl Journal {
             }
             let mut participants = vec![];
             let mut stmt = conn.prepare(
-                // Every participant of every call loaded above (a call touched recently by a
-                // late recording may have members quiet for longer), plus recent ones not on
-                // any call yet.
-                "SELECT p.doc FROM participants p
-                 WHERE p.activity_ms >= ?1
-                    OR EXISTS (SELECT 1 FROM calls c WHERE c.provider = p.provider
-                               AND c.call_id = p.call_id
-                               AND (c.state = 'active' OR c.activity_ms >= ?1))",
+                // Two indexed lookups instead of one `OR EXISTS` that scanned every participant
+                // ever kept: every participant of every call loaded above (a call touched
+                // recently by a late recording may have members quiet for longer), plus recent
+                // ones not on any call yet. Restart follows the restored state, not the table.
+                "SELECT doc FROM participants WHERE rowid IN (
+                   SELECT rowid FROM participants WHERE activity_ms >= ?1
+                   UNION
+                   SELECT p.rowid FROM calls c JOIN participants p
+                     ON p.provider = c.provider AND p.call_id = c.call_id
+                   WHERE c.state = 'active' OR c.activity_ms >= ?1)",
             )?;
             let mut rows = stmt.query(params![recent])?;
             while let Some(row) = rows.next()? {
