@@ -375,13 +375,15 @@ fn daemon_cmd(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> Command {
         ("jas.register", "false"),
         ("jas.lookup_participants", "false"),
         ("log.format", "json"),
-        ("log.level", "info"),
     ]
     .into_iter()
     .chain(extra.iter().copied())
     {
         env.insert(k, v.to_string());
     }
+    env.entry("log.level").or_insert_with(|| {
+        std::env::var("CALLHOOK_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into())
+    });
     env.insert("storage.path", path_str(&dir.join("callhook.db")));
     env.insert("recordings.dir", path_str(&dir.join("recordings")));
     let mut cmd = Command::new(bin);
