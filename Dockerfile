@@ -24,12 +24,15 @@ RUN apt-get update \
 COPY --from=build /src/target/release/callhook /usr/local/bin/callhook
 USER callhook
 WORKDIR /var/lib/callhook
+# The admin API (calls, phone numbers, metrics) stays on the container's loopback. To scrape it
+# from outside, set CALLHOOK__ADMIN__LISTEN=0.0.0.0:9998 together with
+# CALLHOOK__ADMIN__TOKEN_FILE=/run/secrets/admin_token, and publish 9998 only to your network.
 ENV CALLHOOK__SERVER__LISTEN=0.0.0.0:9999 \
-    CALLHOOK__ADMIN__LISTEN=0.0.0.0:9998 \
+    CALLHOOK__ADMIN__LISTEN=127.0.0.1:9998 \
     CALLHOOK__STORAGE__PATH=/var/lib/callhook/data/callhook.db \
     CALLHOOK__RECORDINGS__DIR=/var/lib/callhook/recordings
 VOLUME ["/var/lib/callhook/data", "/var/lib/callhook/recordings"]
-EXPOSE 9999 9998
+EXPOSE 9999
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
     CMD curl -fsS http://127.0.0.1:9999/healthz || exit 1
 STOPSIGNAL SIGTERM

@@ -18,6 +18,8 @@ use crate::journal::{Journal, JournalError};
 use crate::processor::{KEEP_ENDED, Processor};
 use crate::providers::jas::client::{JasAuth, JasClient, JasClientConfig, JasError};
 use crate::providers::jas::verify::Verifier;
+use crate::recordings::Recorder;
+use crate::recordings::fetch::Fetcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,6 +44,8 @@ pub struct Application {
     admin_addr: SocketAddr,
     processor: Processor,
     jas: Option<JasClient>,
+    /// The download workers; `None` when `recordings.enabled` is false.
+    recorder: Option<Recorder>,
     tasks: TaskTracker,
 }
 
@@ -115,6 +119,20 @@ impl Application {
             cursor,
             tasks.clone(),
         );
+        let recorder = if settings.recordings.enabled {
+            let fetcher = Fetcher::new(&settings, jas.clone()).map_err(StartError::Other)?;
+            let nudge = Arc::new(tokio::sync::Notify::new());
+            processor.wake_downloads(nudge.clone());
+            Some(Recorder::new(
+                journal.clone(),
+                fetcher,
+                &settings.recordings,
+                processor.recording_updates(),
+                nudge,
+            ))
+        } else {
+            None
+        };
         processor
             .catch_up()
             .await
@@ -154,6 +172,7 @@ impl Application {
             admin_addr,
             processor,
             jas,
+            recorder,
             tasks,
         })
     }
@@ -179,6 +198,7 @@ impl Application {
             admin,
             processor,
             jas,
+            recorder,
             tasks,
             public_addr,
             admin_addr,
@@ -200,6 +220,9 @@ impl Application {
             stop_serving.clone(),
         ));
         let processor_task = tokio::spawn(processor.run(stop_work.clone()));
+        // Stopped before the processor, so every progress report a worker sent gets written.
+        let stop_downloads = CancellationToken::new();
+        let recorder_task = recorder.map(|r| tokio::spawn(r.run(stop_downloads.clone())));
         tasks.spawn(upkeep(state.clone(), stop_work.clone()));
 
         let registrar = Registrar::new(&state.settings, jas.clone());
@@ -211,7 +234,12 @@ impl Application {
             Ok(()) => {
                 if !shutdown.is_cancelled() {
                     state.readiness.set(None);
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    crate::systemd::ready();
+                    tasks.spawn(crate::systemd::watchdog(
+                        state.journal.clone(),
+                        public_addr,
+                        stop_work.clone(),
+                    ));
                     tracing::info!(
                         public_addr = %public_addr,
                         admin_addr = %admin_addr,
@@ -225,16 +253,27 @@ impl Application {
         };
 
         tracing::info!("shutting down");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        crate::systemd::stopping();
         state.readiness.set(Some("shutting down"));
         stop_serving.cancel();
-        for server in [public_server, admin_server] {
-            match tokio::time::timeout(http::DRAIN, server).await {
-                Ok(_) => {}
-                Err(_) => tracing::warn!("in-flight requests did not finish within 10 s"),
-            }
+        // Both listeners drain at once, under one deadline.
+        let drained = async {
+            let _ = public_server.await;
+            let _ = admin_server.await;
+        };
+        if tokio::time::timeout(http::DRAIN, drained).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within 10 s");
         }
         registrar.unregister_all().await;
+        stop_downloads.cancel();
+        if let Some(task) = recorder_task {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("recording downloads did not stop within 5 s");
+            }
+        }
         stop_work.cancel();
         let _ = processor_task.await;
         tasks.close();
@@ -344,6 +383,13 @@ impl Registrar {
                     }
                     Err(JasError::Rejected { status, body }) => {
                         tracing::error!(event = %event, status, body = %body,
+                            "JAS Connect refused this webhook; skipping it");
+                        break;
+                    }
+                    // Any other 4xx (404 for an event the account does not offer) or a request
+                    // that cannot be built: retrying would not change the answer.
+                    Err(e @ (JasError::NotFound | JasError::Invalid(_))) => {
+                        tracing::error!(event = %event, error = %e,
                             "JAS Connect refused this webhook; skipping it");
                         break;
                     }

@@ -126,6 +126,9 @@ fn serve(c: ConfigArg) -> ExitCode {
     };
     crate::telemetry::init(&settings.log, std::io::stdout);
     runtime(async move {
+        // Installed first, so a SIGTERM during restore still ends in a clean exit 0.
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => {
@@ -134,8 +137,6 @@ fn serve(c: ConfigArg) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
         match app.run_until_stopped(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

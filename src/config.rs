@@ -146,6 +146,9 @@ pub struct RecordingsSettings {
     pub dir: PathBuf,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Retry pacing. Not a configuration key: always the defaults, except in tests.
+    #[doc(hidden)]
+    pub tuning: crate::recordings::RecorderOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -384,19 +387,32 @@ impl Settings {
                 }
             }
         }
-        let mut env = config::Environment::with_prefix("CALLHOOK")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",");
-        for key in LIST_KEYS {
-            env = env.with_list_parse_key(key);
-        }
-        if let Some(vars) = &sources.env {
-            env = env.source(Some(vars.clone().into_iter().collect()));
+        // The environment layer is built here rather than with `config::Environment`, whose
+        // type guessing turns `007` into 7 and a numeric secret into an integer: every value
+        // stays text (lists split on commas) and is converted only where the key is a number
+        // or a boolean.
+        let vars: Vec<(String, String)> = match &sources.env {
+            Some(vars) => vars.clone().into_iter().collect(),
+            None => std::env::vars().collect(),
+        };
+        for (var, value) in vars {
+            let Some(rest) = var.strip_prefix("CALLHOOK__") else {
+                continue;
+            };
+            let key = rest.to_lowercase().replace("__", ".");
+            let set = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                builder.set_override(key.as_str(), items)
+            } else {
+                builder.set_override(key.as_str(), value)
+            };
+            builder = set.map_err(|_| ConfigError::new(&key, "unknown key"))?;
         }
         let merged = builder
-            .add_source(env)
             .build()
             .map_err(|e| ConfigError::new("config", e.to_string()))?;
 
@@ -733,6 +749,7 @@ impl Raw {
             dir: PathBuf::from(recordings.dir),
             concurrency: recordings.concurrency as usize,
             max_attempts: recordings.max_attempts as u32,
+            tuning: Default::default(),
         };
 
         if storage.path.trim().is_empty() {
@@ -845,6 +862,27 @@ mod tests {
         assert!(!s.jas.lookup_participants);
         assert_eq!(s.jas.token.as_ref().unwrap().expose_secret(), "12345");
         assert_eq!(s.telecmi.allow_ips.len(), 2);
+    }
+
+    #[test]
+    fn environment_values_stay_text_where_the_key_is_text() {
+        let s = load_env(&[
+            ("CALLHOOK__JAS__CLIENT_ID", "007"),
+            ("CALLHOOK__JAS__CLIENT_SECRET", "0123"),
+            ("CALLHOOK__TELECMI__APP_ID", "01e3"),
+            ("CALLHOOK__JAS__WEBHOOK_SECRET", "12345678"),
+            ("CALLHOOK__TELECMI__PATH_TOKEN", "0123456789"),
+            ("CALLHOOK__RECORDINGS__ENABLED", "false"),
+            ("CALLHOOK__RECORDINGS__CONCURRENCY", "8"),
+        ])
+        .unwrap();
+        assert_eq!(s.jas.client_id.as_deref(), Some("007"));
+        assert_eq!(s.jas.client_secret.unwrap().expose_secret(), "0123");
+        assert_eq!(s.telecmi.app_id.as_deref(), Some("01e3"));
+        assert_eq!(s.jas.webhook_secrets[0].expose_secret(), "12345678");
+        assert_eq!(s.telecmi.path_token.unwrap().expose_secret(), "0123456789");
+        assert!(!s.recordings.enabled);
+        assert_eq!(s.recordings.concurrency, 8);
     }
 
     #[test]

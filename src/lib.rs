@@ -14,4 +14,5 @@ pub mod processor;
 pub mod providers;
 pub mod recordings;
 pub mod sim;
+pub mod systemd;
 pub mod telemetry;

@@ -3,21 +3,32 @@
 //! event to the call table, starts participant lookups off the ack path, feeds their answers
 //! back through the same loop, and writes the changed state with the cursor.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Transition};
-use crate::journal::{Journal, JournalError, StateWrite, StoredEvent};
+use crate::calls::{
+    CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Recording, RecordingState,
+    Transition,
+};
+use crate::journal::{JobUpdate, Journal, JournalError, StateWrite, StoredEvent};
 use crate::providers::jas::client::{JasClient, JasError, ParticipantDetails};
+use crate::providers::jas::events::NewRecording;
 use crate::providers::jas::events::{self as jas_events, JasEvent, ParticipantChange};
+use crate::providers::telecmi::apply as telecmi_apply;
+use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
+use crate::recordings::RecordingUpdate;
+use crate::recordings::path::recording_relative_path;
 
 /// Rows read from the journal per step.
 const BATCH: usize = 512;
+/// How long the processor lets newly committed events gather before applying them.
+const LINGER: Duration = Duration::from_millis(10);
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
 const LOOKUP_CONCURRENCY: usize = 32;
 /// A call with no event for this long is ended as `stale`.
@@ -47,6 +58,14 @@ pub struct Processor {
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     pending: StateBuffer,
+    /// Where each recording in progress was attached, so the worker's progress reaches that
+    /// call even when its job row still names the route's first guess.
+    recording_homes: HashMap<(Provider, String), CallKey>,
+    /// Progress of the recording workers, applied here like lookup answers.
+    recordings_tx: mpsc::Sender<RecordingUpdate>,
+    recordings_rx: mpsc::Receiver<RecordingUpdate>,
+    /// Wakes the recording workers; `None` when downloads are off.
+    downloads: Option<Arc<Notify>>,
     /// A call started or ended since `callhook_active_calls` was last set. The count walks
     /// every call in memory, so it is taken at most once a second, not once per transition
     /// (which made applying events quadratic in the calls kept in memory).
@@ -57,6 +76,13 @@ pub struct Processor {
 #[derive(Default)]
 struct StateBuffer {
     changes: Changes,
+    /// Job rows to write with the calls they show on, and who waits for that write.
+    jobs: Vec<JobUpdate>,
+    written: Vec<oneshot::Sender<bool>>,
+    job_calls: Vec<(&'static str, String, String)>,
+    /// The applied cursor not yet persisted: it only moves on disk together with the state it
+    /// covers, so a failed write never lets a restart skip events whose effects were lost.
+    cursor: Option<i64>,
 }
 
 impl Processor {
@@ -68,6 +94,7 @@ impl Processor {
         tasks: TaskTracker,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(1024);
+        let (recordings_tx, recordings_rx) = mpsc::channel(1024);
         Self {
             journal,
             table,
@@ -78,8 +105,23 @@ impl Processor {
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             tasks,
             pending: StateBuffer::default(),
+            recording_homes: HashMap::new(),
+            recordings_tx,
+            recordings_rx,
+            downloads: None,
             gauge_stale: false,
         }
+    }
+
+    /// Where the recording workers send their progress.
+    pub fn recording_updates(&self) -> mpsc::Sender<RecordingUpdate> {
+        self.recordings_tx.clone()
+    }
+
+    /// Recordings are downloaded: new ones are `pending` and wake the workers. Set before
+    /// `catch_up`, which may apply `new_recording` events.
+    pub fn wake_downloads(&mut self, nudge: Arc<Notify>) {
+        self.downloads = Some(nudge);
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon
@@ -119,10 +161,20 @@ impl Processor {
                     }
                     self.flush(None).await;
                 }
+                Some(update) = self.recordings_rx.recv() => {
+                    self.apply_recording_update(update).await;
+                    while let Ok(update) = self.recordings_rx.try_recv() {
+                        self.apply_recording_update(update).await;
+                    }
+                    self.flush(None).await;
+                }
                 changed = committed.changed() => {
                     if changed.is_err() {
                         break;
                     }
+                    // Let a burst gather: one state write then covers many events instead of
+                    // one per group commit (the ack path never waits for this).
+                    tokio::time::sleep(LINGER).await;
                     loop {
                         match self.step().await {
                             Ok(n) if n == BATCH => continue,
@@ -159,6 +211,7 @@ impl Processor {
             return Ok(0);
         };
         for row in rows {
+            self.warm_for(&row).await;
             self.apply_row(row);
         }
         self.cursor = last;
@@ -171,6 +224,12 @@ impl Processor {
             "jas" => match jas_events::decode(&row.body) {
                 Ok(decoded) => self.apply_jas(decoded.event, row.received_at),
                 // Journaled events were decoded once already; only a newer schema gets here.
+                Err(e) => {
+                    tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes")
+                }
+            },
+            "telecmi" => match telecmi_events::decode(&row.body, row.content_type.as_deref()) {
+                Ok(event) => self.apply_telecmi(event, row.received_at),
                 Err(e) => {
                     tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes")
                 }
@@ -228,8 +287,153 @@ impl Processor {
                     self.note(changes);
                 }
             }
-            JasEvent::NewRecording(_) | JasEvent::Unknown(_) => {}
+            JasEvent::NewRecording(r) => self.attach_new_recording(r, now),
+            JasEvent::Unknown(_) => {}
         }
+    }
+
+    /// Shows a new recording on its call: `pending` (the job was made with the event), or
+    /// `failed` when its name was refused or downloads are off. Progress already reported by a
+    /// worker (the event applied again after a restart) is kept.
+    fn attach_new_recording(&mut self, r: NewRecording, now: DateTime<Utc>) {
+        let key = CallKey::new(Provider::Jas, r.call_id.clone());
+        let id = r.id();
+        if self
+            .table
+            .call(&key)
+            .is_some_and(|c| c.recordings.iter().any(|x| x.id == id))
+        {
+            return;
+        }
+        let checked = recording_relative_path("jas", &r.recording_url);
+        let (state, path, error) = match (checked, &self.downloads) {
+            (Err(e), _) => {
+                metrics::counter!("callhook_recordings_total", "outcome" => "refused").increment(1);
+                (RecordingState::Failed, None, Some(format!("refused: {e}")))
+            }
+            (Ok(_), None) => (
+                RecordingState::Failed,
+                None,
+                Some("recording downloads are disabled".to_string()),
+            ),
+            (Ok(p), Some(_)) => (
+                RecordingState::Pending,
+                Some(p.to_string_lossy().into_owned()),
+                None,
+            ),
+        };
+        let recording = Recording {
+            id,
+            dn: r.dn().map(str::to_string),
+            url: r.recording_url,
+            path,
+            state,
+            bytes: None,
+            sha256: None,
+            error,
+        };
+        let changes = self
+            .table
+            .attach_recording(&key, recording, (r.start_time, r.end_time), now);
+        self.note(changes);
+        if let Some(nudge) = &self.downloads {
+            nudge.notify_one();
+        }
+    }
+
+    async fn apply_recording_update(&mut self, update: RecordingUpdate) {
+        let RecordingUpdate {
+            call,
+            recording,
+            times,
+            job,
+            done,
+        } = update;
+        let home = (call.provider, recording.id.clone());
+        let call = match recording.state {
+            RecordingState::Downloaded | RecordingState::Failed => {
+                self.recording_homes.remove(&home)
+            }
+            _ => self.recording_homes.get(&home).cloned(),
+        }
+        .unwrap_or(call);
+        self.warm(&call).await;
+        let changes = self
+            .table
+            .attach_recording(&call, recording, times, Utc::now());
+        self.note(changes);
+        self.pending.jobs.extend(job);
+        self.pending.written.extend(done);
+    }
+
+    /// Before an event that may name an ended call (a recording, a summary) is applied, brings
+    /// that call back into memory if it was evicted, so it is updated rather than replaced.
+    async fn warm_for(&mut self, row: &StoredEvent) {
+        if row.provider == "telecmi" {
+            // A late TeleCMI event or CDR may name a call already evicted from memory.
+            if let Ok(event) = telecmi_events::decode(&row.body, row.content_type.as_deref()) {
+                self.warm(&CallKey::new(Provider::Telecmi, event.call_id()))
+                    .await;
+            }
+            return;
+        }
+        if row.provider != "jas" || !matches!(row.name.as_str(), "new_recording" | "call_summary") {
+            return;
+        }
+        let call_id = match jas_events::decode(&row.body).map(|d| d.event) {
+            Ok(JasEvent::NewRecording(r)) => r.call_id,
+            Ok(JasEvent::CallSummary(s)) => match s.call_id {
+                Some(id) => id,
+                None => return,
+            },
+            _ => return,
+        };
+        self.warm(&CallKey::new(Provider::Jas, call_id)).await;
+    }
+
+    async fn warm(&mut self, key: &CallKey) {
+        if self.table.call(key).is_some() {
+            return;
+        }
+        match self.journal.stored_call(key.clone()).await {
+            Ok(Some((call, activity, participants))) => {
+                self.table.restore(participants, vec![(call, activity)]);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(provider = %key.provider, call_id = %key.call_id,
+                error = %e, "reading a stored call failed"),
+        }
+    }
+
+    /// TeleCMI names every leg and ranks its statuses itself, so there is nothing to look up:
+    /// the mapping onto the table lives with the provider.
+    fn apply_telecmi(&mut self, event: TelecmiEvent, received_at: DateTime<Utc>) {
+        if let Some(name) =
+            telecmi_apply::recording_name(&event).filter(|_| self.downloads.is_some())
+        {
+            // The route guessed the call of a CDR without `conversation_uuid` at ack time; the
+            // call decided here (after every earlier event) is the one the recording joins, and
+            // the one the worker's progress must reach.
+            let home = telecmi_apply::call_key(&self.table, &event);
+            self.recording_homes
+                .insert((Provider::Telecmi, name.to_string()), home.clone());
+            self.pending
+                .job_calls
+                .push(("telecmi", name.to_string(), home.call_id));
+        }
+        let changes = telecmi_apply::apply(
+            &self.table,
+            &event,
+            received_at,
+            Utc::now(),
+            self.downloads.is_some(),
+        );
+        if let Some(nudge) = &self.downloads {
+            if changes.applied && event.kind == telecmi_events::Kind::Cdr {
+                nudge.notify_one();
+            }
+        }
+        self.note(changes);
     }
 
     fn start_lookup(&self, key: ParticipantKey, seq: i64, at: Option<DateTime<Utc>>) {
@@ -294,7 +498,10 @@ impl Processor {
         for t in &changes.transitions {
             self.log_transition(t);
         }
-        self.gauge_stale |= !changes.transitions.is_empty();
+        // A call can also vanish without a transition (its only participant turned out to be
+        // invisible to this token).
+        self.gauge_stale |=
+            !changes.transitions.is_empty() || !changes.dropped_participants.is_empty();
         self.pending.changes.merge(Changes {
             transitions: vec![],
             ..changes
@@ -337,23 +544,56 @@ impl Processor {
 
     /// Writes every changed row (and the cursor) through the journal's writer.
     async fn flush(&mut self, cursor: Option<i64>) {
+        if cursor.is_some() {
+            self.pending.cursor = cursor;
+        }
         let changes = std::mem::take(&mut self.pending.changes);
-        let mut state = StateWrite {
-            cursor,
-            ..Default::default()
-        };
-        for key in changes.participants.union(&changes.dropped_participants) {
-            state
-                .participants
-                .push((key.clone(), self.table.participant(key)));
+        let written = std::mem::take(&mut self.pending.written);
+        let jobs = std::mem::take(&mut self.pending.jobs);
+        let job_calls = std::mem::take(&mut self.pending.job_calls);
+        let mut delay = Duration::from_millis(100);
+        let mut ok = false;
+        for attempt in 1..=5 {
+            // Rows are read from the table at each attempt, so a retry writes current state.
+            let mut state = StateWrite {
+                cursor: self.pending.cursor,
+                jobs: jobs.clone(),
+                job_calls: job_calls.clone(),
+                ..Default::default()
+            };
+            for key in changes.participants.union(&changes.dropped_participants) {
+                state
+                    .participants
+                    .push((key.clone(), self.table.participant(key)));
+            }
+            for key in &changes.calls {
+                state.calls.push((key.clone(), self.table.call_row(key)));
+            }
+            match self.journal.write_state(state).await {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(JournalError::Closed) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "writing call state failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
-        for key in changes.calls {
-            state.calls.push((key.clone(), self.table.call_row(&key)));
+        if ok {
+            self.pending.cursor = None;
+        } else {
+            // Keep the changed keys (and the unpersisted cursor) for the next write: the
+            // journal rows behind them are not behind the persisted cursor, so a restart would
+            // re-apply them too. A worker told `false` retries its own job update.
+            tracing::error!("call state not written; it will be written with the next batch");
+            self.pending.changes.merge(changes);
+            self.pending.job_calls.extend(job_calls);
         }
-        if let Err(e) = self.journal.write_state(state).await {
-            // The events stay in the journal after the persisted cursor, so a restart re-applies
-            // them; nothing acknowledged is lost.
-            tracing::error!(error = %e, "writing call state failed");
+        for done in written {
+            let _ = done.send(ok);
         }
     }
 }

@@ -149,3 +149,90 @@ async fn send_posts_a_signed_event_and_prints_the_reply() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).starts_with("401"));
 }
+
+#[test]
+fn demo_runs_the_whole_pipeline_and_exits_0() {
+    let out = callhook(&["demo"], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("{\"status\":\"duplicate\"}"), "{stdout}");
+    let row = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("jas/{id}")))
+            .unwrap_or_else(|| panic!("no row for call {id}:\n{stdout}"))
+            .to_string()
+    };
+    assert!(row("26").contains("outbound") && row("26").contains("ended"));
+    assert!(row("27").contains("inbound"));
+    // The recording path it prints exists and is whole.
+    let path = row("26")
+        .split_whitespace()
+        .skip_while(|w| !w.starts_with('/'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let bytes = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .len();
+    assert!(
+        stdout.contains(&format!("recording: {bytes} bytes")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("webhooks unregistered: true"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_register_list_unregister_by_hand() {
+    let sim = callhook::sim::JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    let env = [
+        ("CALLHOOK__JAS__API_BASE", server.base_url.as_str()),
+        ("CALLHOOK__JAS__TOKEN", TOKEN),
+        (
+            "CALLHOOK__JAS__CALLBACK_URL",
+            "https://hooks.example.com/webhooks/jas",
+        ),
+        ("CALLHOOK__JAS__EVENTS", "call_status,new_recording"),
+    ];
+    let dir = tempdir();
+    let file = dir.path().join("empty.toml");
+    std::fs::write(&file, "").unwrap();
+    let config = file.to_str().unwrap();
+    let run = |sub: &str| {
+        tokio::task::block_in_place(|| callhook(&["webhooks", sub, "--config", config], &env))
+    };
+
+    let out = run("register");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("registered call_status -> https://hooks.example.com/webhooks/jas"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(sim.registrations().len(), 2);
+
+    let out = run("list");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("new_recording"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run("unregister");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("unregistered call_status"));
+    assert!(sim.registrations().is_empty());
+
+    // Without credentials there is nothing to manage them with: a usage error.
+    let out =
+        tokio::task::block_in_place(|| callhook(&["webhooks", "list", "--config", config], &[]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("jas.token"));
+}

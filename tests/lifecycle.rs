@@ -162,3 +162,61 @@ async fn kill_9_loses_nothing_acknowledged() {
     assert_eq!(history["calls"][0]["call_id"], "101:1");
     assert_eq!(history["calls"][0]["state"], "ended");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempdir();
+    let mut daemon =
+        tokio::task::block_in_place(|| ChildDaemon::spawn(&Env::new(dir.path()), dir.path()));
+    let body = call_status("101", "1", 0, 1);
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/jas", daemon.public))
+        .header("x-sig", sig)
+        .header("x-request-id", "req-42")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    let mut accepted = None;
+    for _ in 0..100 {
+        accepted = daemon
+            .logs()
+            .into_iter()
+            .find(|l| l["message"] == "event accepted");
+        if accepted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = accepted.expect("an info line for the accepted event");
+    assert_eq!(line["span"]["request_id"], "req-42", "{line}");
+    for key in [
+        "provider",
+        "event",
+        "sequence",
+        "dn",
+        "participant_id",
+        "journal_id",
+    ] {
+        assert!(line.get(key).is_some(), "{key} missing in {line}");
+    }
+}
+
+#[tokio::test]
+async fn a_404_at_registration_skips_that_event_and_still_becomes_ready() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    // The first registration (call_status) is answered 404.
+    sim.fail_next(SimRoute::Register, &[404]);
+    let dir = tempdir();
+    let env = registering_env(dir.path(), &server.base_url);
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let mut events: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
+    events.sort();
+    assert_eq!(events, ["call_summary", "new_recording"]);
+    app.stop().await.unwrap();
+    assert!(sim.registrations().is_empty());
+}

@@ -233,7 +233,7 @@ async fn download(size_mib: u64, dir: &Path) {
             })
         };
         let started = Instant::now();
-        let got = download_to(req, &dest).await.expect("download");
+        let got = download_to(req, &dest, "bench").await.expect("download");
         let secs = started.elapsed().as_secs_f64();
         done.store(true, Ordering::Relaxed);
         sampler.join().unwrap();

@@ -117,6 +117,10 @@ pub struct Tracked {
     pub updated_at: Option<DateTime<Utc>>,
     /// Wall-clock time of the last event that touched it, for the stale sweep.
     pub last_activity: DateTime<Utc>,
+    /// Removed by the stale sweep rather than by the provider: a newer event brings it back,
+    /// since the provider never said it left.
+    #[serde(default)]
+    pub swept: bool,
 }
 
 impl Tracked {
@@ -133,6 +137,7 @@ impl Tracked {
             first_details_seq: i64::MAX,
             updated_at: None,
             last_activity: now,
+            swept: false,
         }
     }
 

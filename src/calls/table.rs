@@ -90,6 +90,12 @@ impl CallTable {
             }
         }
         t.last_activity = now;
+        if t.swept && seq > t.last_seq {
+            // The stale sweep ended it, yet the provider is still talking about it.
+            t.swept = false;
+            t.removed_seq = None;
+            t.left_at = None;
+        }
         if !t.is_removed() && seq >= t.last_seq {
             t.last_seq = seq;
             changes.applied = true;
@@ -184,6 +190,9 @@ impl CallTable {
         }
         if let Some(call) = new_call {
             let created = !self.calls.contains_key(&call);
+            // A call first known from its recording or summary has no members yet: its first
+            // present participant starts it rather than resuming it.
+            let memberless = self.calls.get(&call).is_some_and(|r| r.members.is_empty());
             self.calls
                 .entry(call.clone())
                 .or_insert_with(|| CallRecord::new(&call, now))
@@ -194,7 +203,13 @@ impl CallTable {
                 .calls
                 .get(&call)
                 .is_some_and(|r| r.call.state == CallState::Active);
-            if created && active {
+            if memberless && active {
+                for t in changes.transitions.iter_mut() {
+                    if *t == Transition::Resumed(call.clone()) {
+                        *t = Transition::Started(call.clone());
+                    }
+                }
+            } else if created && active {
                 changes.transitions.push(Transition::Started(call));
             } else if created {
                 // Seen only after its last participant had left: nothing started, nothing ended.
@@ -253,6 +268,7 @@ impl CallTable {
                 if !t.is_removed() {
                     t.removed_seq = Some(t.last_seq);
                     t.left_at = Some(at);
+                    t.swept = reason == "stale";
                     changes.participants.insert(key.clone());
                 }
             }

@@ -140,9 +140,40 @@ fn stale_calls_end_and_stay_ended() {
     );
     let call = table.call(&CallKey::new(Provider::Jas, "9")).unwrap();
     assert_eq!(call.end_reason.as_deref(), Some("stale"));
-    assert!(!table.upsert(&k, 2, Some(later), later).applied);
+    // A duplicate of an old event changes nothing; the call stays ended and is evicted.
+    assert!(!table.upsert(&k, 1, Some(later), later).applied);
     assert_eq!(table.evict_ended(later + Duration::hours(1)), 1);
     assert!(table.call(&CallKey::new(Provider::Jas, "9")).is_none());
+}
+
+#[test]
+fn a_stale_call_resumes_when_the_provider_speaks_of_it_again() {
+    let table = CallTable::new();
+    let k = key("101", "1");
+    let call = CallKey::new(Provider::Jas, "9");
+    table.upsert(&k, 1, Some(t(1)), t(1));
+    table.details(
+        &k,
+        1,
+        details("9", "Connected", "Wextension"),
+        Some(t(1)),
+        t(1),
+    );
+    let later = t(1) + Duration::hours(7);
+    table.sweep_stale(later, Duration::hours(6));
+    assert_eq!(table.call(&call).unwrap().state, CallState::Ended);
+    // A newer event: the provider never said it left.
+    let changes = table.upsert(&k, 2, Some(later), later);
+    assert!(changes.applied);
+    assert_eq!(changes.transitions, vec![Transition::Resumed(call.clone())]);
+    assert_eq!(table.call(&call).unwrap().state, CallState::Active);
+    // A real remove is still final.
+    table.remove(&k, 3, Some(later), later);
+    assert!(!table.upsert(&k, 4, Some(later), later).applied);
+    assert_eq!(
+        table.call(&call).unwrap().end_reason.as_deref(),
+        Some("completed")
+    );
 }
 
 #[test]
@@ -294,4 +325,32 @@ proptest! {
             prop_assert_eq!(a.first_status, b.first_status);
         }
     }
+}
+
+#[test]
+fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
+    let table = CallTable::new();
+    let call = CallKey::new(Provider::Jas, "26");
+    let rec = Recording {
+        id: "1".into(),
+        url: "101/a.wav".into(),
+        path: None,
+        state: RecordingState::Pending,
+        bytes: None,
+        sha256: None,
+        dn: None,
+        error: None,
+    };
+    table.attach_recording(&call, rec, (None, None), t(1));
+    let k = key("101", "1");
+    table.upsert(&k, 1, Some(t(2)), t(2));
+    let changes = table.details(
+        &k,
+        1,
+        details("26", "Dialing", "Wexternalline"),
+        Some(t(2)),
+        t(2),
+    );
+    assert_eq!(changes.transitions, vec![Transition::Started(call.clone())]);
+    assert_eq!(table.call(&call).unwrap().recordings.len(), 1);
 }

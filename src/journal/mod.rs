@@ -28,6 +28,8 @@ pub enum JournalError {
     },
     #[error("the journal is closed")]
     Closed,
+    #[error("commit failed: {0}")]
+    Commit(String),
     #[error("stored document is not valid: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
@@ -70,6 +72,9 @@ pub struct StateWrite {
     pub participants: Vec<(ParticipantKey, Option<Tracked>)>,
     pub calls: Vec<(CallKey, CallRow)>,
     pub jobs: Vec<JobUpdate>,
+    /// `(provider, recording id, call id)`: the call a job's recording was attached to, when the
+    /// processor settled it differently from the route's guess at ack time.
+    pub job_calls: Vec<(&'static str, String, String)>,
     pub cursor: Option<i64>,
 }
 
@@ -78,6 +83,7 @@ impl StateWrite {
         self.participants.is_empty()
             && self.calls.is_empty()
             && self.jobs.is_empty()
+            && self.job_calls.is_empty()
             && self.cursor.is_none()
     }
 }
@@ -108,7 +114,14 @@ pub struct Job {
     pub sha256: Option<String>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
+    /// The journal row of the event that created it, for logs.
+    pub event_id: Option<i64>,
 }
+
+/// The columns `writer::job_from_row` reads, in its order.
+const JOB_COLUMNS: &str =
+    "id, provider, recording_id, call_id, dn, source, rel_path, state, attempts,
+     next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms, event_id";
 
 /// Cheap to clone; every clone talks to the same writer thread.
 #[derive(Clone)]
@@ -195,6 +208,17 @@ impl Journal {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(writer::Command::State(Box::new(state), reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Round trip through the writer thread (an empty transaction): proves it is alive and
+    /// committing, for the systemd watchdog.
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::State(Box::default(), reply))
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
@@ -295,14 +319,16 @@ impl Journal {
             }
             let mut participants = vec![];
             let mut stmt = conn.prepare(
-                // Two indexed lookups instead of `activity OR EXISTS(active call)`, which scanned
-                // every participant ever kept: restart follows the restored state, not the table.
+                // Two indexed lookups instead of one `OR EXISTS` that scanned every participant
+                // ever kept: every participant of every call loaded above (a call touched
+                // recently by a late recording may have members quiet for longer), plus recent
+                // ones not on any call yet. Restart follows the restored state, not the table.
                 "SELECT doc FROM participants WHERE rowid IN (
                    SELECT rowid FROM participants WHERE activity_ms >= ?1
                    UNION
                    SELECT p.rowid FROM calls c JOIN participants p
                      ON p.provider = c.provider AND p.call_id = c.call_id
-                   WHERE c.state = 'active')",
+                   WHERE c.state = 'active' OR c.activity_ms >= ?1)",
             )?;
             let mut rows = stmt.query(params![recent])?;
             while let Some(row) = rows.next()? {
@@ -358,14 +384,52 @@ impl Journal {
     /// Jobs not finished (`pending`/`downloading`), plus `failed` ones when `include_failed`.
     pub async fn open_jobs(&self, include_failed: bool) -> Result<Vec<Job>, JournalError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, provider, recording_id, call_id, dn, source, rel_path, state, attempts,
-                        next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms
-                 FROM jobs WHERE state IN ('pending', 'downloading')
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'downloading')
                     OR (?1 AND state = 'failed' AND rel_path IS NOT NULL)
-                 ORDER BY id",
-            )?;
+                 ORDER BY id"
+            ))?;
             let rows = stmt.query_map(params![include_failed], writer::job_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Up to `limit` unfinished jobs, soonest due first: the download queue.
+    pub async fn queued_jobs(&self, limit: usize) -> Result<Vec<Job>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'downloading')
+                 ORDER BY next_attempt_ms, id LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit as i64], writer::job_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// How many jobs are not finished, for the queue-depth gauge.
+    pub async fn count_queued_jobs(&self) -> Result<i64, JournalError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'downloading')",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Failed jobs that may get their one more attempt at start: not refused (they have a
+    /// path) and not already past `max_attempts` (which is what that extra attempt leaves).
+    pub async fn jobs_to_retry(&self, max_attempts: u32) -> Result<Vec<Job>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE state = 'failed' AND rel_path IS NOT NULL AND attempts <= ?1
+                 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(params![max_attempts], writer::job_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -380,13 +444,49 @@ impl Journal {
         self.read(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT id, provider, recording_id, call_id, dn, source, rel_path, state, attempts,
-                            next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms
-                     FROM jobs WHERE provider = ?1 AND recording_id = ?2",
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ?1 AND recording_id = ?2"
+                    ),
                     params![provider, recording_id],
                     writer::job_from_row,
                 )
                 .optional()?)
+        })
+        .await
+    }
+
+    /// A call as stored, the wall clock of its last change and its participants: what the
+    /// processor needs to bring an ended call evicted from memory back, so that a late
+    /// recording or summary updates it instead of replacing it.
+    pub async fn stored_call(
+        &self,
+        key: CallKey,
+    ) -> Result<Option<(Call, DateTime<Utc>, Vec<Tracked>)>, JournalError> {
+        self.read(move |conn| {
+            let row: Option<(String, i64)> = conn
+                .query_row(
+                    "SELECT doc, activity_ms FROM calls WHERE provider = ?1 AND call_id = ?2",
+                    params![key.provider.as_str(), key.call_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((doc, activity)) = row else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT doc FROM participants WHERE provider = ?1 AND call_id = ?2",
+            )?;
+            let mut participants = vec![];
+            let mut rows = stmt.query(params![key.provider.as_str(), key.call_id])?;
+            while let Some(row) = rows.next()? {
+                let doc: String = row.get(0)?;
+                participants.push(serde_json::from_str(&doc)?);
+            }
+            Ok(Some((
+                serde_json::from_str(&doc)?,
+                from_ms(activity),
+                participants,
+            )))
         })
         .await
     }

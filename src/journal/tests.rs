@@ -1,5 +1,6 @@
 use super::*;
 use crate::calls::{Provider, Tracked};
+use chrono::DateTime;
 
 fn event(key: &str) -> NewEvent {
     NewEvent {
@@ -69,6 +70,7 @@ async fn state_and_cursor_round_trip() {
         participants: vec![(key.clone(), Some(t.clone()))],
         calls: vec![(call.key(), Some((call.clone(), Utc::now())))],
         jobs: vec![],
+        job_calls: vec![],
         cursor: Some(42),
     })
     .await
@@ -81,4 +83,240 @@ async fn state_and_cursor_round_trip() {
     assert_eq!(r.participants, vec![t]);
     assert_eq!(r.calls.len(), 1);
     assert_eq!(j.call(call.key()).await.unwrap(), Some(call));
+}
+
+fn job(recording_id: &str) -> NewJob {
+    NewJob {
+        provider: "jas",
+        recording_id: recording_id.into(),
+        call_id: "26".into(),
+        dn: Some("101".into()),
+        source: format!("101/{recording_id}.wav"),
+        rel_path: Some(format!("jas/101/{recording_id}.wav")),
+        error: None,
+        start_time: None,
+        end_time: None,
+    }
+}
+
+fn ended_call(id: &str, ended: DateTime<Utc>) -> crate::calls::Call {
+    let mut call = crate::calls::Call::new(&CallKey::new(Provider::Jas, id));
+    call.state = crate::calls::CallState::Ended;
+    call.started_at = Some(ended - chrono::Duration::minutes(5));
+    call.ended_at = Some(ended);
+    call
+}
+
+fn member(dn: &str, call_id: &str, at: DateTime<Utc>) -> (ParticipantKey, Option<Tracked>) {
+    let key = ParticipantKey::new(Provider::Jas, dn, "1");
+    let mut t = Tracked::new(key.clone(), at);
+    t.details = Some(crate::calls::Details {
+        call_id: call_id.into(),
+        ..Default::default()
+    });
+    (key, Some(t))
+}
+
+#[tokio::test]
+async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let now = Utc::now();
+    let old = now - chrono::Duration::days(100);
+    let append = |key: &str, at: DateTime<Utc>, job: Option<NewJob>| {
+        let j = j.clone();
+        let mut e = event(key);
+        e.received_at = at;
+        e.job = job;
+        async move {
+            match j.append(e).await.unwrap() {
+                Appended::Accepted(id) => id,
+                Appended::Duplicate => unreachable!(),
+            }
+        }
+    };
+    append("old", old, None).await;
+    append("old-downloaded", old, Some(job("done"))).await;
+    append("old-pending", old, Some(job("waiting"))).await;
+    let applied = append("recent", now, None).await;
+    // Journaled but not applied yet: kept whatever its age.
+    append("old-unapplied", old, None).await;
+
+    let done = j.job("jas", "done".into()).await.unwrap().unwrap();
+    let mut active = crate::calls::Call::new(&CallKey::new(Provider::Jas, "active"));
+    active.started_at = Some(old);
+    let rows = |c: &crate::calls::Call, at| (c.key(), Some((c.clone(), at)));
+    j.write_state(StateWrite {
+        participants: vec![
+            member("101", "old-ended", old),
+            member("102", "active", old),
+        ],
+        calls: vec![
+            rows(&ended_call("old-ended", old), old),
+            rows(&ended_call("recent-ended", now), now),
+            rows(&active, old),
+        ],
+        jobs: vec![],
+        job_calls: vec![],
+        cursor: Some(applied),
+    })
+    .await
+    .unwrap();
+    // Finished long ago: `updated_ms` is set by the writer, so age it through SQL.
+    j.write_state(StateWrite {
+        jobs: vec![JobUpdate {
+            id: done.id,
+            state: "downloaded",
+            attempts: 1,
+            next_attempt_at: old,
+            last_error: None,
+            bytes: Some(10),
+            sha256: Some("ab".into()),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    {
+        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        conn.execute(
+            "UPDATE jobs SET updated_ms = ?1 WHERE id = ?2",
+            params![ms(old), done.id],
+        )
+        .unwrap();
+    }
+
+    let swept = j.sweep(now - chrono::Duration::days(90)).await.unwrap();
+
+    // old + old-downloaded + old-pending events, the old call, its participant, the old job.
+    assert_eq!(swept, 6);
+    let keys: Vec<String> = {
+        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT dedupe_key FROM events ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(keys, vec!["recent", "old-unapplied"]);
+    let key = |id: &str| CallKey::new(Provider::Jas, id);
+    assert_eq!(j.call(key("old-ended")).await.unwrap(), None);
+    assert!(j.call(key("recent-ended")).await.unwrap().is_some());
+    assert!(j.call(key("active")).await.unwrap().is_some());
+    let restored = j.restore(old - chrono::Duration::days(1)).await.unwrap();
+    let dns: Vec<&str> = restored
+        .participants
+        .iter()
+        .map(|t| t.key.dn.as_str())
+        .collect();
+    assert_eq!(dns, vec!["102"]);
+    assert_eq!(j.job("jas", "done".into()).await.unwrap(), None);
+    let waiting = j.job("jas", "waiting".into()).await.unwrap().unwrap();
+    assert_eq!(waiting.state, "pending");
+}
+
+#[tokio::test]
+async fn job_queue_orders_by_due_time_and_retries_failed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut e = event(name);
+        e.job = Some(job(name));
+        e.received_at = Utc::now() - chrono::Duration::seconds(10 - i as i64);
+        j.append(e).await.unwrap();
+    }
+    let refused = NewJob {
+        rel_path: None,
+        error: Some("refused: contains `..`".into()),
+        ..job("evil")
+    };
+    let mut e = event("evil");
+    e.job = Some(refused);
+    j.append(e).await.unwrap();
+
+    let queued = j.queued_jobs(10).await.unwrap();
+    let names: Vec<&str> = queued.iter().map(|j| j.recording_id.as_str()).collect();
+    assert_eq!(names, vec!["a", "b", "c"]);
+    assert!(queued.iter().all(|q| q.event_id.is_some()));
+    assert_eq!(j.count_queued_jobs().await.unwrap(), 3);
+    let evil = j.job("jas", "evil".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (evil.state.as_str(), evil.rel_path.as_deref()),
+        ("failed", None)
+    );
+
+    // a: pushed back; b: failed within its attempts; c: failed after its extra attempt.
+    let update = |job: &Job, state, attempts, at| JobUpdate {
+        id: job.id,
+        state,
+        attempts,
+        next_attempt_at: at,
+        last_error: None,
+        bytes: None,
+        sha256: None,
+    };
+    let later = Utc::now() + chrono::Duration::minutes(5);
+    j.write_state(StateWrite {
+        jobs: vec![
+            update(&queued[0], "pending", 1, later),
+            update(&queued[1], "failed", 3, Utc::now()),
+            update(&queued[2], "failed", 4, Utc::now()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let names: Vec<String> = j
+        .queued_jobs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.recording_id)
+        .collect();
+    assert_eq!(names, vec!["a"]);
+    let retry: Vec<String> = j
+        .jobs_to_retry(3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.recording_id)
+        .collect();
+    assert_eq!(retry, vec!["b"]);
+}
+
+#[tokio::test]
+async fn restore_brings_back_quiet_participants_of_a_recently_touched_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let long_ago = Utc::now() - chrono::Duration::hours(10);
+    let key = ParticipantKey::new(Provider::Jas, "101", "1");
+    let mut t = Tracked::new(key.clone(), long_ago);
+    t.details = Some(crate::calls::Details {
+        call_id: "26".into(),
+        status: "Connected".into(),
+        ..Default::default()
+    });
+    let mut call = crate::calls::Call::new(&CallKey::new(Provider::Jas, "26"));
+    call.state = crate::calls::CallState::Ended;
+    j.write_state(StateWrite {
+        participants: vec![(key, Some(t.clone()))],
+        // The call itself changed a minute ago (a late recording), its participant 10 h ago.
+        calls: vec![(
+            call.key(),
+            Some((call, Utc::now() - chrono::Duration::minutes(1))),
+        )],
+        jobs: vec![],
+        job_calls: vec![],
+        cursor: None,
+    })
+    .await
+    .unwrap();
+    let r = j
+        .restore(Utc::now() - chrono::Duration::hours(6))
+        .await
+        .unwrap();
+    assert_eq!(r.calls.len(), 1);
+    assert_eq!(r.participants, vec![t]);
 }

@@ -84,23 +84,34 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
         let size = batch.len();
         let mut done = Vec::with_capacity(size);
         let mut max_id = None;
+        // Only an acknowledged event needs its own fsync. Derived state (calls, participants,
+        // jobs, the applied cursor) is committed without one: WAL frames are written in order,
+        // so the next synced commit makes it durable too, and if a crash comes first the state
+        // and its cursor are lost together and rebuilt from the journal after the older cursor.
+        let sync = if batch.iter().any(|c| matches!(c, Command::Append(..))) {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            // Set inside the fallible part: an ack batch never commits without FULL.
+            conn.pragma_update(None, "synchronous", sync)?;
+            let mut tx = conn.transaction()?;
             for cmd in batch {
                 match cmd {
                     Command::Append(event, reply) => {
-                        let result = append(&tx, &event).map_err(JournalError::from);
+                        let result = atomically(&mut tx, |c| append(c, &event));
                         if let Ok(Appended::Accepted(id)) = result {
                             max_id = Some(id);
                         }
                         done.push(Done::Appended(reply, result));
                     }
                     Command::State(state, reply) => {
-                        let result = write_state(&tx, &state).map_err(JournalError::from);
+                        let result = atomically(&mut tx, |c| write_state(c, &state));
                         done.push(Done::State(reply, result));
                     }
                     Command::Sweep(before, reply) => {
-                        let result = sweep(&tx, before).map_err(JournalError::from);
+                        let result = atomically(&mut tx, |c| sweep(c, before));
                         done.push(Done::Swept(reply, result));
                     }
                     Command::Close(reply) => close = Some(reply),
@@ -127,7 +138,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
             Err(e) => {
                 tracing::error!(error = %e, batch = size, "journal commit failed");
                 // Nothing of the batch is durable, so no caller may be told otherwise.
-                let failed = || JournalError::Sqlite(rusqlite::Error::ExecuteReturnedResults);
+                let failed = || JournalError::Commit(e.to_string());
                 for d in done {
                     match d {
                         Done::Appended(r, _) => drop(r.send(Err(failed()))),
@@ -152,7 +163,20 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
     }
 }
 
-fn append(tx: &Transaction<'_>, e: &NewEvent) -> rusqlite::Result<Appended> {
+/// Runs one command inside a savepoint: a command that fails leaves nothing of itself in the
+/// batch's transaction (an event is never committed without its download job), while the
+/// other commands of the batch still commit.
+fn atomically<T>(
+    tx: &mut Transaction<'_>,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, JournalError> {
+    let sp = tx.savepoint()?;
+    let value = f(&sp)?;
+    sp.commit()?;
+    Ok(value)
+}
+
+fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events (provider, name, dedupe_key, received_ms, content_type, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -202,7 +226,7 @@ fn append(tx: &Transaction<'_>, e: &NewEvent) -> rusqlite::Result<Appended> {
     Ok(Appended::Accepted(id))
 }
 
-fn write_state(tx: &Transaction<'_>, state: &StateWrite) -> Result<(), rusqlite::Error> {
+fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Error> {
     for (key, tracked) in &state.participants {
         match tracked {
             Some(t) => {
@@ -250,7 +274,12 @@ fn write_state(tx: &Transaction<'_>, state: &StateWrite) -> Result<(), rusqlite:
                     key.call_id,
                     call.state.as_str(),
                     call.started_at.map(ms),
-                    call.ended_at.map(ms),
+                    // Every ended call sorts into history, even one known only from a summary
+                    // (no end time of its own): by its last change.
+                    match call.state {
+                        crate::calls::CallState::Ended => Some(call.ended_at.map_or(ms(*activity), ms)),
+                        crate::calls::CallState::Active => None,
+                    },
                     ms(*activity),
                     doc
                 ])?;
@@ -279,6 +308,12 @@ fn write_state(tx: &Transaction<'_>, state: &StateWrite) -> Result<(), rusqlite:
             ms(Utc::now()),
         ])?;
     }
+    for (provider, recording_id, call_id) in &state.job_calls {
+        tx.prepare_cached(
+            "UPDATE jobs SET call_id = ?3 WHERE provider = ?1 AND recording_id = ?2",
+        )?
+        .execute(params![provider, recording_id, call_id])?;
+    }
     if let Some(cursor) = state.cursor {
         tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES ('applied_cursor', ?1)
@@ -289,7 +324,7 @@ fn write_state(tx: &Transaction<'_>, state: &StateWrite) -> Result<(), rusqlite:
     Ok(())
 }
 
-fn sweep(tx: &Transaction<'_>, before: i64) -> rusqlite::Result<usize> {
+fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
     let cursor: i64 = tx
         .query_row(
             "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'applied_cursor'), 0)",
@@ -335,5 +370,6 @@ pub(super) fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         sha256: r.get(12)?,
         start_time: r.get::<_, Option<i64>>(13)?.map(from_ms),
         end_time: r.get::<_, Option<i64>>(14)?.map(from_ms),
+        event_id: r.get(15)?,
     })
 }

@@ -40,6 +40,9 @@ pub enum DownloadError {
     /// not worth retrying: other 4xx, a JSON error body, a filesystem error on our side ...
     #[error("download failed: {reason}")]
     Permanent { reason: String },
+    /// 401: not worth retrying as it is, but a fresh token may fix it (the caller decides).
+    #[error("download failed: HTTP 401 Unauthorized")]
+    Unauthorized,
 }
 
 impl DownloadError {
@@ -47,7 +50,7 @@ impl DownloadError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } => None,
+            Self::Permanent { .. } | Self::Unauthorized => None,
         }
     }
 
@@ -75,9 +78,11 @@ impl DownloadError {
 /// On failure the temp file is removed and `dest` is left as it was, except when
 /// only the final folder fsync fails: the rename has then happened (the file is
 /// whole) but its durability is unknown, so a Permanent error is still reported.
+/// `api` labels `callhook_upstream_requests_total` (e.g. `jas_recordings`, `telecmi_play`).
 pub async fn download_to(
     request: reqwest::RequestBuilder,
     dest: &Path,
+    api: &'static str,
 ) -> Result<Downloaded, DownloadError> {
     let started = Instant::now();
     let final_name = dest
@@ -91,10 +96,16 @@ pub async fn download_to(
 
     // Strip the URL: it may carry credentials in its query string and these
     // reasons end up in logs and the job table.
-    let mut resp = request
-        .send()
-        .await
-        .map_err(|e| request_error(e.without_url()))?;
+    let sent = request.send().await;
+    let status = match &sent {
+        Ok(resp) => resp.status().as_u16().to_string(),
+        Err(_) => "error".to_string(),
+    };
+    metrics::counter!("callhook_upstream_requests_total", "api" => api, "status" => status)
+        .increment(1);
+    metrics::histogram!("callhook_upstream_request_seconds", "api" => api)
+        .record(started.elapsed().as_secs_f64());
+    let mut resp = sent.map_err(|e| request_error(e.without_url()))?;
     check_status(&resp)?;
 
     tokio::fs::create_dir_all(&dir)
@@ -149,6 +160,9 @@ fn check_status(resp: &reqwest::Response) -> Result<(), DownloadError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(());
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(DownloadError::Unauthorized);
     }
     let reason = format!("HTTP {status}");
     if status.is_server_error()
@@ -411,7 +425,12 @@ mod tests {
     }
 
     async fn fetch(server: &MockServer, dest: &Path) -> Result<Downloaded, DownloadError> {
-        download_to(client().get(format!("{}/rec.wav", server.uri())), dest).await
+        download_to(
+            client().get(format!("{}/rec.wav", server.uri())),
+            dest,
+            "test",
+        )
+        .await
     }
 
     #[tokio::test]
@@ -566,7 +585,7 @@ mod tests {
 
         let tmp = TempDir::new().expect("tempdir");
         let dest = tmp.path().join("sub/a.wav");
-        let err = download_to(client().get(format!("http://{addr}/a.wav")), &dest)
+        let err = download_to(client().get(format!("http://{addr}/a.wav")), &dest, "test")
             .await
             .unwrap_err();
         server.await.expect("server task");
@@ -586,6 +605,7 @@ mod tests {
         let err = download_to(
             client().get(format!("http://{addr}/a.wav")),
             &tmp.path().join("a.wav"),
+            "test",
         )
         .await
         .unwrap_err();

@@ -77,7 +77,13 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(env: &Env, dir: &Path) -> TestApp {
-        let t = Self::start(env.settings(dir)).await;
+        Self::spawn_settings(env.settings(dir)).await
+    }
+
+    /// For settings that are not configuration keys (e.g. `recordings.tuning`); waits until
+    /// the daemon is ready.
+    pub async fn spawn_settings(settings: Settings) -> TestApp {
+        let t = Self::start(settings).await;
         t.wait_ready().await;
         t
     }
@@ -224,17 +230,27 @@ pub fn call_status(dn: &str, pid: &str, event_type: i64, seq: i64) -> String {
 }
 
 /// A recent event time (retention would sweep old ones), ordered by `seq`.
+/// `seq` seconds after a base fixed for the whole test process, half an hour ago.
 pub fn event_time(seq: i64) -> String {
-    let base = chrono::Utc::now() - chrono::Duration::minutes(30);
-    (base + chrono::Duration::milliseconds(seq))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    static BASE: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        let now = chrono::Utc::now() - chrono::Duration::minutes(30);
+        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 60, 0).unwrap()
+    });
+    (*base + chrono::Duration::seconds(seq)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Whether an API time and a fixture time are the same instant (formats differ in precision).
+pub fn same_time(api: &Value, fixture: &str) -> bool {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    api.as_str().and_then(parse).is_some() && api.as_str().and_then(parse) == parse(fixture)
 }
 
 pub fn new_recording(call_id: &str, url: &str, id: i64) -> String {
     json!({
         "eventName": "new_recording",
-        "timestamp": event_time(100_000),
-        "data": {"call_id": call_id, "start_time": event_time(0), "end_time": event_time(90_000),
+        "timestamp": event_time(100),
+        "data": {"call_id": call_id, "start_time": event_time(0), "end_time": event_time(90),
                  "recording_url": url, "id_recording": id, "cdr_id": format!("cdr-{id}")}
     })
     .to_string()
@@ -302,12 +318,17 @@ impl ChildDaemon {
         (child, rx)
     }
 
-    fn ready(child: Child, rx: std::sync::mpsc::Receiver<String>) -> ChildDaemon {
+    fn ready(mut child: Child, rx: std::sync::mpsc::Receiver<String>) -> ChildDaemon {
         let mut early = vec![];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).expect("daemon became ready");
+            let Ok(line) = rx.recv_timeout(left) else {
+                // Reap it before failing, so a broken start leaves no stray daemon behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not become ready");
+            };
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };

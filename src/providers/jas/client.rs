@@ -415,6 +415,19 @@ impl JasClient {
         })
     }
 
+    /// After a 401 on a request sent elsewhere (a recording download): fetches a new token
+    /// when the client has credentials to do so. `Ok(false)` for a static token, which a retry
+    /// cannot change.
+    pub async fn renew_token(&self) -> Result<bool, JasError> {
+        match &self.inner.auth {
+            JasAuth::Client { .. } => {
+                let stale = self.cached_token().map(|(g, _)| g);
+                self.refresh_token(stale).await.map(|_| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn url(&self, path: &str) -> Result<Url, JasError> {
         Url::parse(&format!("{}{}", self.inner.base, path))
             .map_err(|e| JasError::Invalid(format!("building request URL: {e}")))

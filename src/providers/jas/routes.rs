@@ -11,10 +11,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::events::{self, JasEvent};
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, Outcome};
 use crate::journal::{Appended, NewEvent, NewJob};
 use crate::recordings::path::recording_relative_path;
 
@@ -42,31 +42,6 @@ async fn receive(
         .increment(1);
     metrics::histogram!("callhook_ack_seconds").record(started.elapsed().as_secs_f64());
     result.map(|(_, outcome)| Json(outcome.reply()))
-}
-
-/// How an event was taken, for the reply and the `outcome` label.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome {
-    Accepted(i64),
-    Duplicate,
-    Ignored,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Accepted(_) => "accepted",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Ignored => "ignored",
-        }
-    }
-
-    pub fn reply(self) -> Value {
-        match self {
-            Outcome::Accepted(id) => json!({ "status": "accepted", "id": id.to_string() }),
-            other => json!({ "status": other.label() }),
-        }
-    }
 }
 
 /// Returns the event's metric name and how it was taken.

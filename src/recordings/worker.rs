@@ -1,0 +1,491 @@
+//! The download worker pool. The `jobs` table is the queue: a dispatcher takes due jobs (at
+//! most `recordings.concurrency` at once), each worker makes one attempt and reports through
+//! the processor, which writes the job and its call together. A job left `downloading` by a
+//! crash or a shutdown is simply due again at the next start.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::download::{DownloadError, Downloaded};
+use super::fetch::Fetcher;
+use super::path::recording_relative_path;
+use super::{RecorderOptions, RecordingUpdate};
+use crate::calls::{CallKey, Provider, Recording, RecordingState};
+use crate::journal::{Job, JobUpdate, Journal, StateWrite};
+
+/// After a failed write of a job's progress, before that job may be picked again, so a broken
+/// database does not turn into a busy loop.
+const WRITE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
+pub struct Recorder {
+    worker: Arc<Worker>,
+    concurrency: usize,
+    /// Rung by the processor when a `new_recording` is applied.
+    nudge: Arc<Notify>,
+    idle_poll: Duration,
+}
+
+/// What one attempt needs; shared by every worker task.
+struct Worker {
+    journal: Journal,
+    fetcher: Fetcher,
+    dir: PathBuf,
+    max_attempts: u32,
+    options: RecorderOptions,
+    updates: mpsc::Sender<RecordingUpdate>,
+}
+
+/// The processor is gone (shutdown) or could not write: the job stays as last written.
+#[derive(Debug)]
+struct NotRecorded;
+
+/// Why a job ended `failed`.
+enum Failure {
+    /// Its name could leave `recordings.dir`; nothing was requested or written.
+    Refused(String),
+    /// A permanent error, or a transient one on the last attempt.
+    Download(String),
+}
+
+impl Recorder {
+    pub fn new(
+        journal: Journal,
+        fetcher: Fetcher,
+        settings: &crate::config::RecordingsSettings,
+        updates: mpsc::Sender<RecordingUpdate>,
+        nudge: Arc<Notify>,
+    ) -> Recorder {
+        Recorder {
+            worker: Arc::new(Worker {
+                journal,
+                fetcher,
+                dir: settings.dir.clone(),
+                max_attempts: settings.max_attempts,
+                options: settings.tuning,
+                updates,
+            }),
+            concurrency: settings.concurrency.max(1),
+            nudge,
+            idle_poll: settings.tuning.idle_poll,
+        }
+    }
+
+    /// Runs until `stop`; downloads in flight are then dropped (their temp files removed) and
+    /// their jobs stay `downloading`, which the next start resumes.
+    pub async fn run(self, stop: CancellationToken) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.worker.retry_failed_once() => {}
+        }
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, i64> = HashMap::new();
+        loop {
+            let mut wake_at = None;
+            if running.len() < self.concurrency {
+                let busy: HashSet<i64> = in_flight.values().copied().collect();
+                match self
+                    .worker
+                    .journal
+                    .queued_jobs(busy.len() + self.concurrency)
+                    .await
+                {
+                    Ok(jobs) => {
+                        let now = Utc::now();
+                        for job in jobs.into_iter().filter(|j| !busy.contains(&j.id)) {
+                            if job.next_attempt_at > now {
+                                wake_at = Some(job.next_attempt_at);
+                                break;
+                            }
+                            if running.len() >= self.concurrency {
+                                break;
+                            }
+                            let id = job.id;
+                            let worker = self.worker.clone();
+                            let handle = running.spawn(async move { worker.attempt(job).await });
+                            in_flight.insert(handle.id(), id);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the download queue failed; retrying");
+                        wake_at = Some(Utc::now() + chrono::Duration::seconds(1));
+                    }
+                }
+            }
+            if let Ok(depth) = self.worker.journal.count_queued_jobs().await {
+                metrics::gauge!("callhook_recording_queue_depth").set(depth as f64);
+            }
+            let sleep = wake_at
+                .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(self.idle_poll)
+                .min(self.idle_poll);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a download worker failed");
+                            e.id()
+                        }
+                    };
+                    in_flight.remove(&id);
+                }
+                _ = self.nudge.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        running.shutdown().await;
+    }
+}
+
+impl Worker {
+    /// A job that failed in the last run gets one more attempt at this start: its attempt count
+    /// is raised to `max_attempts`, so that attempt is its last whatever happens, and the job is
+    /// not retried again at the start after that.
+    async fn retry_failed_once(&self) {
+        let jobs = match self.journal.jobs_to_retry(self.max_attempts).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "reading failed downloads failed");
+                return;
+            }
+        };
+        for job in jobs {
+            tracing::info!(provider = %job.provider, call_id = %job.call_id,
+                recording = %job.source.escape_debug(), journal_id = job.event_id,
+                "retrying a failed recording download once more");
+            let update = JobUpdate {
+                id: job.id,
+                state: "pending",
+                attempts: job.attempts.max(self.max_attempts),
+                next_attempt_at: Utc::now(),
+                last_error: job.last_error.clone(),
+                bytes: None,
+                sha256: None,
+            };
+            let recording =
+                recording_of(&job, RecordingState::Pending, None, job.last_error.clone());
+            if self.record(&job, update, recording).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One attempt at one job, from marking it `downloading` to writing how it went.
+    async fn attempt(&self, job: Job) {
+        if self.try_attempt(&job).await.is_err() {
+            tokio::time::sleep(WRITE_FAILURE_PAUSE).await;
+        }
+    }
+
+    async fn try_attempt(&self, job: &Job) -> Result<(), NotRecorded> {
+        // Checked again here, not only when the job was made: nothing reaches the file system
+        // or the network under a name that could leave `recordings.dir`.
+        let rel = match recording_relative_path(&job.provider, &job.source) {
+            Ok(rel) => rel,
+            Err(e) => {
+                let reason = format!("refused: {e}");
+                metrics::counter!("callhook_recordings_total", "outcome" => "refused").increment(1);
+                tracing::warn!(provider = %job.provider, call_id = %job.call_id,
+                    recording = %job.source.escape_debug(), journal_id = job.event_id,
+                    reason = %e, "recording name refused; nothing will be written");
+                return self
+                    .finish(job, job.attempts, Err(Failure::Refused(reason)))
+                    .await;
+            }
+        };
+        let dest = self.dir.join(&rel);
+        let attempt = job.attempts + 1;
+
+        // `downloading` means the last run stopped in the middle of this job; if that was after
+        // the rename, the file under its final name is whole (nothing else is ever renamed
+        // there), so it is kept rather than fetched again.
+        if job.state == "downloading" {
+            if let Some(done) = existing_file(&dest).await {
+                tracing::info!(provider = %job.provider, call_id = %job.call_id,
+                    recording = %job.source.escape_debug(), journal_id = job.event_id,
+                    "recording was already on disk");
+                return self.finish(job, job.attempts, Ok(done)).await;
+            }
+        }
+
+        let update = JobUpdate {
+            id: job.id,
+            state: "downloading",
+            attempts: attempt,
+            next_attempt_at: Utc::now(),
+            last_error: job.last_error.clone(),
+            bytes: None,
+            sha256: None,
+        };
+        let recording = recording_of(
+            job,
+            RecordingState::Downloading,
+            None,
+            job.last_error.clone(),
+        );
+        self.record(job, update, recording).await?;
+        remove_stale_parts(&dest).await;
+
+        match self.fetcher.fetch(job, &dest).await {
+            Ok(done) => self.finish(job, attempt, Ok(done)).await,
+            Err(e @ DownloadError::Transient { .. }) if attempt < self.max_attempts => {
+                let delay = backoff(&self.options, attempt, e.retry_after());
+                metrics::counter!("callhook_recordings_total", "outcome" => "retried").increment(1);
+                tracing::warn!(provider = %job.provider, call_id = %job.call_id,
+                    recording = %job.source.escape_debug(), journal_id = job.event_id,
+                    attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "recording download failed; will retry");
+                let error = e.to_string();
+                let next =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                let update = JobUpdate {
+                    id: job.id,
+                    state: "pending",
+                    attempts: attempt,
+                    next_attempt_at: next,
+                    last_error: Some(error.clone()),
+                    bytes: None,
+                    sha256: None,
+                };
+                let recording = recording_of(job, RecordingState::Pending, None, Some(error));
+                self.record(job, update, recording).await
+            }
+            Err(e) => {
+                self.finish(job, attempt, Err(Failure::Download(e.to_string())))
+                    .await
+            }
+        }
+    }
+
+    /// Writes a final outcome: `downloaded` with its size and hash, or `failed` with why.
+    async fn finish(
+        &self,
+        job: &Job,
+        attempts: u32,
+        outcome: Result<Downloaded, Failure>,
+    ) -> Result<(), NotRecorded> {
+        let (update, recording) = match outcome {
+            Ok(done) => {
+                metrics::counter!("callhook_recordings_total", "outcome" => "downloaded")
+                    .increment(1);
+                tracing::info!(provider = %job.provider, call_id = %job.call_id,
+                    recording = %job.source.escape_debug(), journal_id = job.event_id,
+                    bytes = done.bytes, sha256 = %done.sha256, "recording downloaded");
+                (
+                    JobUpdate {
+                        id: job.id,
+                        state: "downloaded",
+                        attempts,
+                        next_attempt_at: Utc::now(),
+                        last_error: None,
+                        bytes: Some(done.bytes),
+                        sha256: Some(done.sha256.clone()),
+                    },
+                    recording_of(job, RecordingState::Downloaded, Some(&done), None),
+                )
+            }
+            Err(failure) => {
+                let error = match failure {
+                    // Counted and logged where it was refused.
+                    Failure::Refused(reason) => reason,
+                    Failure::Download(error) => {
+                        metrics::counter!("callhook_recordings_total", "outcome" => "failed")
+                            .increment(1);
+                        tracing::warn!(provider = %job.provider, call_id = %job.call_id,
+                            recording = %job.source.escape_debug(), journal_id = job.event_id,
+                            attempts, error = %error, "recording download failed");
+                        error
+                    }
+                };
+                (
+                    JobUpdate {
+                        id: job.id,
+                        state: "failed",
+                        attempts,
+                        next_attempt_at: Utc::now(),
+                        last_error: Some(error.clone()),
+                        bytes: None,
+                        sha256: None,
+                    },
+                    recording_of(job, RecordingState::Failed, None, Some(error)),
+                )
+            }
+        };
+        self.record(job, update, recording).await
+    }
+
+    /// Hands the job's new state and its call's recording to the processor and waits until
+    /// both are written.
+    async fn record(
+        &self,
+        job: &Job,
+        update: JobUpdate,
+        recording: Recording,
+    ) -> Result<(), NotRecorded> {
+        let Some(provider) = Provider::parse(&job.provider) else {
+            // No call to show it on; the job row still says what happened.
+            return self
+                .journal
+                .write_state(StateWrite {
+                    jobs: vec![update],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|_| NotRecorded);
+        };
+        let (done, written) = oneshot::channel();
+        self.updates
+            .send(RecordingUpdate {
+                call: CallKey::new(provider, job.call_id.clone()),
+                recording,
+                times: (job.start_time, job.end_time),
+                job: Some(update),
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| NotRecorded)?;
+        match written.await {
+            Ok(true) => Ok(()),
+            _ => Err(NotRecorded),
+        }
+    }
+}
+
+/// The recording as its call shows it.
+fn recording_of(
+    job: &Job,
+    state: RecordingState,
+    done: Option<&Downloaded>,
+    error: Option<String>,
+) -> Recording {
+    Recording {
+        id: job.recording_id.clone(),
+        url: job.source.clone(),
+        path: job.rel_path.clone(),
+        state,
+        bytes: done.map(|d| d.bytes),
+        sha256: done.map(|d| d.sha256.clone()),
+        dn: job.dn.clone(),
+        error,
+    }
+}
+
+/// Exponential from `base`, capped, with "equal jitter" (half fixed, half random) so that
+/// jobs failing together do not retry together; never sooner than the server's Retry-After.
+pub fn backoff(options: &RecorderOptions, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = options
+        .backoff_base
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(options.backoff_cap);
+    let half = exp / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    let delay = half + Duration::from_millis(jitter);
+    retry_after.map_or(delay, |r| r.max(delay))
+}
+
+/// Size and hash of a file already at `dest`, if there is one.
+async fn existing_file(dest: &Path) -> Option<Downloaded> {
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&dest).ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        let bytes = std::io::copy(&mut file, &mut hasher).ok()?;
+        (bytes > 0).then(|| Downloaded {
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Removes temp files of earlier attempts at `dest` that a crash left behind (a clean failure
+/// or shutdown removes its own). Only one worker handles a job at a time, so none is in use.
+async fn remove_stale_parts(dest: &Path) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let prefix = format!(".{name}.part-");
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_up_to_the_cap() {
+        let options = RecorderOptions {
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            idle_poll: Duration::from_secs(60),
+        };
+        for _ in 0..100 {
+            for (attempt, full) in [(1, 1), (2, 2), (3, 4), (9, 256), (10, 300), (40, 300)] {
+                let d = backoff(&options, attempt, None);
+                let full = Duration::from_secs(full);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let options = RecorderOptions {
+            backoff_base: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let d = backoff(&options, 1, Some(Duration::from_secs(7)));
+        assert_eq!(d, Duration::from_secs(7));
+        let d = backoff(&options, 1, Some(Duration::ZERO));
+        assert!(d <= Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn stale_parts_of_this_file_only_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.wav");
+        for name in [
+            ".a.wav.part-0123",
+            ".a.wav.part-ffff",
+            ".b.wav.part-1",
+            "a.wav",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_parts(&dest).await;
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![".b.wav.part-1", "a.wav"]);
+        assert_eq!(existing_file(&dest).await.map(|d| d.bytes), Some(1));
+        assert_eq!(existing_file(&dir.path().join("none")).await, None);
+    }
+}

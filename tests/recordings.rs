@@ -1,0 +1,939 @@
+//! Recording downloads as an operator sees them (§5 Recordings, §6): files on disk, the Call
+//! JSON, what reached the provider, and what survives a crash. The real daemon on port 0
+//! against the JAS simulator, or against `Upstream`, a raw HTTP server that can misbehave in
+//! ways a framework would not let it (lying about lengths, stalling mid-body).
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use callhook::config::Settings;
+use callhook::journal::{Job, Journal, NewEvent, NewJob};
+use callhook::recordings::RecorderOptions;
+use callhook::recordings::fetch::Fetcher;
+use callhook::sim::{JasSim, SimRoute};
+use chrono::Utc;
+use common::*;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const NAME: &str = "101/[John Doe]_101-5148888888_20250603153720(26).wav";
+const REL: &str = "jas/101/[John Doe]_101-5148888888_20250603153720(26).wav";
+
+fn audio(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Every file under `dir`, relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn recording<'a>(call: &'a Value, id: &str) -> Option<&'a Value> {
+    call["recordings"]
+        .as_array()?
+        .iter()
+        .find(|r| r["id"] == id)
+}
+
+fn in_state(call: &Value, id: &str, state: &str) -> bool {
+    recording(call, id).is_some_and(|r| r["state"] == state)
+}
+
+/// The daemon with retries in milliseconds instead of seconds.
+async fn fast_app(env: &Env, dir: &Path, base: Duration) -> TestApp {
+    let mut settings: Settings = env.settings(dir);
+    settings.recordings.tuning = RecorderOptions {
+        backoff_base: base,
+        backoff_cap: base * 4,
+        idle_poll: Duration::from_millis(200),
+    };
+    TestApp::spawn_settings(settings).await
+}
+
+async fn sim_env(sim: &JasSim, dir: &Path) -> (callhook::sim::SimServer, Env) {
+    let server = sim.start().await.unwrap();
+    let env = Env::new(dir).with_sim(&server.base_url);
+    (server, env)
+}
+
+#[tokio::test]
+async fn download_fails_twice_with_500_then_succeeds() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    let body = audio(200_000);
+    sim.add_recording(NAME, body.clone());
+    sim.fail_next(SimRoute::Recording, &[500, 500]);
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(20)).await;
+
+    let (status, reply) = app.post_jas(&new_recording("26", NAME, 1)).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")));
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+
+    let rec = recording(&call, "1").unwrap();
+    assert_eq!(rec["path"], REL);
+    assert_eq!(rec["url"], NAME);
+    assert_eq!(rec["bytes"], body.len());
+    assert_eq!(rec["sha256"], sha256(&body));
+    assert_eq!(sim.requests(SimRoute::Recording), 3);
+    let recordings = dir.path().join("recordings");
+    assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), body);
+    assert_eq!(files_under(&recordings), vec![REL.to_string()]);
+
+    // One process-wide registry for every test here: only lower bounds hold.
+    let (_, metrics) = app.get_admin("/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(value("callhook_recordings_total{outcome=\"retried\"}") >= 2.0);
+    assert!(value("callhook_recordings_total{outcome=\"downloaded\"}") >= 1.0);
+    value("callhook_recording_queue_depth");
+    assert!(
+        value("callhook_upstream_requests_total{api=\"jas_recordings\",status=\"500\"}") >= 2.0
+    );
+    assert!(
+        value("callhook_upstream_requests_total{api=\"jas_recordings\",status=\"200\"}") >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn graceful_stop_mid_download_leaves_it_resumable() {
+    let dir = tempdir();
+    let body = audio(600_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Stall { sent: 300_000 }]);
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &upstream.base())
+        .set("jas.token", TOKEN);
+    let recordings = dir.path().join("recordings");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    app.wait_call("jas", "26", |c| in_state(c, "1", "downloading"))
+        .await;
+    wait_until(Duration::from_secs(5), || async {
+        !files_under(&recordings).is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    app.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The temp file went with the download; nothing under the final name.
+    assert_eq!(files_under(&recordings), Vec::<String>::new());
+
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "1").unwrap()["sha256"], sha256(&body));
+    assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), body);
+    assert_eq!(upstream.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let dir = tempdir();
+    let upstream = Upstream::start(audio(10_000)).await;
+    upstream.script([Reply::status(503, &[("Retry-After", "1")], b"busy")]);
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &upstream.base())
+        .set("jas.token", TOKEN);
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    app.wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+
+    let hits = upstream.hits();
+    assert_eq!(hits.len(), 2);
+    let waited = hits[1].at - hits[0].at;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "retried after {waited:?}");
+    assert_eq!(
+        hits[0].target,
+        "/v2/api/recordings/101/%5BJohn%20Doe%5D_101-5148888888_20250603153720%2826%29.wav"
+    );
+    assert_eq!(
+        hits[0].authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn hostile_names_are_refused_and_nothing_is_written() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let hostile = [
+        ("abs", "/tmp/evil.wav", "absolute"),
+        ("parent", "../evil.wav", ".."),
+        ("deep-parent", "101/../../evil.wav", ".."),
+        ("empty-segment", "101//evil.wav", "empty segment"),
+        ("backslash", "101\\..\\evil.wav", "backslash"),
+        ("control", "101/ev\u{1}il.wav", "control"),
+        ("newline", "101/evil\n.wav", "control"),
+    ];
+    for (i, (call_id, name, _)) in hostile.iter().enumerate() {
+        sim.add_recording(name, audio(1000));
+        let (status, _) = app
+            .post_jas(&new_recording(call_id, name, i as i64 + 1))
+            .await;
+        assert_eq!(status, 200, "{name:?}");
+    }
+    for (i, (call_id, name, why)) in hostile.iter().enumerate() {
+        let id = (i + 1).to_string();
+        let call = app
+            .wait_call("jas", call_id, |c| in_state(c, &id, "failed"))
+            .await;
+        let rec = recording(&call, &id).unwrap();
+        assert_eq!(rec["url"], *name);
+        assert_eq!(rec["path"], Value::Null, "{name:?}");
+        let error = rec["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("refused") && error.contains(why),
+            "{name:?}: {error}"
+        );
+    }
+    // Give the workers every chance to (wrongly) pick them up.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sim.requests(SimRoute::Recording), 0);
+    let everything = files_under(dir.path());
+    assert!(
+        everything
+            .iter()
+            .all(|f| f.starts_with("data/") || f == "empty.toml"),
+        "{everything:?}"
+    );
+    assert!(!Path::new("/tmp/evil.wav").exists());
+}
+
+#[tokio::test]
+async fn telecmi_json_error_with_200_is_a_failure_and_not_saved() {
+    let dir = tempdir();
+    let upstream = Upstream::start(audio(5000)).await;
+    let error = br#"{"code":404,"error":true,"msg":"file not found"}"#;
+    upstream.script([Reply::status(
+        200,
+        &[("Content-Type", "application/json")],
+        error,
+    )]);
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.app_id", "1111112")
+        .set("telecmi.secret", "cmi-s3cr3t&x")
+        .set("telecmi.api_base", &upstream.base());
+    let settings = env.settings(dir.path());
+    let fetcher = Fetcher::new(&settings, None).unwrap();
+    let job = telecmi_job("1744636800-a b&c.mp3");
+    let recordings = dir.path().join("recordings");
+    let dest = recordings.join("telecmi/1744636800-a b&c.mp3");
+
+    let err = fetcher.fetch(&job, &dest).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("file not found"), "{err}");
+    assert!(!err.to_string().contains("cmi-s3cr3t"), "{err}");
+    assert_eq!(files_under(&recordings), Vec::<String>::new());
+    let hit = &upstream.hits()[0];
+    assert_eq!(
+        hit.target,
+        "/v2/play?appid=1111112&secret=cmi-s3cr3t%26x&file=1744636800-a+b%26c.mp3"
+    );
+
+    // The same request answered with audio is saved.
+    let done = fetcher.fetch(&job, &dest).await.unwrap();
+    assert_eq!(done.bytes, 5000);
+    assert_eq!(std::fs::read(&dest).unwrap(), audio(5000));
+}
+
+fn telecmi_job(file: &str) -> Job {
+    Job {
+        id: 1,
+        provider: "telecmi".into(),
+        recording_id: "cmi-1".into(),
+        call_id: "conv-1".into(),
+        dn: None,
+        source: file.into(),
+        rel_path: Some(format!("telecmi/{file}")),
+        state: "pending".into(),
+        attempts: 0,
+        next_attempt_at: Utc::now(),
+        last_error: None,
+        bytes: None,
+        sha256: None,
+        start_time: None,
+        end_time: None,
+        event_id: None,
+    }
+}
+
+#[tokio::test]
+async fn telecmi_job_in_the_queue_fails_on_a_json_error_without_logging_the_secret() {
+    let dir = tempdir();
+    let upstream = Upstream::start(audio(5000)).await;
+    // Answer after the daemon has logged `ready`, so the log capture sees what follows.
+    upstream.set_delay(Duration::from_millis(500));
+    upstream.script([Reply::status(
+        200,
+        &[("Content-Type", "text/html")],
+        br#"{"code":404,"error":true,"msg":"file not found"}"#,
+    )]);
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.app_id", "1111112")
+        .set("telecmi.secret", "cmi-s3cr3t")
+        .set("telecmi.api_base", &upstream.base());
+
+    // A TeleCMI CDR as the TeleCMI routes journal it, with its job.
+    let journal = Journal::open(&dir.path().join("data/callhook.db"))
+        .await
+        .unwrap();
+    journal
+        .append(NewEvent {
+            provider: "telecmi",
+            name: "cdr".into(),
+            dedupe_key: "telecmi:test-cdr".into(),
+            content_type: Some("application/json".into()),
+            body: bytes::Bytes::from_static(b"{}"),
+            received_at: Utc::now(),
+            job: Some(NewJob {
+                provider: "telecmi",
+                recording_id: "cmi-1".into(),
+                call_id: "conv-1".into(),
+                dn: None,
+                source: "rec-1.mp3".into(),
+                rel_path: Some("telecmi/rec-1.mp3".into()),
+                error: None,
+                start_time: None,
+                end_time: None,
+            }),
+        })
+        .await
+        .unwrap();
+    journal.close().await.unwrap();
+
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let call = poll_call(&daemon, "telecmi", "conv-1", |c| {
+        in_state(c, "cmi-1", "failed")
+    })
+    .await;
+    let rec = recording(&call, "cmi-1").unwrap();
+    assert!(
+        rec["error"].as_str().unwrap().contains("file not found"),
+        "{rec}"
+    );
+    assert_eq!(call["direction"], "unknown");
+    // Permanent: asked once, not retried.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.hits().len(), 1);
+    assert!(upstream.hits()[0].target.contains("secret=cmi-s3cr3t"));
+    assert_eq!(
+        files_under(&dir.path().join("recordings")),
+        Vec::<String>::new()
+    );
+    daemon.signal("TERM");
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait(Duration::from_secs(15)), Some(0));
+    let logs: Vec<String> = daemon.lines.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("recording download failed")),
+        "{logs:#?}"
+    );
+    assert!(logs.iter().all(|l| !l.contains("cmi-s3cr3t")), "{logs:#?}");
+}
+
+#[tokio::test]
+async fn truncated_body_is_retried_and_never_left_under_its_final_name() {
+    let dir = tempdir();
+    let body = audio(10_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Truncated {
+        declared: 10_000,
+        sent: 4000,
+    }]);
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &upstream.base())
+        .set("jas.token", TOKEN);
+    // Slow enough to look at the disk between the two attempts.
+    let app = fast_app(&env, dir.path(), Duration::from_millis(1500)).await;
+    let recordings = dir.path().join("recordings");
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    let call = app
+        .wait_call("jas", "26", |c| {
+            recording(c, "1").is_some_and(|r| r["error"].as_str().is_some())
+        })
+        .await;
+    let rec = recording(&call, "1").unwrap();
+    // hyper notices the short body itself; either way the attempt is transient.
+    let error = rec["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("transient") && error.contains("4000 bytes"),
+        "{rec}"
+    );
+    if rec["state"] == "pending" {
+        assert_eq!(files_under(&recordings), Vec::<String>::new());
+    }
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "1").unwrap()["sha256"], sha256(&body));
+    assert_eq!(upstream.hits().len(), 2);
+    assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), body);
+    assert_eq!(files_under(&recordings), vec![REL.to_string()]);
+}
+
+#[tokio::test]
+async fn killed_mid_download_resumes_after_restart_and_the_file_ends_up_whole() {
+    let dir = tempdir();
+    let body = audio(600_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Stall { sent: 300_000 }]);
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &upstream.base())
+        .set("jas.token", TOKEN);
+    let recordings = dir.path().join("recordings");
+    let folder = recordings.join("jas/101");
+
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let (status, _) = post_signed(&daemon.public, &new_recording("26", NAME, 1)).await;
+    assert_eq!(status, 200);
+    // Half the body is in the temp file when the daemon dies.
+    wait_until(Duration::from_secs(10), || async {
+        std::fs::read_dir(&folder).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|e| {
+                e.file_name().to_string_lossy().contains(".part-")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+        })
+    })
+    .await;
+    daemon.signal("KILL");
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait(Duration::from_secs(5)), None);
+    assert!(!recordings.join(REL).exists());
+    drop(daemon);
+
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let call = poll_call(&daemon, "jas", "26", |c| in_state(c, "1", "downloaded")).await;
+    let rec = recording(&call, "1").unwrap();
+    assert_eq!(rec["bytes"], body.len());
+    assert_eq!(rec["sha256"], sha256(&body));
+    assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), body);
+    // The dead run's temp file is gone too.
+    assert_eq!(files_under(&recordings), vec![REL.to_string()]);
+    assert_eq!(upstream.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn duplicate_new_recording_downloads_once_even_across_a_restart() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    sim.add_recording(NAME, audio(3000));
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    let event = new_recording("26", NAME, 1);
+    assert_eq!(app.post_jas(&event).await.1["status"], "accepted");
+    assert_eq!(app.post_jas(&event).await.1, json!({"status": "duplicate"}));
+    app.wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(app.post_jas(&event).await.1, json!({"status": "duplicate"}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.requests(SimRoute::Recording), 1);
+    app.stop().await.unwrap();
+
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(call["recordings"].as_array().unwrap().len(), 1);
+    assert_eq!(app.post_jas(&event).await.1, json!({"status": "duplicate"}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.requests(SimRoute::Recording), 1);
+}
+
+#[tokio::test]
+async fn failed_download_is_retried_once_more_at_the_next_start() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    sim.add_recording(NAME, audio(3000));
+    sim.fail_next(SimRoute::Recording, &[503, 503, 503]);
+    let (_server, mut env) = sim_env(&sim, dir.path()).await;
+    env.set("recordings.max_attempts", "2");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "failed"))
+        .await;
+    assert!(
+        recording(&call, "1").unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("503")
+    );
+    assert_eq!(sim.requests(SimRoute::Recording), 2);
+    app.stop().await.unwrap();
+
+    // One more attempt, which fails (the third 503): failed again, and not retried after.
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    wait_until(Duration::from_secs(5), || async {
+        sim.requests(SimRoute::Recording) == 3
+    })
+    .await;
+    app.wait_call("jas", "26", |c| in_state(c, "1", "failed"))
+        .await;
+    app.stop().await.unwrap();
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.requests(SimRoute::Recording), 3);
+    assert!(in_state(
+        &app.call("jas", "26").await.unwrap(),
+        "1",
+        "failed"
+    ));
+}
+
+#[tokio::test]
+async fn failed_download_succeeds_on_its_extra_attempt_at_the_next_start() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    let body = audio(3000);
+    sim.add_recording(NAME, body.clone());
+    sim.fail_next(SimRoute::Recording, &[500]);
+    let (_server, mut env) = sim_env(&sim, dir.path()).await;
+    env.set("recordings.max_attempts", "1");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    app.wait_call("jas", "26", |c| in_state(c, "1", "failed"))
+        .await;
+    app.stop().await.unwrap();
+
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "1").unwrap()["error"], Value::Null);
+    assert_eq!(sim.requests(SimRoute::Recording), 2);
+    assert_eq!(
+        std::fs::read(dir.path().join("recordings").join(REL)).unwrap(),
+        body
+    );
+}
+
+#[tokio::test]
+async fn recordings_arriving_before_and_after_the_end_of_their_call_both_attach() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    sim.set_participant(
+        "101",
+        "1",
+        participant("101", "1", "26", "Ringing", "10000", "Wexternalline"),
+    );
+    sim.add_recording("101/during.wav", audio(1000));
+    sim.add_recording("101/after.wav", audio(2000));
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&call_status("101", "1", 0, 1)).await;
+    app.wait_call("jas", "26", |c| c["state"] == "active").await;
+    app.post_jas(&new_recording("26", "101/during.wav", 1))
+        .await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(call["state"], "active");
+    assert_eq!(recording(&call, "1").unwrap()["dn"], "101");
+
+    app.post_jas(&call_status("101", "1", 1, 2)).await;
+    app.wait_call("jas", "26", |c| c["state"] == "ended").await;
+    app.post_jas(&new_recording("26", "101/after.wav", 2)).await;
+    let call = app
+        .wait_call("jas", "26", |c| {
+            in_state(c, "1", "downloaded") && in_state(c, "2", "downloaded")
+        })
+        .await;
+    assert_eq!(call["state"], "ended");
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["participants"].as_array().unwrap().len(), 1);
+    assert_eq!(recording(&call, "2").unwrap()["path"], "jas/101/after.wav");
+
+    // History holds the same call with both.
+    let (_, history) = app.get_admin("/api/history").await;
+    let calls = history["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["recordings"].as_array().unwrap().len(), 2);
+    assert_eq!(calls[0]["direction"], "inbound");
+}
+
+#[tokio::test]
+async fn recording_for_a_never_seen_call_is_in_history_with_direction_unknown() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    sim.add_recording("102/lonely.wav", audio(1500));
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("999", "102/lonely.wav", 7))
+        .await;
+    let call = app
+        .wait_call("jas", "999", |c| in_state(c, "7", "downloaded"))
+        .await;
+    assert_eq!(call["state"], "ended");
+    assert_eq!(call["direction"], "unknown");
+    assert!(same_time(&call["started_at"], &event_time(0)), "{call}");
+    assert!(same_time(&call["ended_at"], &event_time(90)), "{call}");
+    assert!(app.active_calls().await.is_empty());
+    let (_, history) = app.get_admin("/api/history").await;
+    assert_eq!(history["calls"][0]["call_id"], "999");
+    assert_eq!(history["calls"][0]["direction"], "unknown");
+    assert!(in_state(&history["calls"][0], "7", "downloaded"));
+}
+
+#[tokio::test]
+async fn with_downloads_off_a_recording_shows_failed_and_nothing_is_fetched() {
+    let dir = tempdir();
+    let sim = JasSim::with_token(TOKEN);
+    sim.add_recording(NAME, audio(1000));
+    let (_server, mut env) = sim_env(&sim, dir.path()).await;
+    env.set("recordings.enabled", "false");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "failed"))
+        .await;
+    assert!(
+        recording(&call, "1").unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("disabled")
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sim.requests(SimRoute::Recording), 0);
+}
+
+/// Polls a child daemon's Call until `check` holds.
+async fn poll_call(
+    daemon: &ChildDaemon,
+    provider: &str,
+    id: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/calls/{provider}/{id}", daemon.admin);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(resp) = http.get(&url).send().await {
+            if resp.status() == 200 {
+                last = resp.json().await.unwrap();
+                if check(&last) {
+                    return last;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("call {provider}/{id} never matched; last seen: {last:#}");
+}
+
+async fn post_signed(public: &str, body: &str) -> (u16, Value) {
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{public}/webhooks/jas"))
+        .header("X-SIG", sig)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// What `Upstream` answers to one request.
+#[derive(Clone)]
+enum Reply {
+    Status {
+        code: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Promises `declared` bytes of the recording, sends `sent` of them and closes.
+    Truncated { declared: usize, sent: usize },
+    /// Promises the whole recording, sends `sent` bytes, then holds the connection open.
+    Stall { sent: usize },
+}
+
+impl Reply {
+    fn status(code: u16, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        Reply::Status {
+            code,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Hit {
+    at: Instant,
+    target: String,
+    authorization: Option<String>,
+}
+
+struct UpstreamState {
+    /// Replies for the next requests, in order; then the recording with 200.
+    script: VecDeque<Reply>,
+    recording: Vec<u8>,
+    delay: Duration,
+    hits: Vec<Hit>,
+}
+
+/// A raw HTTP/1.1 server on loopback that answers every GET from a script.
+struct Upstream {
+    addr: SocketAddr,
+    state: Arc<Mutex<UpstreamState>>,
+}
+
+impl Upstream {
+    async fn start(recording: Vec<u8>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(UpstreamState {
+            script: VecDeque::new(),
+            recording,
+            delay: Duration::ZERO,
+            hits: vec![],
+        }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve_one(sock, shared.clone()));
+            }
+        });
+        Upstream { addr, state }
+    }
+
+    /// `http://127.0.0.1:PORT/v2`.
+    fn base(&self) -> String {
+        format!("http://{}/v2", self.addr)
+    }
+
+    fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.state.lock().unwrap().hits.clone()
+    }
+}
+
+async fn serve_one(mut sock: TcpStream, state: Arc<Mutex<UpstreamState>>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let target = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    let authorization = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_string())
+    });
+    let (reply, recording, delay) = {
+        let mut st = state.lock().unwrap();
+        st.hits.push(Hit {
+            at: Instant::now(),
+            target,
+            authorization,
+        });
+        (st.script.pop_front(), st.recording.clone(), st.delay)
+    };
+    tokio::time::sleep(delay).await;
+    let audio_head = |len: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let _ = match reply {
+        None => {
+            let _ = sock.write_all(audio_head(recording.len()).as_bytes()).await;
+            sock.write_all(&recording).await
+        }
+        Some(Reply::Status {
+            code,
+            headers,
+            body,
+        }) => {
+            let mut text = format!(
+                "HTTP/1.1 {code} Scripted\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                text.push_str(&format!("{k}: {v}\r\n"));
+            }
+            text.push_str("\r\n");
+            let _ = sock.write_all(text.as_bytes()).await;
+            sock.write_all(&body).await
+        }
+        Some(Reply::Truncated { declared, sent }) => {
+            let _ = sock.write_all(audio_head(declared).as_bytes()).await;
+            sock.write_all(&recording[..sent]).await
+        }
+        Some(Reply::Stall { sent }) => {
+            let _ = sock.write_all(audio_head(recording.len()).as_bytes()).await;
+            let _ = sock.write_all(&recording[..sent]).await;
+            let _ = sock.flush().await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+    };
+    let _ = sock.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
+    use callhook::calls::{CallTable, Details, ParticipantKey, Provider};
+    use callhook::journal::StateWrite;
+
+    let dir = tempdir();
+    // An outbound call that ended ten hours ago: stored, but not restored into memory.
+    let ended = Utc::now() - chrono::Duration::hours(10);
+    let table = CallTable::new();
+    let key = ParticipantKey::new(Provider::Jas, "101", "1");
+    let details = Details {
+        call_id: "26".into(),
+        status: "Dialing".into(),
+        dn: Some("101".into()),
+        party_number: "5148888888".into(),
+        party_dn: "10000".into(),
+        party_dn_type: "Wexternalline".into(),
+        leg_id: Some(1),
+        ..Default::default()
+    };
+    let started = ended - chrono::Duration::minutes(3);
+    table.upsert(&key, 1, Some(started), ended);
+    table.details(&key, 1, details, Some(started), ended);
+    table.remove(&key, 2, Some(ended), ended);
+    let (call, _) = table
+        .call_row(&callhook::calls::CallKey::new(Provider::Jas, "26"))
+        .unwrap();
+    assert_eq!(
+        (call.state.as_str(), call.direction.as_str()),
+        ("ended", "outbound")
+    );
+    let journal = Journal::open(&dir.path().join("data/callhook.db"))
+        .await
+        .unwrap();
+    journal
+        .write_state(StateWrite {
+            participants: vec![(key.clone(), table.participant(&key))],
+            calls: vec![(call.key(), Some((call.clone(), ended)))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    journal.close().await.unwrap();
+
+    let sim = JasSim::with_token(TOKEN);
+    sim.add_recording("101/late.wav", audio(1000));
+    let (_server, env) = sim_env(&sim, dir.path()).await;
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    assert!(app.active_calls().await.is_empty());
+    app.post_jas(&new_recording("26", "101/late.wav", 1)).await;
+    let got = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(got["direction"], "outbound");
+    assert_eq!(got["participants"].as_array().unwrap().len(), 1);
+    assert_eq!(got["started_at"], json!(call.started_at));
+    assert_eq!(got["ended_at"], json!(call.ended_at));
+}
+
+#[tokio::test]
+async fn an_expired_client_credentials_token_is_fetched_again_once() {
+    let dir = tempdir();
+    let sim = JasSim::with_client_credentials("cid", "csecret", "fresh-token");
+    let body = audio(10_000);
+    sim.add_recording(NAME, body.clone());
+    let server = sim.start().await.unwrap();
+    let mut env = Env::new(dir.path());
+    env.set("jas.api_base", &server.base_url)
+        .set("jas.client_id", "cid")
+        .set("jas.client_secret", "csecret");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    // Authenticate once through a download, then let the token expire.
+    sim.add_recording("101/first.wav", audio(100));
+    app.post_jas(&new_recording("25", "101/first.wav", 1)).await;
+    app.wait_call("jas", "25", |c| in_state(c, "1", "downloaded"))
+        .await;
+    let auths = sim.requests(SimRoute::Auth);
+    sim.expire_token();
+
+    app.post_jas(&new_recording("26", NAME, 2)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "2", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "2").unwrap()["sha256"], sha256(&body));
+    assert_eq!(sim.requests(SimRoute::Auth), auths + 1, "one new token");
+    let rec = recording(&call, "2").unwrap();
+    assert!(rec["error"].is_null(), "{rec}");
+}
