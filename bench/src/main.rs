@@ -62,6 +62,14 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Serves `GET /v2/api/recordings/...` on loopback: SIZE MiB of audio for any name, 1 MiB
+    /// for names starting with `warm`.
+    RecordingServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
     /// The call table alone: RSS growth of this process after N participants (calls of two)
     /// with the details a lookup gives, so the daemon's figure can be split into the table's
     /// share and the rest.
@@ -115,6 +123,9 @@ fn main() {
         Cmd::MockApi { listen } => rt.block_on(mock_api(listen)),
         Cmd::Download { size_mib, dir } => rt.block_on(download(size_mib, &dir)),
         Cmd::Table { participants } => table(participants),
+        Cmd::RecordingServer { listen, size_mib } => {
+            rt.block_on(recording_server(listen, size_mib * 1024 * 1024))
+        }
     }
 }
 
@@ -179,25 +190,48 @@ fn rss_kib(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn download(size_mib: u64, dir: &Path) {
+/// `size` bytes of a recording, streamed in 64 KiB chunks that share one buffer (no copies), with
+/// a Content-Length the downloader checks.
+fn recording_body(size: u64) -> impl IntoResponse {
     const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![0x5au8; CHUNK]);
+    let chunks = size.div_ceil(CHUNK as u64);
+    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+        let left = size - i * CHUNK as u64;
+        Ok::<_, std::convert::Infallible>(chunk.slice(..(left.min(CHUNK as u64) as usize)))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "audio/wav".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+}
+
+async fn recording_server(listen: SocketAddr, size: u64) {
+    async fn recording(
+        State(size): State<u64>,
+        UrlPath(rest): UrlPath<String>,
+    ) -> impl IntoResponse {
+        let warm = rest
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with("warm"));
+        recording_body(if warm { 1024 * 1024 } else { size })
+    }
+    let router = axum::Router::new()
+        .route("/v2/api/recordings/{*rest}", get(recording))
+        .with_state(size);
+    serve(listen, router).await
+}
+
+async fn download(size_mib: u64, dir: &Path) {
     async fn recording(
         State(size): State<u64>,
         UrlPath(_rest): UrlPath<String>,
     ) -> impl IntoResponse {
-        let chunk = Bytes::from(vec![0x5au8; CHUNK]);
-        let chunks = size.div_ceil(CHUNK as u64);
-        let stream = futures_util::stream::iter(0..chunks).map(move |i| {
-            let left = size - i * CHUNK as u64;
-            Ok::<_, std::convert::Infallible>(chunk.slice(..(left.min(CHUNK as u64) as usize)))
-        });
-        (
-            [
-                (header::CONTENT_TYPE, "audio/wav".to_string()),
-                (header::CONTENT_LENGTH, size.to_string()),
-            ],
-            Body::from_stream(stream),
-        )
+        recording_body(size)
     }
     let size = size_mib * 1024 * 1024;
     // A small download first, so the baseline already holds the client's and the runtime's
@@ -350,8 +384,12 @@ fn start(mut cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Duration) {
 }
 
 fn start_server(exe: &Path, sub: &str) -> (Proc, String) {
+    start_server_args(exe, &[sub])
+}
+
+fn start_server_args(exe: &Path, args: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(exe);
-    cmd.arg(sub);
+    cmd.args(args);
     let (p, _) = start(cmd, |l| l.starts_with("listening "));
     let addr = p.first.last().unwrap()["listening ".len()..].to_string();
     (p, addr)
@@ -375,13 +413,15 @@ fn daemon_cmd(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> Command {
         ("jas.register", "false"),
         ("jas.lookup_participants", "false"),
         ("log.format", "json"),
-        ("log.level", "info"),
     ]
     .into_iter()
     .chain(extra.iter().copied())
     {
         env.insert(k, v.to_string());
     }
+    env.entry("log.level").or_insert_with(|| {
+        std::env::var("CALLHOOK_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into())
+    });
     env.insert("storage.path", path_str(&dir.join("callhook.db")));
     env.insert("recordings.dir", path_str(&dir.join("recordings")));
     let mut cmd = Command::new(bin);
@@ -994,7 +1034,7 @@ async fn all(args: AllArgs) {
         let growth = v["growth_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
         row(
             &mut rows,
-            &format!("4. RSS growth during a {mib} MiB download"),
+            &format!("4. RSS growth during a {mib} MiB download (`download_to` alone)"),
             format!(
                 "{growth:.1} MiB ({} MiB before, peak {} MiB; {:.0} MiB/s)",
                 v["baseline_kib"].as_u64().unwrap_or(0) / 1024,
@@ -1003,6 +1043,84 @@ async fn all(args: AllArgs) {
             ),
             "≤ 32 MiB",
             Some(growth <= 32.0),
+        );
+    }
+
+    if wants("download") {
+        let mib = args.download_mib;
+        eprintln!("[4c] daemon RSS while its recording worker downloads {mib} MiB from loopback");
+        let (server, addr) =
+            start_server_args(&exe, &["recording-server", "--size-mib", &mib.to_string()]);
+        let base = format!("http://{addr}/v2");
+        let dir = work.join("worker");
+        let (d, _) = start_daemon(
+            &bin,
+            &dir,
+            &[("jas.token", "bench"), ("jas.api_base", &base)],
+        );
+        let url = format!("{}/webhooks/jas", d.public);
+        let recording = |n: i64, name: &str| {
+            format!(
+                r#"{{"eventName":"new_recording","data":{{"call_id":"{n}","recording_url":"101/{name}.wav","id_recording":{n}}}}}"#
+            )
+        };
+        let post = |body: String| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let sig = sign(SECRET.as_bytes(), body.as_bytes());
+                let r = http
+                    .post(&url)
+                    .header("x-sig", sig)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        };
+        let downloaded =
+            |m: &str| metric(m, "callhook_recordings_total", &["outcome=\"downloaded\""]);
+        // A small one first, so the baseline holds the worker's one-time allocations.
+        post(recording(1, "warm")).await;
+        wait_metric(&http, &d, 1.0, Duration::from_secs(60), downloaded)
+            .await
+            .expect("warm-up recording downloaded");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pid = d.proc.pid();
+        let before = rss_kib(&pid);
+        let started = Instant::now();
+        post(recording(2, "big")).await;
+        let mut peak = before;
+        loop {
+            peak = peak.max(rss_kib(&pid));
+            if downloaded(&metrics(&http, &d).await) >= 2.0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "download did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let file = dir.join("recordings/jas/101/big.wav");
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&file);
+        d.proc.term();
+        drop(server);
+        let growth = peak.saturating_sub(before) as f64 / 1024.0;
+        row(
+            &mut rows,
+            &format!("4. daemon RSS growth while its worker downloads a {mib} MiB recording"),
+            format!(
+                "{growth:.1} MiB ({} MiB before, peak {} MiB; {} bytes on disk; {:.0} MiB/s event to file)",
+                before / 1024,
+                peak / 1024,
+                size,
+                mib as f64 / secs
+            ),
+            "≤ 32 MiB",
+            Some(growth <= 32.0 && size == mib * 1024 * 1024),
         );
     }
 
