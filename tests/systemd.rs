@@ -49,3 +49,29 @@ fn ready_watchdog_and_stopping_are_sent() {
     assert!(seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
     assert_eq!(daemon.wait(Duration::from_secs(15)), Some(0));
 }
+
+/// `systemd-analyze verify` on the shipped unit, pointed at the binary just built; skipped
+/// (with a note) where systemd-analyze is not installed.
+#[test]
+fn the_unit_file_verifies() {
+    let Ok(probe) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze not installed: unit not verified");
+        return;
+    };
+    assert!(probe.status.success());
+    let unit = include_str!("../deploy/callhook.service")
+        .replace("/usr/local/bin/callhook", env!("CARGO_BIN_EXE_callhook"));
+    let dir = tempdir();
+    let path = dir.path().join("callhook.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
