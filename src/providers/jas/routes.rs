@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::events::{self, JasEvent};
-use crate::http::{ApiError, AppState, Outcome};
+use crate::http::{ApiError, AppState, Outcome, reply};
 use crate::journal::{Appended, NewEvent, NewJob};
 use crate::recordings::path::recording_relative_path;
 
@@ -29,19 +29,7 @@ async fn receive(
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let result = accept(&state, &headers, body).await;
-    let (event, outcome) = match &result {
-        Ok((event, outcome)) => (*event, outcome.label()),
-        Err(e) => ("unknown", e.outcome()),
-    };
-    if let Err(e) = &result {
-        if !matches!(e, ApiError::Internal(_)) {
-            tracing::info!(provider = "jas", status = e.status().as_u16(), error = %e, "event refused");
-        }
-    }
-    metrics::counter!("callhook_events_total", "provider" => "jas", "event" => event, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("callhook_ack_seconds").record(started.elapsed().as_secs_f64());
-    result.map(|(_, outcome)| Json(outcome.reply()))
+    reply::finish("jas", started, None, result)
 }
 
 /// Returns the event's metric name and how it was taken.
@@ -49,7 +37,7 @@ async fn accept(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(&'static str, Outcome), ApiError> {
+) -> reply::Accepted {
     if !state.settings.jas.enabled {
         return Err(ApiError::NotFound);
     }

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use super::apply::{self, Action};
 use super::events::{self, TelecmiEvent};
 use crate::http::client_ip::client_ip;
-use crate::http::{ApiError, AppState, Outcome};
+use crate::http::{ApiError, AppState, Outcome, reply};
 use crate::journal::{Appended, NewEvent, NewJob};
 use crate::recordings::path::recording_relative_path;
 
@@ -46,20 +46,7 @@ async fn receive(
     });
     let token = path_token.ok().map(|Path(token)| token);
     let result = accept(&state, token.as_deref(), client, &headers, body).await;
-    let (event, outcome) = match &result {
-        Ok((event, outcome)) => (*event, outcome.label()),
-        Err(e) => ("unknown", e.outcome()),
-    };
-    if let Err(e) = &result {
-        if !matches!(e, ApiError::Internal(_)) {
-            tracing::info!(provider = "telecmi", status = e.status().as_u16(), error = %e,
-                client_ip = client.map(|ip| ip.to_string()), "event refused");
-        }
-    }
-    metrics::counter!("callhook_events_total", "provider" => "telecmi", "event" => event, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("callhook_ack_seconds").record(started.elapsed().as_secs_f64());
-    result.map(|(_, outcome)| Json(outcome.reply()))
+    reply::finish("telecmi", started, client, result)
 }
 
 /// Returns the event's metric name and how it was taken.
@@ -69,7 +56,7 @@ async fn accept(
     client: Option<IpAddr>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(&'static str, Outcome), ApiError> {
+) -> reply::Accepted {
     let settings = &state.settings.telecmi;
     // Disabled, unconfigured and wrong all look like no route at all.
     if !settings.enabled || !token_matches(settings.path_token.as_ref(), token) {
