@@ -48,6 +48,25 @@ pub fn recording_relative_path(provider_dir: &str, name: &str) -> Result<PathBuf
     Ok(path)
 }
 
+/// Where a provider's recording will land, as a download job records it: the relative path, or
+/// why the name was refused (then nothing is ever requested or written). A refusal is logged
+/// at `warn` here, once, when the event is accepted.
+pub fn job_destination(
+    provider: &'static str,
+    call_id: &str,
+    name: &str,
+) -> (Option<String>, Option<String>) {
+    match recording_relative_path(provider, name) {
+        Ok(path) => (Some(path.to_string_lossy().into_owned()), None),
+        Err(e) => {
+            tracing::warn!(provider, call_id = %call_id.escape_debug(),
+                recording = %name.escape_debug(), reason = %e,
+                "recording name refused; nothing will be written");
+            (None, Some(format!("refused: {e}")))
+        }
+    }
+}
+
 /// percent-encodes each `/`-separated segment of an already-checked name for use in a URL path
 /// (spaces, brackets, parentheses, `#`, `?`, `%` all encoded; `/` kept as separator).
 pub fn encode_url_path(name: &str) -> String {

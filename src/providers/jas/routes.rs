@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::events::{self, JasEvent};
 use crate::http::{ApiError, AppState, Outcome, reply};
 use crate::journal::{Appended, NewEvent, NewJob};
-use crate::recordings::path::recording_relative_path;
+use crate::recordings::path::job_destination;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/webhooks/jas", post(receive))
@@ -75,22 +75,15 @@ async fn accept(
 }
 
 fn recording_job(r: &events::NewRecording) -> NewJob {
-    let checked = recording_relative_path("jas", &r.recording_url);
-    if let Err(e) = &checked {
-        tracing::warn!(provider = "jas", call_id = %r.call_id, recording = %r.recording_url.escape_debug(),
-            reason = %e, "recording name refused; nothing will be written");
-    }
+    let (rel_path, error) = job_destination("jas", &r.call_id, &r.recording_url);
     NewJob {
         provider: "jas",
         recording_id: r.id(),
         call_id: r.call_id.clone(),
         dn: r.dn().map(str::to_string),
         source: r.recording_url.clone(),
-        rel_path: checked
-            .as_ref()
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
-        error: checked.err().map(|e| format!("refused: {e}")),
+        rel_path,
+        error,
         start_time: r.start_time,
         end_time: r.end_time,
     }

@@ -23,7 +23,7 @@ use super::events::{self, TelecmiEvent};
 use crate::http::client_ip::client_ip;
 use crate::http::{ApiError, AppState, Outcome, reply};
 use crate::journal::{Appended, NewEvent, NewJob};
-use crate::recordings::path::recording_relative_path;
+use crate::recordings::path::job_destination;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -143,11 +143,7 @@ fn recording_job(event: &TelecmiEvent, call_id: &str) -> Option<NewJob> {
         }
         return None;
     };
-    let checked = recording_relative_path("telecmi", name);
-    if let Err(e) = &checked {
-        tracing::warn!(provider = "telecmi", call_id = %call_id.escape_debug(), recording = %name.escape_debug(),
-            reason = %e, "recording name refused; nothing will be written");
-    }
+    let (rel_path, error) = job_destination("telecmi", call_id, name);
     // `time` is when the call was answered and `answeredsec` how long it lasted.
     let start_time = event
         .time_ms
@@ -161,11 +157,8 @@ fn recording_job(event: &TelecmiEvent, call_id: &str) -> Option<NewJob> {
         call_id: call_id.to_string(),
         dn: event.user.clone(),
         source: name.to_string(),
-        rel_path: checked
-            .as_ref()
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
-        error: checked.err().map(|e| format!("refused: {e}")),
+        rel_path,
+        error,
         start_time,
         end_time,
     })
