@@ -69,6 +69,8 @@ enum Done {
 
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::Sender<i64>) {
     let mut close: Option<Reply<()>> = None;
+    // `open_connection` leaves it FULL; the pragma is only re-run when a batch needs the other.
+    let mut current_sync = "FULL";
     while close.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -95,12 +97,21 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
         };
         let outcome = (|| -> rusqlite::Result<()> {
             // Set inside the fallible part: an ack batch never commits without FULL.
-            conn.pragma_update(None, "synchronous", sync)?;
+            if sync != current_sync {
+                conn.pragma_update(None, "synchronous", sync)?;
+                current_sync = sync;
+            }
             let mut tx = conn.transaction()?;
             for cmd in batch {
                 match cmd {
                     Command::Append(event, reply) => {
-                        let result = atomically(&mut tx, |c| append(c, &event));
+                        // One INSERT is atomic on its own; only an event that brings its
+                        // download job (two statements) needs a savepoint around both.
+                        let result = if event.job.is_some() {
+                            atomically(&mut tx, |c| append(c, &event))
+                        } else {
+                            append(&tx, &event).map_err(JournalError::from)
+                        };
                         if let Ok(Appended::Accepted(id)) = result {
                             max_id = Some(id);
                         }
