@@ -29,6 +29,12 @@ use crate::recordings::path::recording_relative_path;
 const BATCH: usize = 512;
 /// How long the processor lets newly committed events gather before applying them.
 const LINGER: Duration = Duration::from_millis(10);
+/// How often changed state is written. Coalescing matters: a participant's events of one
+/// interval become one row write, and a burst becomes one transaction instead of one per group
+/// commit. A crash loses at most this much applied state, which the journal replays.
+const STATE_EVERY: Duration = Duration::from_millis(100);
+/// Changed keys that force a write before the interval is up (bounds memory during catch-up).
+const STATE_MAX_KEYS: usize = 16 * 1024;
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
 const LOOKUP_CONCURRENCY: usize = 32;
 /// A call with no event for this long is ended as `stale`.
@@ -83,6 +89,19 @@ struct StateBuffer {
     /// The applied cursor not yet persisted: it only moves on disk together with the state it
     /// covers, so a failed write never lets a restart skip events whose effects were lost.
     cursor: Option<i64>,
+    /// A call ended: written at once rather than at the next tick, so `/api/history` (read
+    /// from the database) shows a call as soon as `/api/calls` stops showing it.
+    urgent: bool,
+}
+
+impl StateBuffer {
+    fn is_dirty(&self) -> bool {
+        !self.changes.is_empty()
+            || !self.jobs.is_empty()
+            || !self.written.is_empty()
+            || !self.job_calls.is_empty()
+            || self.cursor.is_some()
+    }
 }
 
 impl Processor {
@@ -133,6 +152,7 @@ impl Processor {
                 break;
             }
         }
+        self.flush().await;
         // Lookups that were in flight when the last run stopped.
         for (key, seq) in self.table.awaiting_lookup() {
             if key.provider == Provider::Jas {
@@ -146,6 +166,8 @@ impl Processor {
         let mut committed = self.journal.committed();
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = tokio::time::interval(STATE_EVERY);
+        state.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -153,20 +175,26 @@ impl Processor {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = gauges.tick() => self.update_gauges(),
+                _ = state.tick() => {
+                    if self.pending.is_dirty() {
+                        self.flush().await;
+                    }
+                }
                 Some(answer) = self.answers_rx.recv() => {
+                    self.warm_for_answer(&answer).await;
                     self.apply_answer(answer);
-                    // Drain what else has arrived so their writes share one transaction.
                     while let Ok(answer) = self.answers_rx.try_recv() {
+                        self.warm_for_answer(&answer).await;
                         self.apply_answer(answer);
                     }
-                    self.flush(None).await;
                 }
                 Some(update) = self.recordings_rx.recv() => {
                     self.apply_recording_update(update).await;
                     while let Ok(update) = self.recordings_rx.try_recv() {
                         self.apply_recording_update(update).await;
                     }
-                    self.flush(None).await;
+                    // A worker waits for its job row to be written before it goes on.
+                    self.flush().await;
                 }
                 changed = committed.changed() => {
                     if changed.is_err() {
@@ -191,16 +219,19 @@ impl Processor {
                     let now = Utc::now();
                     let changes = self.table.sweep_stale(now, STALE_AFTER);
                     self.note(changes);
-                    self.flush(None).await;
+                    self.flush().await;
                     self.table.evict_ended(now - KEEP_ENDED);
                 }
+            }
+            if self.pending.urgent {
+                self.flush().await;
             }
             // The receiver may have been marked seen while rows remain; re-check on the next turn.
             if *committed.borrow() > self.cursor {
                 committed.mark_changed();
             }
         }
-        self.flush(None).await;
+        self.flush().await;
     }
 
     /// Applies up to `BATCH` journal rows after the cursor; returns how many there were.
@@ -210,36 +241,23 @@ impl Processor {
         let Some(last) = rows.last().map(|r| r.id) else {
             return Ok(0);
         };
-        for row in rows {
-            self.warm_for(&row).await;
-            self.apply_row(row);
+        let events: Vec<(DateTime<Utc>, Decoded)> = rows
+            .iter()
+            .filter_map(|row| decode_row(row).map(|event| (row.received_at, event)))
+            .collect();
+        self.warm_for(&events).await;
+        for (received_at, event) in events {
+            match event {
+                Decoded::Jas(event) => self.apply_jas(event, received_at),
+                Decoded::Telecmi(event) => self.apply_telecmi(*event, received_at),
+            }
         }
         self.cursor = last;
-        self.flush(Some(last)).await;
-        Ok(n)
-    }
-
-    fn apply_row(&mut self, row: StoredEvent) {
-        match row.provider.as_str() {
-            "jas" => match jas_events::decode(&row.body) {
-                Ok(decoded) => self.apply_jas(decoded.event, row.received_at),
-                // Journaled events were decoded once already; only a newer schema gets here.
-                Err(e) => {
-                    tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes")
-                }
-            },
-            "telecmi" => match telecmi_events::decode(&row.body, row.content_type.as_deref()) {
-                Ok(event) => self.apply_telecmi(event, row.received_at),
-                Err(e) => {
-                    tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes")
-                }
-            },
-            other => tracing::warn!(
-                journal_id = row.id,
-                provider = other,
-                "journal row of unknown provider"
-            ),
+        self.pending.cursor = Some(last);
+        if self.pending.changes.len() >= STATE_MAX_KEYS {
+            self.flush().await;
         }
+        Ok(n)
     }
 
     fn apply_jas(&mut self, event: JasEvent, received_at: DateTime<Utc>) {
@@ -366,33 +384,65 @@ impl Processor {
         self.pending.written.extend(done);
     }
 
-    /// Before an event that may name an ended call (a recording, a summary) is applied, brings
-    /// that call back into memory if it was evicted, so it is updated rather than replaced.
-    async fn warm_for(&mut self, row: &StoredEvent) {
-        if row.provider == "telecmi" {
-            // A late TeleCMI event or CDR may name a call already evicted from memory.
-            if let Ok(event) = telecmi_events::decode(&row.body, row.content_type.as_deref()) {
-                self.warm(&CallKey::new(Provider::Telecmi, event.call_id()))
+    /// Before a batch is applied, brings back into memory what its events name that lives only
+    /// on disk (an ended call evicted after `KEEP_ENDED`, or left there at start-up), so a late
+    /// event updates it, or is refused by its tombstone, rather than starting it afresh.
+    async fn warm_for(&mut self, events: &[(DateTime<Utc>, Decoded)]) {
+        let mut participants = vec![];
+        let mut calls = vec![];
+        for (_, event) in events {
+            match event {
+                Decoded::Jas(JasEvent::CallStatus(cs)) => {
+                    let key = ParticipantKey::new(Provider::Jas, &cs.dn, &cs.participant_id);
+                    if !self.table.has_participant(&key) {
+                        participants.push(key);
+                    }
+                }
+                Decoded::Jas(JasEvent::NewRecording(r)) => {
+                    calls.push(CallKey::new(Provider::Jas, r.call_id.clone()));
+                }
+                Decoded::Jas(JasEvent::CallSummary(s)) => {
+                    if let Some(id) = &s.call_id {
+                        calls.push(CallKey::new(Provider::Jas, id.clone()));
+                    }
+                }
+                Decoded::Jas(JasEvent::Unknown(_)) => {}
+                Decoded::Telecmi(event) => {
+                    calls.push(CallKey::new(Provider::Telecmi, event.call_id()));
+                }
+            }
+        }
+        if !participants.is_empty() {
+            match self.journal.stored_participants(participants).await {
+                Ok(found) => {
+                    for t in found {
+                        if let Some(call) = t.call_key() {
+                            // Brings the participant with the rest of its call.
+                            self.warm(&call).await;
+                        }
+                        self.table.restore(vec![t], vec![]);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reading stored participants failed"),
+            }
+        }
+        for call in calls {
+            self.warm(&call).await;
+        }
+    }
+
+    /// The call a lookup answer puts its participant on may have ended and left memory.
+    async fn warm_for_answer(&mut self, answer: &LookupAnswer) {
+        if let Ok(p) = &answer.outcome {
+            if !p.callid.is_empty() {
+                self.warm(&CallKey::new(Provider::Jas, p.callid.clone()))
                     .await;
             }
-            return;
         }
-        if row.provider != "jas" || !matches!(row.name.as_str(), "new_recording" | "call_summary") {
-            return;
-        }
-        let call_id = match jas_events::decode(&row.body).map(|d| d.event) {
-            Ok(JasEvent::NewRecording(r)) => r.call_id,
-            Ok(JasEvent::CallSummary(s)) => match s.call_id {
-                Some(id) => id,
-                None => return,
-            },
-            _ => return,
-        };
-        self.warm(&CallKey::new(Provider::Jas, call_id)).await;
     }
 
     async fn warm(&mut self, key: &CallKey) {
-        if self.table.call(key).is_some() {
+        if self.table.has_call(key) {
             return;
         }
         match self.journal.stored_call(key.clone()).await {
@@ -497,6 +547,7 @@ impl Processor {
     fn note(&mut self, changes: Changes) {
         for t in &changes.transitions {
             self.log_transition(t);
+            self.pending.urgent |= matches!(t, Transition::Ended(_));
         }
         // A call can also vanish without a transition (its only participant turned out to be
         // invisible to this token).
@@ -543,10 +594,8 @@ impl Processor {
     }
 
     /// Writes every changed row (and the cursor) through the journal's writer.
-    async fn flush(&mut self, cursor: Option<i64>) {
-        if cursor.is_some() {
-            self.pending.cursor = cursor;
-        }
+    async fn flush(&mut self) {
+        self.pending.urgent = false;
         let changes = std::mem::take(&mut self.pending.changes);
         let written = std::mem::take(&mut self.pending.written);
         let jobs = std::mem::take(&mut self.pending.jobs);
@@ -614,5 +663,42 @@ fn details_from(key: &ParticipantKey, p: ParticipantDetails) -> Details {
         party_dn_type: p.party_dn_type,
         leg_id: p.legid,
         ..Default::default()
+    }
+}
+
+/// A journal row decoded once, for warming and applying.
+enum Decoded {
+    Jas(JasEvent),
+    Telecmi(Box<TelecmiEvent>),
+}
+
+fn decode_row(row: &StoredEvent) -> Option<Decoded> {
+    // Journaled events were decoded once already; only a newer schema fails here.
+    let undecodable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes");
+    };
+    match row.provider.as_str() {
+        "jas" => match jas_events::decode(&row.body) {
+            Ok(d) => Some(Decoded::Jas(d.event)),
+            Err(e) => {
+                undecodable(&e);
+                None
+            }
+        },
+        "telecmi" => match telecmi_events::decode(&row.body, row.content_type.as_deref()) {
+            Ok(event) => Some(Decoded::Telecmi(Box::new(event))),
+            Err(e) => {
+                undecodable(&e);
+                None
+            }
+        },
+        other => {
+            tracing::warn!(
+                journal_id = row.id,
+                provider = other,
+                "journal row of unknown provider"
+            );
+            None
+        }
     }
 }

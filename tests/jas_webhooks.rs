@@ -404,3 +404,38 @@ async fn history_validates_its_query() {
     let (s, _) = app.get_admin("/api/calls/jas/unknown").await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test]
+async fn after_a_restart_a_late_event_still_meets_the_tombstone_of_an_ended_call() {
+    // Ended calls are not loaded at start-up (only calls in progress are); a late event naming
+    // one must load it from the database rather than start it afresh.
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    app.post_jas(&call_status("101", "5", 0, 10)).await;
+    app.post_jas(&call_status("101", "5", 1, 12)).await;
+    app.wait_call("jas", "101:5", |c| c["state"] == "ended")
+        .await;
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    assert!(app.active_calls().await.is_empty());
+    // An insert older than the remove, delivered late (a new event, not a redelivery).
+    let (status, reply) = app.post_jas(&call_status("101", "5", 0, 11)).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")));
+    // Events apply in journal order: once the next one shows, the late one has been applied.
+    app.post_jas(&call_status("102", "6", 0, 13)).await;
+    app.wait_call("jas", "102:6", |c| c["state"] == "active")
+        .await;
+    let active: Vec<Value> = app.active_calls().await;
+    assert_eq!(
+        active.len(),
+        1,
+        "the removed participant came back: {active:#?}"
+    );
+    let call = app.call("jas", "101:5").await.unwrap();
+    assert_eq!(call["state"], "ended");
+    assert!(same_time(
+        &call["participants"][0]["left_at"],
+        &event_time(12)
+    ));
+}

@@ -32,6 +32,15 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Rows to write (participants, dropped or not, and calls).
+    pub fn len(&self) -> usize {
+        self.participants.len() + self.calls.len() + self.dropped_participants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn merge(&mut self, other: Changes) {
         self.applied |= other.applied;
         self.participants.extend(other.participants);
@@ -447,13 +456,36 @@ impl CallTable {
             );
         }
         for t in participants {
-            if let Some(call) = t.call_key() {
+            // A participant already in memory is newer than its row (state is written a moment
+            // after it changes), so a call loaded late never overwrites one: it is only linked
+            // to the call its in-memory version names.
+            let key = t.key.clone();
+            let in_memory = self
+                .participants
+                .get(&key)
+                .map(|current| current.call_key());
+            let call = match in_memory {
+                Some(call) => call,
+                None => {
+                    let call = t.call_key();
+                    self.participants.insert(key.clone(), t);
+                    call
+                }
+            };
+            if let Some(call) = call {
                 if let Some(mut rec) = self.calls.get_mut(&call) {
-                    rec.members.insert(t.key.clone());
+                    rec.members.insert(key);
                 }
             }
-            self.participants.insert(t.key.clone(), t);
         }
+    }
+
+    pub fn has_participant(&self, key: &ParticipantKey) -> bool {
+        self.participants.contains_key(key)
+    }
+
+    pub fn has_call(&self, key: &CallKey) -> bool {
+        self.calls.contains_key(key)
     }
 
     /// Recomputes a call from its members: state, times, direction, participants. Every rule

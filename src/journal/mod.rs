@@ -151,6 +151,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // FULL: a commit is on disk before the writer answers, so a 200 survives a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Savepoints (one per state write) keep their undo pages in a statement journal; in memory
+    // that is a copy, on disk it was a temp file written for every first-touched page.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -294,8 +297,11 @@ impl Journal {
         .await
     }
 
-    /// Current state for a restart: active calls, recently ended ones (late events may still
-    /// arrive for them), the participants that belong to those, and the applied cursor.
+    /// Current state for a restart: active calls, their participants (tombstones of those who
+    /// left included), recent participants not on any call yet (their lookup was in flight),
+    /// and the applied cursor. Ended calls stay on disk: the processor loads one when a late
+    /// event names it (`stored_call`, `stored_participants`), so the time to ready follows the
+    /// calls in progress, not how many ended in the last hours.
     pub async fn restore(&self, recent: DateTime<Utc>) -> Result<Restored, JournalError> {
         let recent = ms(recent);
         self.read(move |conn| {
@@ -309,26 +315,22 @@ impl Journal {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let mut calls = vec![];
-            let mut stmt = conn.prepare(
-                "SELECT doc, activity_ms FROM calls WHERE state = 'active' OR activity_ms >= ?1",
-            )?;
-            let mut rows = stmt.query(params![recent])?;
+            let mut stmt =
+                conn.prepare("SELECT doc, activity_ms FROM calls WHERE state = 'active'")?;
+            let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let doc: String = row.get(0)?;
                 calls.push((serde_json::from_str(&doc)?, from_ms(row.get(1)?)));
             }
             let mut participants = vec![];
             let mut stmt = conn.prepare(
-                // Two indexed lookups instead of one `OR EXISTS` that scanned every participant
-                // ever kept: every participant of every call loaded above (a call touched
-                // recently by a late recording may have members quiet for longer), plus recent
-                // ones not on any call yet. Restart follows the restored state, not the table.
-                "SELECT doc FROM participants WHERE rowid IN (
-                   SELECT rowid FROM participants WHERE activity_ms >= ?1
-                   UNION
-                   SELECT p.rowid FROM calls c JOIN participants p
-                     ON p.provider = c.provider AND p.call_id = c.call_id
-                   WHERE c.state = 'active' OR c.activity_ms >= ?1)",
+                // Both halves use an index (`calls_state_ended`, `participants_call`).
+                "SELECT p.doc FROM calls c JOIN participants p
+                   ON p.provider = c.provider AND p.call_id = c.call_id
+                 WHERE c.state = 'active'
+                 UNION ALL
+                 SELECT doc FROM participants
+                 WHERE provider IN ('jas', 'telecmi') AND call_id IS NULL AND activity_ms >= ?1",
             )?;
             let mut rows = stmt.query(params![recent])?;
             while let Some(row) = rows.next()? {
@@ -340,6 +342,34 @@ impl Journal {
                 participants,
                 calls,
             })
+        })
+        .await
+    }
+
+    /// The persisted rows of those of `keys` that have one: participants a late event names
+    /// that are not in memory (their call ended and was evicted, or was left on disk at start).
+    pub async fn stored_participants(
+        &self,
+        keys: Vec<ParticipantKey>,
+    ) -> Result<Vec<Tracked>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT doc FROM participants
+                 WHERE provider = ?1 AND dn = ?2 AND participant_id = ?3",
+            )?;
+            let mut found = vec![];
+            for key in keys {
+                let doc: Option<String> = stmt
+                    .query_row(
+                        params![key.provider.as_str(), key.dn, key.participant_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(doc) = doc {
+                    found.push(serde_json::from_str(&doc)?);
+                }
+            }
+            Ok(found)
         })
         .await
     }

@@ -287,26 +287,39 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
 }
 
 #[tokio::test]
-async fn restore_brings_back_quiet_participants_of_a_recently_touched_call() {
+async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_load() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
     let long_ago = Utc::now() - chrono::Duration::hours(10);
-    let key = ParticipantKey::new(Provider::Jas, "101", "1");
-    let mut t = Tracked::new(key.clone(), long_ago);
-    t.details = Some(crate::calls::Details {
-        call_id: "26".into(),
-        status: "Connected".into(),
-        ..Default::default()
-    });
-    let mut call = crate::calls::Call::new(&CallKey::new(Provider::Jas, "26"));
-    call.state = crate::calls::CallState::Ended;
+    let on_call = |dn: &str, call_id: &str| {
+        let key = ParticipantKey::new(Provider::Jas, dn, "1");
+        let mut t = Tracked::new(key, long_ago);
+        t.details = Some(crate::calls::Details {
+            call_id: call_id.into(),
+            status: "Connected".into(),
+            ..Default::default()
+        });
+        t
+    };
+    // Quiet for 10 h, on a call still in progress: restored.
+    let active_member = on_call("100", "25");
+    let active = crate::calls::Call::new(&CallKey::new(Provider::Jas, "25"));
+    // On a call that ended a minute ago (a late recording touched it): left on disk.
+    let ended_member = on_call("101", "26");
+    let mut ended = crate::calls::Call::new(&CallKey::new(Provider::Jas, "26"));
+    ended.state = crate::calls::CallState::Ended;
+    // Not on any call yet (its lookup was in flight) and recent: restored.
+    let waiting = Tracked::new(ParticipantKey::new(Provider::Jas, "102", "1"), Utc::now());
+    let recently = Utc::now() - chrono::Duration::minutes(1);
     j.write_state(StateWrite {
-        participants: vec![(key, Some(t.clone()))],
-        // The call itself changed a minute ago (a late recording), its participant 10 h ago.
-        calls: vec![(
-            call.key(),
-            Some((call, Utc::now() - chrono::Duration::minutes(1))),
-        )],
+        participants: [&active_member, &ended_member, &waiting]
+            .into_iter()
+            .map(|t| (t.key.clone(), Some(t.clone())))
+            .collect(),
+        calls: vec![
+            (active.key(), Some((active.clone(), recently))),
+            (ended.key(), Some((ended.clone(), recently))),
+        ],
         jobs: vec![],
         job_calls: vec![],
         cursor: None,
@@ -317,6 +330,21 @@ async fn restore_brings_back_quiet_participants_of_a_recently_touched_call() {
         .restore(Utc::now() - chrono::Duration::hours(6))
         .await
         .unwrap();
-    assert_eq!(r.calls.len(), 1);
-    assert_eq!(r.participants, vec![t]);
+    assert_eq!(r.calls, vec![(active, from_ms(ms(recently)))]);
+    let mut restored = r.participants.clone();
+    restored.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(restored, vec![active_member, waiting]);
+
+    // What a late event for the ended call needs is one indexed read away.
+    let (call, _, members) = j.stored_call(ended.key()).await.unwrap().unwrap();
+    assert_eq!(call, ended);
+    assert_eq!(members, vec![ended_member.clone()]);
+    let found = j
+        .stored_participants(vec![
+            ended_member.key.clone(),
+            ParticipantKey::new(Provider::Jas, "999", "9"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(found, vec![ended_member]);
 }
