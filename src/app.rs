@@ -119,6 +119,10 @@ impl Application {
             cursor,
             tasks.clone(),
         );
+        processor.pace_relookups(
+            settings.jas.retry.lookup_first,
+            settings.jas.retry.lookup_max,
+        );
         let recorder = if settings.recordings.enabled {
             let fetcher = Fetcher::new(&settings, jas.clone()).map_err(StartError::Other)?;
             let nudge = Arc::new(tokio::sync::Notify::new());

@@ -122,7 +122,7 @@ pub struct JasSettings {
     /// API shorten it instead of waiting 10 s for each timeout.
     #[doc(hidden)]
     pub request_timeout: Duration,
-    /// Retry pacing of JAS API calls. Not configuration keys: always the defaults, except in
+    /// Retry pacing of JAS API calls and lookups. Not configuration keys: always the defaults, except in
     /// tests of an API that stays down longer than one call's retries.
     #[doc(hidden)]
     pub retry: JasRetry,
@@ -136,6 +136,10 @@ pub struct JasRetry {
     pub request_min: Duration,
     pub request_max: Duration,
     pub request_retries: usize,
+    /// A participant lookup whose call gave up anyway is asked again this much later, the
+    /// pause doubling up to `lookup_max`, until the API answers.
+    pub lookup_first: Duration,
+    pub lookup_max: Duration,
 }
 
 impl Default for JasRetry {
@@ -144,6 +148,8 @@ impl Default for JasRetry {
             request_min: Duration::from_millis(200),
             request_max: Duration::from_secs(10),
             request_retries: 5,
+            lookup_first: crate::processor::RELOOKUP_FIRST,
+            lookup_max: crate::processor::RELOOKUP_MAX,
         }
     }
 }
