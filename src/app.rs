@@ -65,9 +65,9 @@ pub fn jas_client(settings: &Settings) -> Result<Option<JasClient>, StartError> 
         auth,
         connect_timeout: Duration::from_secs(5),
         request_timeout: jas.request_timeout,
-        retry_min: Duration::from_millis(200),
-        retry_max: Duration::from_secs(10),
-        max_retries: 5,
+        retry_min: jas.retry.request_min,
+        retry_max: jas.retry.request_max,
+        max_retries: jas.retry.request_retries,
     })
     .map(Some)
     .map_err(|e| StartError::Other(format!("cannot build the JAS client: {e}")))
@@ -118,6 +118,10 @@ impl Application {
             lookups,
             cursor,
             tasks.clone(),
+        );
+        processor.pace_relookups(
+            settings.jas.retry.lookup_first,
+            settings.jas.retry.lookup_max,
         );
         let recorder = if settings.recordings.enabled {
             let fetcher = Fetcher::new(&settings, jas.clone()).map_err(StartError::Other)?;

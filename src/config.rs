@@ -122,6 +122,36 @@ pub struct JasSettings {
     /// API shorten it instead of waiting 10 s for each timeout.
     #[doc(hidden)]
     pub request_timeout: Duration,
+    /// Retry pacing of JAS API calls and lookups. Not configuration keys: always the defaults, except in
+    /// tests of an API that stays down longer than one call's retries.
+    #[doc(hidden)]
+    pub retry: JasRetry,
+}
+
+/// How JAS API calls are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct JasRetry {
+    /// One call's pause before its first retry (then doubled, with jitter), its longest pause,
+    /// and how many retries it makes after the first attempt: about 6 s of retrying in all.
+    pub request_min: Duration,
+    pub request_max: Duration,
+    pub request_retries: usize,
+    /// A participant lookup whose call gave up anyway is asked again this much later, the
+    /// pause doubling up to `lookup_max`, until the API answers.
+    pub lookup_first: Duration,
+    pub lookup_max: Duration,
+}
+
+impl Default for JasRetry {
+    fn default() -> Self {
+        Self {
+            request_min: Duration::from_millis(200),
+            request_max: Duration::from_secs(10),
+            request_retries: 5,
+            lookup_first: crate::processor::RELOOKUP_FIRST,
+            lookup_max: crate::processor::RELOOKUP_MAX,
+        }
+    }
 }
 
 impl JasSettings {
@@ -701,6 +731,7 @@ impl Raw {
             events,
             lookup_participants: jas.lookup_participants,
             request_timeout: Duration::from_secs(10),
+            retry: JasRetry::default(),
         };
 
         let path_token = secret_or_file(

@@ -25,6 +25,9 @@ use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
 use crate::recordings::RecordingUpdate;
 use crate::recordings::path::recording_relative_path;
 
+mod relookup;
+use relookup::Relookups;
+
 /// Rows read from the journal per step.
 const BATCH: usize = 512;
 /// How long the processor lets newly committed events gather before applying them.
@@ -37,6 +40,11 @@ const STATE_EVERY: Duration = Duration::from_millis(100);
 const STATE_MAX_KEYS: usize = 16 * 1024;
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
 const LOOKUP_CONCURRENCY: usize = 32;
+/// A lookup the JAS client gave up on (the API unavailable through all its retries, about 6 s)
+/// is asked again this much later, the pause doubling with each further give-up up to
+/// `RELOOKUP_MAX`, until the API answers or the participant no longer needs it.
+pub const RELOOKUP_FIRST: Duration = Duration::from_secs(5);
+pub const RELOOKUP_MAX: Duration = Duration::from_secs(30);
 /// A call with no event for this long is ended as `stale`.
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::hours(6);
 /// Ended calls stay in memory this long for late events, then live only in the database.
@@ -49,6 +57,8 @@ struct LookupAnswer {
     key: ParticipantKey,
     seq: i64,
     at: Option<DateTime<Utc>>,
+    /// How many lookups of this participant were given up in a row before this one.
+    failures: u32,
     outcome: Result<ParticipantDetails, JasError>,
 }
 
@@ -62,6 +72,8 @@ pub struct Processor {
     answers_tx: mpsc::Sender<LookupAnswer>,
     answers_rx: mpsc::Receiver<LookupAnswer>,
     limit: Arc<Semaphore>,
+    /// Lookups given up while the API was unavailable, to be asked again.
+    relookups: Relookups,
     tasks: TaskTracker,
     pending: StateBuffer,
     /// Where each recording in progress was attached, so the worker's progress reaches that
@@ -122,6 +134,7 @@ impl Processor {
             answers_tx,
             answers_rx,
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
+            relookups: Relookups::new(RELOOKUP_FIRST, RELOOKUP_MAX),
             tasks,
             pending: StateBuffer::default(),
             recording_homes: HashMap::new(),
@@ -141,6 +154,11 @@ impl Processor {
     /// `catch_up`, which may apply `new_recording` events.
     pub fn wake_downloads(&mut self, nudge: Arc<Notify>) {
         self.downloads = Some(nudge);
+    }
+
+    /// How soon lookups given up are asked again (see `RELOOKUP_FIRST`); shorter in tests.
+    pub fn pace_relookups(&mut self, first: Duration, max: Duration) {
+        self.relookups = Relookups::new(first, max);
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon
@@ -188,6 +206,7 @@ impl Processor {
                         self.apply_answer(answer);
                     }
                 }
+                _ = sleep_until_some(self.relookups.next_round()) => self.relookup_round(),
                 Some(update) = self.recordings_rx.recv() => {
                     self.apply_recording_update(update).await;
                     while let Ok(update) = self.recordings_rx.try_recv() {
@@ -486,7 +505,20 @@ impl Processor {
         self.note(changes);
     }
 
-    fn start_lookup(&self, key: ParticipantKey, seq: i64, at: Option<DateTime<Utc>>) {
+    /// A lookup for the participant's newest event; one given up for an older event is
+    /// superseded by it.
+    fn start_lookup(&mut self, key: ParticipantKey, seq: i64, at: Option<DateTime<Utc>>) {
+        let failures = self.relookups.supersede(&key);
+        self.spawn_lookup(key, seq, at, failures);
+    }
+
+    fn spawn_lookup(
+        &self,
+        key: ParticipantKey,
+        seq: i64,
+        at: Option<DateTime<Utc>>,
+        failures: u32,
+    ) {
         let Some(client) = self.lookups.clone() else {
             return;
         };
@@ -496,16 +528,53 @@ impl Processor {
             let Ok(_permit) = limit.acquire_owned().await else {
                 return;
             };
-            let outcome = client.participant(&key.dn, &key.participant_id).await;
+            // A lookup given up before is asked once: the relookup rounds are its backoff, and
+            // the client's own retries would multiply the requests and retry log lines of
+            // every round of an outage.
+            let outcome = if failures == 0 {
+                client.participant(&key.dn, &key.participant_id).await
+            } else {
+                client.participant_once(&key.dn, &key.participant_id).await
+            };
             let _ = answers
                 .send(LookupAnswer {
                     key,
                     seq,
                     at,
+                    failures,
                     outcome,
                 })
                 .await;
         });
+    }
+
+    /// Whether a lookup answering the event at `seq` is still wanted: the participant is
+    /// tracked and present, `seq` is its newest event, and no details answer it yet.
+    fn lookup_wanted(&self, key: &ParticipantKey, seq: i64) -> bool {
+        self.table
+            .participant(key)
+            .is_some_and(|t| !t.is_removed() && t.last_seq == seq && t.details_seq < seq)
+    }
+
+    /// Asks again for the lookups given up whose pause is over, unless no longer wanted.
+    fn relookup_round(&mut self) {
+        let (mut asked, mut dropped) = (0usize, 0usize);
+        for (key, w) in self.relookups.round(tokio::time::Instant::now()) {
+            if self.lookup_wanted(&key, w.seq) {
+                self.spawn_lookup(key, w.seq, w.at, w.failures);
+                asked += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        if asked + dropped > 0 {
+            tracing::info!(
+                asked,
+                no_longer_needed = dropped,
+                still_waiting = self.relookups.len(),
+                "asking the JAS API again for participant lookups it gave up"
+            );
+        }
     }
 
     fn apply_answer(&mut self, answer: LookupAnswer) {
@@ -514,11 +583,16 @@ impl Processor {
             key,
             seq,
             at,
+            failures,
             outcome,
         } = answer;
         let changes = match outcome {
             Ok(p) => {
                 metrics::counter!("callhook_lookups_total", "outcome" => "ok").increment(1);
+                if failures > 0 {
+                    tracing::info!(dn = %key.dn, participant_id = %key.participant_id,
+                        sequence = seq, failures, "participant lookup answered after giving up");
+                }
                 let details = details_from(&key, p);
                 self.table.details(&key, seq, details, at, now)
             }
@@ -534,6 +608,30 @@ impl Processor {
                     "participant already gone (404)");
                 self.table.remove(&key, seq, Some(now), now)
             }
+            // The API stayed unavailable through all of the client's retries: kept and asked
+            // again later, as long as the participant still needs it.
+            Err(e @ JasError::Transient(_)) => {
+                metrics::counter!("callhook_lookups_total", "outcome" => "failed").increment(1);
+                let failures = failures.saturating_add(1);
+                if !self.lookup_wanted(&key, seq) {
+                    tracing::debug!(dn = %key.dn, participant_id = %key.participant_id,
+                        sequence = seq, error = %e, "participant lookup gave up; no longer needed");
+                } else {
+                    // Warned once per participant; the rounds that follow log a summary each.
+                    if failures == 1 {
+                        tracing::warn!(dn = %key.dn, participant_id = %key.participant_id,
+                            sequence = seq, error = %e,
+                            "participant lookup gave up; it will be asked again");
+                    } else {
+                        tracing::debug!(dn = %key.dn, participant_id = %key.participant_id,
+                            sequence = seq, failures, error = %e, "participant lookup gave up again");
+                    }
+                    self.relookups
+                        .gave_up(key, seq, at, failures, tokio::time::Instant::now());
+                }
+                return;
+            }
+            // Refused credentials or a request the API rejects: asking again would not help.
             Err(e) => {
                 metrics::counter!("callhook_lookups_total", "outcome" => "failed").increment(1);
                 tracing::warn!(dn = %key.dn, participant_id = %key.participant_id, sequence = seq,
@@ -644,6 +742,14 @@ impl Processor {
         for done in written {
             let _ = done.send(ok);
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

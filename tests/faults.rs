@@ -1,7 +1,8 @@
 //! The JAS API misbehaving: slower than the request timeout, bursts of 5xx, connections closed
-//! in the middle of a body, down when the daemon starts. Webhooks are acknowledged and
-//! journaled quickly throughout (lookups are off the ack path), failed lookups are retried, and
-//! the participant shows up in `/api/calls` once the API answers.
+//! in the middle of a body, down when the daemon starts, unavailable for longer than the client
+//! retries one request. Webhooks are acknowledged and journaled quickly throughout (lookups are
+//! off the ack path), failed lookups are retried, and the participant shows up in `/api/calls`
+//! once the API answers.
 
 mod common;
 
@@ -22,6 +23,28 @@ fn settings(dir: &std::path::Path, api_base: &str) -> Settings {
     // The production deadline is 10 s; a slow API is the same thing sooner.
     s.jas.request_timeout = Duration::from_millis(300);
     s
+}
+
+/// A client that gives a lookup up after 3 quick attempts (tens of milliseconds instead of about
+/// 6 s), and a processor that asks again 100 ms later, then every 200 ms.
+fn settings_quick_to_give_up(dir: &std::path::Path, api_base: &str) -> Settings {
+    let mut s = settings(dir, api_base);
+    s.jas.retry.request_min = Duration::from_millis(10);
+    s.jas.retry.request_max = Duration::from_millis(20);
+    s.jas.retry.request_retries = 2;
+    s.jas.retry.lookup_first = Duration::from_millis(100);
+    s.jas.retry.lookup_max = Duration::from_millis(200);
+    s
+}
+
+/// A counter or gauge from `/metrics`. One process-wide registry for every test here: only lower
+/// bounds hold.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let (_, text) = app.get_admin("/metrics").await;
+    let text = text.as_str().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 /// Posts `bodies`, asserting each is accepted quickly; returns the slowest ack.
@@ -223,4 +246,77 @@ async fn api_down_at_start_up_then_back() {
         .await;
     assert_eq!(call["direction"], "inbound", "{call}");
     eprintln!("slowest ack while the API was down: {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_unavailable_longer_than_the_client_retries_then_back() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    sim.set_participant(
+        "101",
+        "5",
+        participant("101", "5", "outage", "Ringing", "10000", "Wexternalline"),
+    );
+    // Three times what the client's 3 attempts for one lookup get through.
+    const DOWN: usize = 9;
+    sim.fail_next(SimRoute::Participant, &[503; DOWN]);
+    let dir = tempdir();
+    let app = TestApp::start(settings_quick_to_give_up(dir.path(), &server.base_url)).await;
+    app.wait_ready().await;
+    let failed_before = metric(&app, r#"callhook_lookups_total{outcome="failed"}"#).await;
+
+    let started = Instant::now();
+    post_all_fast(&app, &[call_status("101", "5", 0, 1)]).await;
+    // The client alone gives up after 3 attempts; the participant appears only because the
+    // processor kept the lookup and asked again (once a round), with no further event.
+    let call = app
+        .wait_call("jas", "outage", |c| {
+            c["participants"][0]["status"] == "Ringing"
+        })
+        .await;
+    let took = started.elapsed();
+    assert_eq!(call["direction"], "inbound", "{call}");
+    assert_eq!(call["participants"][0]["party_number"], "5148888888");
+    assert_eq!(journaled(dir.path()), 1);
+    // The first lookup's 3 attempts gave up once, then each round's single attempt did.
+    let failed = metric(&app, r#"callhook_lookups_total{outcome="failed"}"#).await - failed_before;
+    assert!(
+        failed >= (1 + DOWN - 3) as f64,
+        "failed lookups counted: {failed}"
+    );
+
+    // Once answered it is not asked again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.requests(SimRoute::Participant), DOWN + 1);
+    eprintln!("participant appeared {took:?} after its only event");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lookup_given_up_is_not_asked_again_once_the_participant_left() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    sim.set_participant(
+        "101",
+        "6",
+        participant("101", "6", "left", "Ringing", "10000", "Wexternalline"),
+    );
+    sim.fail_next(SimRoute::Participant, &[503; 1000]);
+    let dir = tempdir();
+    let app = TestApp::start(settings_quick_to_give_up(dir.path(), &server.base_url)).await;
+    app.wait_ready().await;
+
+    post_all_fast(&app, &[call_status("101", "6", 0, 1)]).await;
+    // Given up once and asked again at least once.
+    wait_until(Duration::from_secs(5), || async {
+        sim.requests(SimRoute::Participant) > 3
+    })
+    .await;
+    post_all_fast(&app, &[call_status("101", "6", 1, 2)]).await;
+    // A lookup already under way may still finish; then nothing more, although rounds come
+    // every 200 ms and the API is still down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = sim.requests(SimRoute::Participant);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sim.requests(SimRoute::Participant), settled);
+    assert!(app.call("jas", "left").await.is_none());
 }

@@ -223,6 +223,13 @@ struct TokenCell {
     token: Option<SecretString>,
 }
 
+/// Whether a request is retried here, or made once for a caller that paces its own retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempts {
+    Retried,
+    Once,
+}
+
 /// A failed attempt, carrying the upstream's `Retry-After` hint for the backoff.
 struct AttemptError {
     error: JasError,
@@ -340,13 +347,35 @@ impl JasClient {
     /// Looks up one participant of a call. 403 → [`JasError::Forbidden`], 404 →
     /// [`JasError::NotFound`]; transient failures are retried.
     pub async fn participant(&self, dn: &str, id: &str) -> Result<ParticipantDetails, JasError> {
+        self.lookup(dn, id, Attempts::Retried).await
+    }
+
+    /// [`JasClient::participant`] with a single attempt (no retries, no retry log lines), for a
+    /// caller that already gave up once and paces its own retries (the processor's relookups).
+    /// A refused token is still renewed once.
+    pub async fn participant_once(
+        &self,
+        dn: &str,
+        id: &str,
+    ) -> Result<ParticipantDetails, JasError> {
+        self.lookup(dn, id, Attempts::Once).await
+    }
+
+    async fn lookup(
+        &self,
+        dn: &str,
+        id: &str,
+        attempts: Attempts,
+    ) -> Result<ParticipantDetails, JasError> {
         let path = format!(
             "/api/callcontrol/{}/participants/{}",
             utf8_percent_encode(dn, PATH_SEGMENT),
             utf8_percent_encode(id, PATH_SEGMENT)
         );
         let url = self.url(&path)?;
-        let (status, body) = self.call(Api::Participants, Method::GET, url, None).await?;
+        let (status, body) = self
+            .call(Api::Participants, Method::GET, url, None, attempts)
+            .await?;
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| JasError::Rejected {
                 status: status.as_u16(),
@@ -368,16 +397,25 @@ impl JasClient {
     pub async fn register(&self, event: &str, callback_url: &str) -> Result<(), JasError> {
         let url = self.url("/webhooks")?;
         let body = serde_json::json!({ "event": event, "url": callback_url });
-        self.call(Api::Webhooks, Method::POST, url, Some(body))
-            .await
-            .map(|_| ())
+        self.call(
+            Api::Webhooks,
+            Method::POST,
+            url,
+            Some(body),
+            Attempts::Retried,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Removes the subscription for `event`; an unknown event (404) counts as success.
     pub async fn unregister(&self, event: &str) -> Result<(), JasError> {
         let mut url = self.url("/webhooks")?;
         url.query_pairs_mut().append_pair("event", event);
-        match self.call(Api::Webhooks, Method::DELETE, url, None).await {
+        match self
+            .call(Api::Webhooks, Method::DELETE, url, None, Attempts::Retried)
+            .await
+        {
             Ok(_) | Err(JasError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
@@ -386,7 +424,9 @@ impl JasClient {
     /// Returns the registered webhooks as JSON; the upstream shape is not documented.
     pub async fn list_webhooks(&self) -> Result<serde_json::Value, JasError> {
         let url = self.url("/webhooks")?;
-        let (status, body) = self.call(Api::Webhooks, Method::GET, url, None).await?;
+        let (status, body) = self
+            .call(Api::Webhooks, Method::GET, url, None, Attempts::Retried)
+            .await?;
         if body.is_empty() {
             return Ok(serde_json::Value::Null);
         }
@@ -465,7 +505,7 @@ impl JasClient {
 
         let url = self.url("/auth/authenticate")?;
         let (status, body) = self
-            .send_with_retry(Api::Auth, || {
+            .send_with_retry(Api::Auth, Attempts::Retried, || {
                 self.inner
                     .http
                     .post(url.clone())
@@ -503,10 +543,11 @@ impl JasClient {
         method: Method,
         url: Url,
         json: Option<serde_json::Value>,
+        attempts: Attempts,
     ) -> Result<(StatusCode, Bytes), JasError> {
         let (generation, token) = self.current_token().await?;
         let first = self
-            .send_authed(api, &method, &url, json.as_ref(), token.as_ref())
+            .send_authed(api, &method, &url, json.as_ref(), token.as_ref(), attempts)
             .await;
         match first {
             Err(JasError::Unauthorized(_)) if matches!(self.inner.auth, JasAuth::Client { .. }) => {
@@ -515,7 +556,7 @@ impl JasClient {
                     "JAS Connect token refused, re-authenticating"
                 );
                 let (_, token) = self.refresh_token(Some(generation)).await?;
-                self.send_authed(api, &method, &url, json.as_ref(), Some(&token))
+                self.send_authed(api, &method, &url, json.as_ref(), Some(&token), attempts)
                     .await
             }
             other => other,
@@ -529,8 +570,9 @@ impl JasClient {
         url: &Url,
         json: Option<&serde_json::Value>,
         token: Option<&SecretString>,
+        attempts: Attempts,
     ) -> Result<(StatusCode, Bytes), JasError> {
-        self.send_with_retry(api, || {
+        self.send_with_retry(api, attempts, || {
             let mut req = self
                 .inner
                 .http
@@ -549,14 +591,23 @@ impl JasClient {
 
     /// Runs attempts built by `build` until success, a non-transient error, or the retry
     /// budget is spent. Each attempt is counted and timed.
-    async fn send_with_retry<F>(&self, api: Api, build: F) -> Result<(StatusCode, Bytes), JasError>
+    async fn send_with_retry<F>(
+        &self,
+        api: Api,
+        attempts: Attempts,
+        build: F,
+    ) -> Result<(StatusCode, Bytes), JasError>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
         let retry_max = self.inner.retry_max;
+        let backoff = match attempts {
+            Attempts::Retried => self.inner.backoff,
+            Attempts::Once => self.inner.backoff.with_max_times(0),
+        };
         let attempt = || async { attempt(api, build()).await };
         attempt
-            .retry(self.inner.backoff)
+            .retry(backoff)
             .when(|e: &AttemptError| matches!(e.error, JasError::Transient(_)))
             // Honour Retry-After only while the backoff still allows another attempt.
             .adjust(move |e, delay| delay.map(|d| e.retry_after.map_or(d, |ra| ra.min(retry_max))))
@@ -839,6 +890,21 @@ mod tests {
             4,
             "1 attempt + 3 retries"
         );
+    }
+
+    #[tokio::test]
+    async fn participant_once_makes_a_single_attempt() {
+        let sim = JasSim::new();
+        sim.set_participant("101", "36", JasSim::example_participant("101", "36"));
+        sim.fail_next(SimRoute::Participant, &[503]);
+        let server = sim.start().await.unwrap();
+        let client = token_client(&server.base_url, "t");
+        let err = client.participant_once("101", "36").await.unwrap_err();
+        assert!(matches!(err, JasError::Transient(_)), "{err:?}");
+        assert_eq!(sim.requests(SimRoute::Participant), 1);
+        let p = client.participant_once("101", "36").await.unwrap();
+        assert_eq!(p.callid, "26");
+        assert_eq!(sim.requests(SimRoute::Participant), 2);
     }
 
     #[tokio::test]
