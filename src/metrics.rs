@@ -104,6 +104,11 @@ fn register() {
         Unit::Seconds,
         "Time of one journal transaction"
     );
+    describe_histogram!(
+        "callhook_journal_sync_seconds",
+        Unit::Seconds,
+        "Time of one fdatasync of the journal's WAL (covers every batch committed before it)"
+    );
     describe_counter!("callhook_lookups_total", "Participant lookups by outcome");
 
     for (provider, events) in PROVIDER_EVENTS {
@@ -130,6 +135,7 @@ fn register() {
         "callhook_ack_seconds",
         "callhook_journal_batch_size",
         "callhook_journal_commit_seconds",
+        "callhook_journal_sync_seconds",
         "callhook_recording_download_seconds",
     ] {
         let _ = metrics::histogram!(name);

@@ -36,6 +36,8 @@ const LINGER: Duration = Duration::from_millis(10);
 /// interval become one row write, and a burst becomes one transaction instead of one per group
 /// commit. A crash loses at most this much applied state, which the journal replays.
 const STATE_EVERY: Duration = Duration::from_millis(100);
+/// Rows per state transaction.
+const STATE_CHUNK: usize = 128;
 /// Changed keys that force a write before the interval is up (bounds memory during catch-up).
 const STATE_MAX_KEYS: usize = 16 * 1024;
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
@@ -698,35 +700,29 @@ impl Processor {
         let written = std::mem::take(&mut self.pending.written);
         let jobs = std::mem::take(&mut self.pending.jobs);
         let job_calls = std::mem::take(&mut self.pending.job_calls);
-        let mut delay = Duration::from_millis(100);
-        let mut ok = false;
-        for attempt in 1..=5 {
-            // Rows are read from the table at each attempt, so a retry writes current state.
-            let mut state = StateWrite {
-                cursor: self.pending.cursor,
-                jobs: jobs.clone(),
-                job_calls: job_calls.clone(),
-                ..Default::default()
-            };
-            for key in changes.participants.union(&changes.dropped_participants) {
-                state
-                    .participants
-                    .push((key.clone(), self.table.participant(key)));
-            }
-            for key in &changes.calls {
-                state.calls.push((key.clone(), self.table.call_row(key)));
-            }
-            match self.journal.write_state(state).await {
-                Ok(()) => {
-                    ok = true;
-                    break;
-                }
-                Err(JournalError::Closed) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, attempt, "writing call state failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
+        // Rows go in chunks, each its own transaction, so that event batches committed in
+        // between never wait behind one large state write (that was the ack latency's tail).
+        // The cursor, jobs and job calls go with the last chunk: the cursor only moves once
+        // every row it covers is written.
+        let rows: Vec<Row<'_>> = changes
+            .participants
+            .union(&changes.dropped_participants)
+            .map(Row::Participant)
+            .chain(changes.calls.iter().map(Row::Call))
+            .collect();
+        let chunks: Vec<&[Row<'_>]> = if rows.is_empty() {
+            vec![&[]]
+        } else {
+            rows.chunks(STATE_CHUNK).collect()
+        };
+        let mut ok = true;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            ok = self
+                .write_chunk(chunk, last.then(|| (jobs.clone(), job_calls.clone())))
+                .await;
+            if !ok {
+                break;
             }
         }
         if ok {
@@ -743,6 +739,53 @@ impl Processor {
             let _ = done.send(ok);
         }
     }
+}
+
+impl Processor {
+    /// Writes one chunk of rows, read from the table at each attempt so a retry writes current
+    /// state; `last` carries what goes with the final chunk (then also the cursor).
+    async fn write_chunk(
+        &self,
+        rows: &[Row<'_>],
+        last: Option<(Vec<JobUpdate>, Vec<JobCall>)>,
+    ) -> bool {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            let mut state = StateWrite::default();
+            if let Some((jobs, job_calls)) = &last {
+                state.cursor = self.pending.cursor;
+                state.jobs = jobs.clone();
+                state.job_calls = job_calls.clone();
+            }
+            for row in rows {
+                match row {
+                    Row::Participant(key) => state
+                        .participants
+                        .push(((*key).clone(), self.table.participant(key))),
+                    Row::Call(key) => state.calls.push(((*key).clone(), self.table.call_row(key))),
+                }
+            }
+            match self.journal.write_state(state).await {
+                Ok(()) => return true,
+                Err(JournalError::Closed) => return false,
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "writing call state failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// `(provider, recording id, call id)`: the call a job's recording was attached to.
+type JobCall = (&'static str, String, String);
+
+/// A changed row to write.
+enum Row<'a> {
+    Participant(&'a ParticipantKey),
+    Call(&'a CallKey),
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

@@ -21,6 +21,7 @@ async fn every_series_is_exported_from_start_and_labels_carry_no_numbers() {
         "callhook_ack_seconds",
         "callhook_journal_batch_size",
         "callhook_journal_commit_seconds",
+        "callhook_journal_sync_seconds",
     ] {
         assert!(
             text.contains(series),

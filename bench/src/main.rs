@@ -465,6 +465,30 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The bucket bound under which a fraction `q` of a histogram's samples fall (Prometheus
+/// `_bucket{le=...}` lines are cumulative), in milliseconds.
+fn quantile_ms(text: &str, name: &str, q: f64) -> f64 {
+    let bucket = format!("{name}_bucket");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{bucket}{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0)
+}
+
 async fn metrics(http: &reqwest::Client, d: &Daemon) -> String {
     http.get(format!("{}/metrics", d.admin))
         .send()
@@ -846,6 +870,13 @@ async fn all(args: AllArgs) {
         let batches = metric(&m, "callhook_journal_batch_size_count", &[]);
         let batch_mean = metric(&m, "callhook_journal_batch_size_sum", &[]) / batches.max(1.0);
         let rss = rss_kib(&d.proc.pid());
+        let stages = format!(
+            "p50/p99 bucket bounds: commit {}/{} ms, WAL sync {}/{} ms",
+            quantile_ms(&m, "callhook_journal_commit_seconds", 0.5),
+            quantile_ms(&m, "callhook_journal_commit_seconds", 0.99),
+            quantile_ms(&m, "callhook_journal_sync_seconds", 0.5),
+            quantile_ms(&m, "callhook_journal_sync_seconds", 0.99),
+        );
         // The same daemon with 4× the connections, on bodies it has not seen yet.
         let wide = wrk_on(
             &d.proc.pid(),
@@ -866,7 +897,7 @@ async fn all(args: AllArgs) {
             &mut rows,
             &format!("2. callhook JAS endpoint, {conns} connections"),
             format!(
-                "{:.0} req/s ({accepted} accepted, {duplicate} duplicate, {} errors); {:.0} ms CPU per 1000 requests; mean journal batch {batch_mean:.1} events, {batches} commits; RSS after {} MiB",
+                "{:.0} req/s ({accepted} accepted, {duplicate} duplicate, {} errors); {:.0} ms CPU per 1000 requests; mean journal batch {batch_mean:.1} events, {batches} commits ({stages}); RSS after {} MiB",
                 w.rps,
                 w.errors,
                 w.cpu_ms_per_1k,

@@ -148,7 +148,8 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk before the writer answers, so a 200 survives a power cut.
+    // FULL for the reading connections; the writer switches itself to NORMAL and syncs the
+    // WAL on a thread of its own before it answers (writer.rs), so a 200 survives a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Savepoints (one per state write) keep their undo pages in a statement journal; in memory
@@ -167,6 +168,14 @@ impl Journal {
     }
 
     fn open_blocking(path: PathBuf) -> Result<Journal, JournalError> {
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        Self::open_syncing(path, wal.into())
+    }
+
+    /// `wal` is the file the sync thread makes durable: SQLite's own `-wal` file, except in a
+    /// test that makes syncing fail.
+    fn open_syncing(path: PathBuf, wal: PathBuf) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
                 path: dir.to_path_buf(),
@@ -178,8 +187,9 @@ impl Journal {
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         let reader = open_connection(&path)?;
+        let checkpointer = open_connection(&path)?;
         let (committed_tx, committed) = watch::channel(last_id);
-        let commands = writer::spawn(conn, committed_tx);
+        let commands = writer::spawn(conn, checkpointer, wal, committed_tx);
         Ok(Journal {
             commands,
             reader: Arc::new(Mutex::new(reader)),
@@ -216,12 +226,12 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Round trip through the writer thread (an empty transaction): proves it is alive and
-    /// committing, for the systemd watchdog.
+    /// Round trip through the writer and sync threads (an empty, synced batch): proves both
+    /// are alive, for the systemd watchdog.
     pub async fn ping(&self) -> Result<(), JournalError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(writer::Command::State(Box::default(), reply))
+            .send(writer::Command::Ping(reply))
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?

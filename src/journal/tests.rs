@@ -348,3 +348,36 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
         .unwrap();
     assert_eq!(found, vec![ended_member]);
 }
+
+#[tokio::test]
+async fn nothing_is_acknowledged_unless_the_wal_sync_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    // A sync target that cannot be opened stands in for a failing fdatasync.
+    let j = tokio::task::spawn_blocking({
+        let path = path.clone();
+        let wal = dir.path().join("missing/j.db-wal");
+        move || Journal::open_syncing(path, wal)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let committed = j.committed();
+    let refused = j.append(event("a")).await.unwrap_err();
+    assert!(refused.to_string().contains("sync"), "{refused}");
+    assert!(j.ping().await.is_err(), "the watchdog must see it");
+    // A failed sync poisons the journal: the kernel may have dropped the pages it could not
+    // write, so a later sync that "succeeds" proves nothing.
+    assert!(j.append(event("b")).await.is_err());
+    assert!(
+        !committed.has_changed().unwrap(),
+        "the processor must not be told of events nobody was told are safe"
+    );
+    // Derived state does not wait for a sync (it is rebuilt from the journal after a crash).
+    j.write_state(StateWrite {
+        cursor: Some(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}

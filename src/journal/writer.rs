@@ -1,7 +1,10 @@
 //! The one writer thread. It takes whatever commands are queued (up to `MAX_BATCH`), runs them in
 //! one transaction, commits once (one fsync), and only then answers each caller.
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Transaction, params};
@@ -13,6 +16,9 @@ use super::{Appended, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
 /// first caller in a batch does not wait long for the last.
 const MAX_BATCH: usize = 1024;
 
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// Bound on queued commands: beyond it, callers wait (backpressure) instead of growing memory.
 const QUEUE: usize = 16 * 1024;
 
@@ -21,6 +27,8 @@ type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 pub(super) enum Command {
     Append(Box<NewEvent>, Reply<Appended>),
     State(Box<StateWrite>, Reply<()>),
+    /// An empty, synced batch: proves the writer and the syncer both work (the watchdog).
+    Ping(Reply<()>),
     Sweep(i64, Reply<usize>),
     Close(Reply<()>),
 }
@@ -52,11 +60,16 @@ pub struct JobUpdate {
     pub sha256: Option<String>,
 }
 
-pub(super) fn spawn(conn: Connection, committed: watch::Sender<i64>) -> mpsc::Sender<Command> {
+pub(super) fn spawn(
+    conn: Connection,
+    checkpointer: Connection,
+    wal: PathBuf,
+    committed: watch::Sender<i64>,
+) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name("callhook-journal".into())
-        .spawn(move || run(conn, rx, committed))
+        .spawn(move || run(conn, checkpointer, wal, rx, committed))
         .expect("spawn the journal writer thread");
     tx
 }
@@ -67,10 +80,63 @@ enum Done {
     Swept(Reply<usize>, Result<usize, JournalError>),
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::Sender<i64>) {
+impl Done {
+    fn answer(self) {
+        match self {
+            Done::Appended(r, res) => drop(r.send(res)),
+            Done::State(r, res) => drop(r.send(res)),
+            Done::Swept(r, res) => drop(r.send(res)),
+        }
+    }
+
+    fn fail(self, why: &str) {
+        let failed = || JournalError::Commit(why.to_string());
+        match self {
+            Done::Appended(r, _) => drop(r.send(Err(failed()))),
+            Done::State(r, _) => drop(r.send(Err(failed()))),
+            Done::Swept(r, _) => drop(r.send(Err(failed()))),
+        }
+    }
+}
+
+/// A committed batch whose answers wait for the WAL to reach the disk.
+struct Unsynced {
+    done: Vec<Done>,
+    max_id: Option<i64>,
+}
+
+fn run(
+    mut conn: Connection,
+    checkpointer: Connection,
+    wal: PathBuf,
+    mut rx: mpsc::Receiver<Command>,
+    committed: watch::Sender<i64>,
+) {
+    // Commits only write the WAL; the syncer thread makes them durable. While it waits for the
+    // disk, this thread already commits the next batch (a pipelined group commit): SQLite's own
+    // FULL mode would make every batch wait for the previous one's sync. Checkpoints, which
+    // also sync, run on a thread of their own, off the ack path.
+    let prepared = conn
+        .pragma_update(None, "synchronous", "NORMAL")
+        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", 0));
+    if let Err(e) = prepared {
+        tracing::error!(error = %e, "journal writer could not be set up");
+    }
+    let stop_checkpoints = Arc::new(AtomicBool::new(false));
+    let checkpoints = {
+        let stop = stop_checkpoints.clone();
+        std::thread::Builder::new()
+            .name("callhook-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop))
+            .expect("spawn the journal checkpoint thread")
+    };
+    let (to_sync, unsynced) = std::sync::mpsc::channel::<Unsynced>();
+    let syncer = std::thread::Builder::new()
+        .name("callhook-sync".into())
+        .spawn(move || sync_loop(wal, unsynced, committed))
+        .expect("spawn the journal sync thread");
+
     let mut close: Option<Reply<()>> = None;
-    // `open_connection` leaves it FULL; the pragma is only re-run when a batch needs the other.
-    let mut current_sync = "FULL";
     while close.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -86,25 +152,18 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
         let size = batch.len();
         let mut done = Vec::with_capacity(size);
         let mut max_id = None;
-        // Only an acknowledged event needs its own fsync. Derived state (calls, participants,
-        // jobs, the applied cursor) is committed without one: WAL frames are written in order,
-        // so the next synced commit makes it durable too, and if a crash comes first the state
-        // and its cursor are lost together and rebuilt from the journal after the older cursor.
-        let sync = if batch.iter().any(|c| matches!(c, Command::Append(..))) {
-            "FULL"
-        } else {
-            "NORMAL"
-        };
+        // Only an acknowledgement (or a ping, which proves the path) waits for the sync.
+        // Derived state (calls, participants, jobs, the applied cursor) is answered at commit:
+        // WAL frames are written in order, so the next sync makes it durable too, and if a
+        // crash comes first the state and its cursor are lost together and rebuilt from the
+        // journal after the older cursor.
+        let mut durable = false;
         let outcome = (|| -> rusqlite::Result<()> {
-            // Set inside the fallible part: an ack batch never commits without FULL.
-            if sync != current_sync {
-                conn.pragma_update(None, "synchronous", sync)?;
-                current_sync = sync;
-            }
             let mut tx = conn.transaction()?;
             for cmd in batch {
                 match cmd {
                     Command::Append(event, reply) => {
+                        durable = true;
                         // One INSERT is atomic on its own; only an event that brings its
                         // download job (two statements) needs a savepoint around both.
                         let result = if event.job.is_some() {
@@ -121,6 +180,10 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
                         let result = atomically(&mut tx, |c| write_state(c, &state));
                         done.push(Done::State(reply, result));
                     }
+                    Command::Ping(reply) => {
+                        durable = true;
+                        done.push(Done::State(reply, Ok(())));
+                    }
                     Command::Sweep(before, reply) => {
                         let result = atomically(&mut tx, |c| sweep(c, before));
                         done.push(Done::Swept(reply, result));
@@ -134,34 +197,26 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
         metrics::histogram!("callhook_journal_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(()) => {
-                if let Some(id) = max_id {
-                    committed.send_replace(id);
-                }
-                for d in done {
-                    match d {
-                        Done::Appended(r, res) => drop(r.send(res)),
-                        Done::State(r, res) => drop(r.send(res)),
-                        Done::Swept(r, res) => drop(r.send(res)),
-                    }
-                }
+            Ok(()) if durable => {
+                // The syncer only stops after this thread drops `to_sync`.
+                let _ = to_sync.send(Unsynced { done, max_id });
             }
+            Ok(()) => done.into_iter().for_each(Done::answer),
             Err(e) => {
                 tracing::error!(error = %e, batch = size, "journal commit failed");
                 // Nothing of the batch is durable, so no caller may be told otherwise.
-                let failed = || JournalError::Commit(e.to_string());
-                for d in done {
-                    match d {
-                        Done::Appended(r, _) => drop(r.send(Err(failed()))),
-                        Done::State(r, _) => drop(r.send(Err(failed()))),
-                        Done::Swept(r, _) => drop(r.send(Err(failed()))),
-                    }
-                }
+                let why = e.to_string();
+                done.into_iter().for_each(|d| d.fail(&why));
             }
         }
     }
     // Stop taking commands; anything still queued is answered `Closed` when dropped.
     rx.close();
+    // Every acknowledgement in flight is answered before the database closes.
+    drop(to_sync);
+    let _ = syncer.join();
+    stop_checkpoints.store(true, Ordering::Relaxed);
+    let _ = checkpoints.join();
     let checkpoint = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(JournalError::from);
@@ -171,6 +226,73 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, committed: watch::
         .and(checkpoint);
     if let Some(reply) = close {
         let _ = reply.send(closed);
+    }
+}
+
+/// Makes committed batches durable: one `fdatasync` of the WAL covers every batch committed
+/// before it began, so batches that queued up while the disk was busy share the next one.
+fn sync_loop(
+    wal: PathBuf,
+    unsynced: std::sync::mpsc::Receiver<Unsynced>,
+    committed: watch::Sender<i64>,
+) {
+    let mut file: Option<std::fs::File> = None;
+    // After a failed sync the kernel may have dropped the unwritten pages and a later sync
+    // can succeed without them, so nothing is acknowledged again until a restart.
+    let mut poisoned: Option<String> = None;
+    while let Ok(first) = unsynced.recv() {
+        let mut batches = vec![first];
+        batches.extend(unsynced.try_iter());
+        let started = Instant::now();
+        let synced = match &poisoned {
+            Some(why) => Err(why.clone()),
+            None => {
+                let opened = match file.take() {
+                    Some(f) => Ok(f),
+                    None => std::fs::File::open(&wal),
+                };
+                match opened.and_then(|f| f.sync_data().map(|()| f)) {
+                    Ok(f) => {
+                        file = Some(f);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let why = format!("syncing {} failed: {e}", wal.display());
+                        tracing::error!(error = %why, "journal sync failed; refusing events until restart");
+                        poisoned = Some(why.clone());
+                        Err(why)
+                    }
+                }
+            }
+        };
+        metrics::histogram!("callhook_journal_sync_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match synced {
+            Ok(()) => {
+                if let Some(id) = batches.iter().filter_map(|b| b.max_id).max() {
+                    committed.send_replace(id);
+                }
+                for b in batches {
+                    b.done.into_iter().for_each(Done::answer);
+                }
+            }
+            Err(why) => {
+                for b in batches {
+                    b.done.into_iter().for_each(|d| d.fail(&why));
+                }
+            }
+        }
+    }
+}
+
+/// Copies the WAL back into the database now and then, so the WAL stays small; PASSIVE never
+/// blocks the writer, and a checkpoint's own syncs stay off the ack path.
+fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "journal checkpoint failed; retrying");
+        }
     }
 }
 
