@@ -5,80 +5,90 @@ use super::model::{Direction, Provider, Tracked};
 
 const EXTERNAL_LINE: &str = "wexternalline";
 
-fn far_side_external(t: &Tracked) -> bool {
-    t.details
-        .as_ref()
-        .is_some_and(|d| d.party_dn_type.eq_ignore_ascii_case(EXTERNAL_LINE))
+/// What the direction is decided from, about one participant: borrowed from a `Tracked` or from
+/// the table's own form of it. Empty strings where it has no details.
+pub(super) struct Side<'a> {
+    pub status: &'a str,
+    /// The status it was first seen in (the oldest details by sequence), else its status.
+    pub first_status: &'a str,
+    /// Its DN as the details say, else as its key says.
+    pub dn: &'a str,
+    pub party_dn: &'a str,
+    pub party_dn_type: &'a str,
+    pub leg: Option<&'a str>,
+    pub leg_direction: Option<&'a str>,
 }
 
-/// The status a participant was first seen in (the oldest details by sequence).
-fn first_status(t: &Tracked) -> &str {
-    t.first_status
-        .as_deref()
-        .or(t.details.as_ref().map(|d| d.status.as_str()))
-        .unwrap_or("")
+impl<'a> Side<'a> {
+    fn of(t: &'a Tracked) -> Self {
+        let d = t.details.as_ref();
+        let status = d.map_or("", |d| d.status.as_str());
+        Side {
+            status,
+            first_status: t.first_status.as_deref().unwrap_or(status),
+            dn: d.and_then(|d| d.dn.as_deref()).unwrap_or(&t.key.dn),
+            party_dn: d.map_or("", |d| &d.party_dn),
+            party_dn_type: d.map_or("", |d| &d.party_dn_type),
+            leg: d.and_then(|d| d.leg.as_deref()),
+            leg_direction: d.and_then(|d| d.leg_direction.as_deref()),
+        }
+    }
+
+    fn far_side_external(&self) -> bool {
+        self.party_dn_type.eq_ignore_ascii_case(EXTERNAL_LINE)
+    }
 }
 
 pub fn direction_of(provider: Provider, members: &[&Tracked]) -> Direction {
+    let sides: Vec<Side> = members.iter().map(|t| Side::of(t)).collect();
+    decide(provider, &sides)
+}
+
+pub(super) fn decide(provider: Provider, members: &[Side]) -> Direction {
     match provider {
         Provider::Telecmi => telecmi_direction(members),
         Provider::Jas => jas_direction(members),
     }
 }
 
-fn telecmi_direction(members: &[&Tracked]) -> Direction {
-    let leg_a = members
-        .iter()
-        .filter_map(|t| t.details.as_ref())
-        .find(|d| d.leg.as_deref() == Some("a"));
-    match leg_a.and_then(|d| d.leg_direction.as_deref()) {
+fn telecmi_direction(members: &[Side]) -> Direction {
+    let leg_a = members.iter().find(|s| s.leg == Some("a"));
+    match leg_a.and_then(|s| s.leg_direction) {
         Some(d) if d.eq_ignore_ascii_case("inbound") => Direction::Inbound,
         Some(d) if d.eq_ignore_ascii_case("outbound") => Direction::Outbound,
         _ => Direction::Unknown,
     }
 }
 
-fn jas_direction(members: &[&Tracked]) -> Direction {
+fn jas_direction(members: &[Side]) -> Direction {
     // Details with no status come from the event alone (lookups off): they say nothing about
     // which way the call goes.
-    let known: Vec<&Tracked> = members
-        .iter()
-        .copied()
-        .filter(|t| t.details.as_ref().is_some_and(|d| !d.status.is_empty()))
-        .collect();
+    let known: Vec<&Side> = members.iter().filter(|s| !s.status.is_empty()).collect();
     if known.is_empty() {
         return Direction::Unknown;
     }
     // A local DN that dialled out toward an external party.
     if known
         .iter()
-        .any(|t| far_side_external(t) && first_status(t).eq_ignore_ascii_case("dialing"))
+        .any(|s| s.far_side_external() && s.first_status.eq_ignore_ascii_case("dialing"))
     {
         return Direction::Outbound;
     }
     // DNs the call shows to be external lines (someone's far side is that DN).
     let external_dns: Vec<&str> = known
         .iter()
-        .filter(|t| far_side_external(t))
-        .filter_map(|t| t.details.as_ref().map(|d| d.party_dn.as_str()))
+        .filter(|s| s.far_side_external())
+        .map(|s| s.party_dn)
         .filter(|dn| !dn.is_empty())
         .collect();
-    let dn_is_external_line = |t: &Tracked| {
-        let dn = t
-            .details
-            .as_ref()
-            .and_then(|d| d.dn.as_deref())
-            .unwrap_or(&t.key.dn);
-        external_dns.contains(&dn)
-    };
     // An external party reached a local DN that did not dial.
-    if known.iter().any(|t| {
-        (far_side_external(t) && first_status(t).eq_ignore_ascii_case("ringing"))
-            || dn_is_external_line(t)
+    if known.iter().any(|s| {
+        (s.far_side_external() && s.first_status.eq_ignore_ascii_case("ringing"))
+            || external_dns.contains(&s.dn)
     }) {
         return Direction::Inbound;
     }
-    if !known.iter().any(|t| far_side_external(t)) {
+    if !known.iter().any(|s| s.far_side_external()) {
         return Direction::Internal;
     }
     Direction::Unknown

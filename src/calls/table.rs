@@ -7,8 +7,11 @@ use chrono::{DateTime, Duration, Utc};
 use dashmap::DashMap;
 use serde_json::Value;
 
-use super::direction::direction_of;
-use super::model::{Call, CallKey, CallState, Details, ParticipantKey, Recording, Tracked};
+use super::compact::{CKey, Held, MemberKey, PKey, Text};
+use super::direction::decide;
+use super::model::{
+    Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Recording, Tracked,
+};
 
 /// A call started, ended, or came back (a participant joined after it looked finished: events
 /// delivered out of order).
@@ -53,24 +56,38 @@ impl Changes {
 /// A call's own start and end times when no participant supplies them (a recording's).
 type OwnTimes = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
+/// A call as held: the facts of its `Call` except its id (the map's key) and its participants'
+/// views, which are built from its members when read (`Call` holds a copy of each).
 struct CallRecord {
-    call: Call,
-    members: BTreeSet<ParticipantKey>,
+    state: CallState,
+    direction: Direction,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    end_reason: Option<Text>,
+    recordings: Vec<Recording>,
+    summary: Option<Box<Value>>,
+    /// Sorted and without duplicates: the order a `BTreeSet<ParticipantKey>` had, which is the
+    /// order direction is decided in. A `Vec` because calls have a handful of members, and a
+    /// B-tree node is sized for eleven.
+    members: Vec<MemberKey>,
     /// Wall clock of the last change, for the stale sweep and eviction.
     last_activity: DateTime<Utc>,
     /// Why and when the call was ended by something other than its last participant leaving.
-    forced_end: Option<(String, DateTime<Utc>)>,
+    forced_end: Option<(Text, DateTime<Utc>)>,
     /// When it came from a recording of a call never seen (no participants): its own times.
     recording_times: Option<OwnTimes>,
 }
 
 /// Written only by the processor; read by the admin API. No guard is ever held across an
 /// `.await` (nothing here is async), and no method holds a guard of one map while locking the
-/// same map again.
+/// same map again, nor a guard of either map while locking the other.
+///
+/// Values are boxed: a map keeps up to half its slots empty, and an empty slot costs the size of
+/// a value, so slots hold a pointer rather than a few hundred bytes.
 #[derive(Default)]
 pub struct CallTable {
-    participants: DashMap<ParticipantKey, Tracked>,
-    calls: DashMap<CallKey, CallRecord>,
+    participants: DashMap<PKey, Box<Held>>,
+    calls: DashMap<CKey, Box<CallRecord>>,
 }
 
 impl CallTable {
@@ -90,8 +107,8 @@ impl CallTable {
         let mut changes = Changes::default();
         let mut t = self
             .participants
-            .entry(key.clone())
-            .or_insert_with(|| Tracked::new(key.clone(), now));
+            .entry(PKey::of(key))
+            .or_insert_with(|| Box::new(Held::new(now)));
         // When it joined is the oldest event's time, whatever order they arrive in.
         if let Some(at) = at {
             if t.joined_at.is_none_or(|j| at < j) {
@@ -111,7 +128,7 @@ impl CallTable {
         } else {
             t.last_seq = t.last_seq.max(seq);
         }
-        let call = t.call_key();
+        let call = t.call_key(key.provider);
         drop(t);
         changes.participants.insert(key.clone());
         if let Some(call) = call {
@@ -131,8 +148,8 @@ impl CallTable {
         let mut changes = Changes::default();
         let mut t = self
             .participants
-            .entry(key.clone())
-            .or_insert_with(|| Tracked::new(key.clone(), now));
+            .entry(PKey::of(key))
+            .or_insert_with(|| Box::new(Held::new(now)));
         t.last_activity = now;
         if t.is_removed() || seq < t.last_seq {
             return changes;
@@ -140,7 +157,7 @@ impl CallTable {
         t.last_seq = seq;
         t.removed_seq = Some(seq);
         t.left_at = Some(at.unwrap_or(now));
-        let call = t.call_key();
+        let call = t.call_key(key.provider);
         drop(t);
         changes.applied = true;
         changes.participants.insert(key.clone());
@@ -162,10 +179,11 @@ impl CallTable {
         now: DateTime<Utc>,
     ) -> Changes {
         let mut changes = Changes::default();
+        let pkey = PKey::of(key);
         let mut t = self
             .participants
-            .entry(key.clone())
-            .or_insert_with(|| Tracked::new(key.clone(), now));
+            .entry(pkey.clone())
+            .or_insert_with(|| Box::new(Held::new(now)));
         t.last_activity = now;
         if let Some(at) = at {
             if t.joined_at.is_none_or(|j| at < j) {
@@ -174,18 +192,18 @@ impl CallTable {
         }
         if seq < t.first_details_seq {
             t.first_details_seq = seq;
-            t.first_status = Some(details.status.clone());
+            t.first_status = Some(Text::new(&details.status));
             changes.applied = true;
         }
-        let old_call = t.call_key();
+        let old_call = t.call_key(key.provider);
         if seq >= t.details_seq {
             t.details_seq = seq;
             t.updated_at = at.or(Some(now));
-            t.details = Some(details);
+            t.details = Some(details.into());
             changes.applied = true;
         }
         t.last_seq = t.last_seq.max(seq);
-        let new_call = t.call_key();
+        let new_call = t.call_key(key.provider);
         drop(t);
         if !changes.applied {
             return changes;
@@ -193,7 +211,7 @@ impl CallTable {
         changes.participants.insert(key.clone());
         if let Some(old) = old_call.filter(|old| Some(old) != new_call.as_ref()) {
             if let Some(mut rec) = self.calls.get_mut(&old) {
-                rec.members.remove(key);
+                rec.remove_member(&pkey.member);
             }
             self.refresh(&old, now, &mut changes);
         }
@@ -204,14 +222,14 @@ impl CallTable {
             let memberless = self.calls.get(&call).is_some_and(|r| r.members.is_empty());
             self.calls
                 .entry(call.clone())
-                .or_insert_with(|| CallRecord::new(&call, now))
-                .members
-                .insert(key.clone());
+                .or_insert_with(|| Box::new(CallRecord::new(now)))
+                .add_member(pkey.member);
             self.refresh(&call, now, &mut changes);
             let active = self
                 .calls
                 .get(&call)
-                .is_some_and(|r| r.call.state == CallState::Active);
+                .is_some_and(|r| r.state == CallState::Active);
+            let call = call.to_key();
             if memberless && active {
                 for t in changes.transitions.iter_mut() {
                     if *t == Transition::Resumed(call.clone()) {
@@ -233,14 +251,15 @@ impl CallTable {
     /// A participant that is not visible to this token (403): not tracked at all.
     pub fn forget(&self, key: &ParticipantKey, now: DateTime<Utc>) -> Changes {
         let mut changes = Changes::default();
-        let Some((_, t)) = self.participants.remove(key) else {
+        let pkey = PKey::of(key);
+        let Some((_, t)) = self.participants.remove(&pkey) else {
             return changes;
         };
         changes.applied = true;
         changes.dropped_participants.insert(key.clone());
-        if let Some(call) = t.call_key() {
+        if let Some(call) = t.call_key(key.provider) {
             if let Some(mut rec) = self.calls.get_mut(&call) {
-                rec.members.remove(key);
+                rec.remove_member(&pkey.member);
             }
             self.refresh(&call, now, &mut changes);
         }
@@ -256,29 +275,43 @@ impl CallTable {
         at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Changes {
+        self.end(&CKey::of(call), reason, at, now)
+    }
+
+    fn end(
+        &self,
+        call: &CKey,
+        reason: &str,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Changes {
         let mut changes = Changes::default();
         let at = at.unwrap_or(now);
-        let members: Vec<ParticipantKey> = match self.calls.get_mut(call) {
+        let members: Vec<MemberKey> = match self.calls.get_mut(call) {
             Some(mut rec) => {
-                if rec.forced_end.is_none() && rec.call.state == CallState::Active {
-                    rec.forced_end = Some((reason.to_string(), at));
+                if rec.forced_end.is_none() && rec.state == CallState::Active {
+                    rec.forced_end = Some((reason.into(), at));
                 }
-                rec.members.iter().cloned().collect()
+                rec.members.clone()
             }
             None => {
-                let mut rec = CallRecord::ended(call, now);
-                rec.forced_end = Some((reason.to_string(), at));
-                self.calls.insert(call.clone(), rec);
+                let mut rec = CallRecord::ended(now);
+                rec.forced_end = Some((reason.into(), at));
+                self.calls.insert(call.clone(), Box::new(rec));
                 vec![]
             }
         };
-        for key in members {
+        for member in members {
+            let key = PKey {
+                provider: call.provider,
+                member,
+            };
             if let Some(mut t) = self.participants.get_mut(&key) {
                 if !t.is_removed() {
                     t.removed_seq = Some(t.last_seq);
                     t.left_at = Some(at);
                     t.swept = reason == "stale";
-                    changes.participants.insert(key.clone());
+                    changes.participants.insert(key.to_key());
                 }
             }
         }
@@ -297,40 +330,37 @@ impl CallTable {
         now: DateTime<Utc>,
     ) -> Changes {
         let mut changes = Changes::default();
+        let call = CKey::of(call);
         {
             let mut rec = self.calls.entry(call.clone()).or_insert_with(|| {
-                let mut rec = CallRecord::ended(call, now);
+                let mut rec = CallRecord::ended(now);
                 rec.recording_times = Some(times);
-                rec
+                Box::new(rec)
             });
-            match rec
-                .call
-                .recordings
-                .iter_mut()
-                .find(|r| r.id == recording.id)
-            {
+            match rec.recordings.iter_mut().find(|r| r.id == recording.id) {
                 Some(existing) => *existing = recording,
-                None => rec.call.recordings.push(recording),
+                None => rec.recordings.push(recording),
             }
         }
         changes.applied = true;
-        self.refresh(call, now, &mut changes);
+        self.refresh(&call, now, &mut changes);
         changes
     }
 
     /// Keeps a call summary verbatim on the call it names.
     pub fn attach_summary(&self, call: &CallKey, summary: Value, now: DateTime<Utc>) -> Changes {
         let mut changes = Changes::default();
+        let call = CKey::of(call);
         {
             let mut rec = self.calls.entry(call.clone()).or_insert_with(|| {
-                let mut rec = CallRecord::ended(call, now);
+                let mut rec = CallRecord::ended(now);
                 rec.recording_times = Some((None, None));
-                rec
+                Box::new(rec)
             });
-            rec.call.summary = Some(summary);
+            rec.summary = Some(Box::new(summary));
         }
         changes.applied = true;
-        self.refresh(call, now, &mut changes);
+        self.refresh(&call, now, &mut changes);
         changes
     }
 
@@ -338,17 +368,17 @@ impl CallTable {
     /// joined a call (their lookup never answered) after the same time.
     pub fn sweep_stale(&self, now: DateTime<Utc>, idle: Duration) -> Changes {
         let cutoff = now - idle;
-        let stale: Vec<CallKey> = self
+        let stale: Vec<CKey> = self
             .calls
             .iter()
-            .filter(|r| r.call.state == CallState::Active && r.last_activity < cutoff)
+            .filter(|r| r.state == CallState::Active && r.last_activity < cutoff)
             .map(|r| r.key().clone())
             .collect();
         let mut changes = Changes::default();
         for call in stale {
-            changes.merge(self.end_call(&call, "stale", Some(now), now));
+            changes.merge(self.end(&call, "stale", Some(now), now));
         }
-        let orphans: Vec<ParticipantKey> = self
+        let orphans: Vec<PKey> = self
             .participants
             .iter()
             .filter(|t| t.details.is_none() && t.last_activity < cutoff)
@@ -356,7 +386,7 @@ impl CallTable {
             .collect();
         for key in orphans {
             self.participants.remove(&key);
-            changes.dropped_participants.insert(key);
+            changes.dropped_participants.insert(key.to_key());
         }
         changes
     }
@@ -364,16 +394,19 @@ impl CallTable {
     /// Drops ended calls (and their participants' tombstones) untouched since `before` from
     /// memory; they stay in the database's history.
     pub fn evict_ended(&self, before: DateTime<Utc>) -> usize {
-        let old: Vec<CallKey> = self
+        let old: Vec<CKey> = self
             .calls
             .iter()
-            .filter(|r| r.call.state == CallState::Ended && r.last_activity < before)
+            .filter(|r| r.state == CallState::Ended && r.last_activity < before)
             .map(|r| r.key().clone())
             .collect();
         for call in &old {
             if let Some((_, rec)) = self.calls.remove(call) {
-                for key in rec.members {
-                    self.participants.remove(&key);
+                for member in rec.members {
+                    self.participants.remove(&PKey {
+                        provider: call.provider,
+                        member,
+                    });
                 }
             }
         }
@@ -382,11 +415,17 @@ impl CallTable {
 
     /// Active calls, oldest first.
     pub fn active_calls(&self) -> Vec<Call> {
-        let mut calls: Vec<Call> = self
+        // Copied out first: the views read the participants map, and no guard of the calls map
+        // may be held meanwhile.
+        let shells: Vec<(Call, Vec<MemberKey>)> = self
             .calls
             .iter()
-            .filter(|r| r.call.state == CallState::Active)
-            .map(|r| r.call.clone())
+            .filter(|r| r.state == CallState::Active)
+            .map(|r| r.shell(r.key()))
+            .collect();
+        let mut calls: Vec<Call> = shells
+            .into_iter()
+            .map(|(call, members)| self.with_participants(call, &members))
             .collect();
         calls.sort_by(|a, b| {
             a.started_at
@@ -399,23 +438,29 @@ impl CallTable {
     pub fn active_count(&self, provider: super::Provider) -> usize {
         self.calls
             .iter()
-            .filter(|r| r.call.state == CallState::Active && r.key().provider == provider)
+            .filter(|r| r.state == CallState::Active && r.key().provider == provider)
             .count()
     }
 
     pub fn call(&self, key: &CallKey) -> Option<Call> {
-        self.calls.get(key).map(|r| r.call.clone())
+        self.call_row(key).map(|(call, _)| call)
     }
 
     pub fn participant(&self, key: &ParticipantKey) -> Option<Tracked> {
-        self.participants.get(key).map(|t| t.clone())
+        self.participants
+            .get(&PKey::of(key))
+            .map(|t| t.to_tracked(key.clone()))
     }
 
     /// The persisted form of a call: its JSON and the wall clock of its last change.
     pub fn call_row(&self, key: &CallKey) -> Option<(Call, DateTime<Utc>)> {
-        self.calls
-            .get(key)
-            .map(|r| (r.call.clone(), r.last_activity))
+        let ckey = CKey::of(key);
+        let (shell, members, last_activity) = {
+            let r = self.calls.get(&ckey)?;
+            let (shell, members) = r.shell(&ckey);
+            (shell, members, r.last_activity)
+        };
+        Some((self.with_participants(shell, &members), last_activity))
     }
 
     pub fn len(&self) -> (usize, usize) {
@@ -428,126 +473,157 @@ impl CallTable {
         self.participants
             .iter()
             .filter(|t| !t.is_removed() && t.last_seq > t.details_seq)
-            .map(|t| (t.key.clone(), t.last_seq))
+            .map(|t| (t.key().to_key(), t.last_seq))
             .collect()
     }
 
     /// Rebuilds the table from persisted rows (restart).
     pub fn restore(&self, participants: Vec<Tracked>, calls: Vec<(Call, DateTime<Utc>)>) {
         for (call, last_activity) in calls {
-            let key = call.key();
+            let key = CKey::of(&call.key());
             let forced_end = match (&call.end_reason, call.ended_at) {
-                (Some(reason), Some(at)) if reason != "completed" => Some((reason.clone(), at)),
+                (Some(reason), Some(at)) if reason != "completed" => Some((Text::new(reason), at)),
                 _ => None,
             };
             let recording_times = call
                 .participants
                 .is_empty()
                 .then_some((call.started_at, call.ended_at));
+            // The participants' views are dropped: they are rebuilt from the members' rows.
             self.calls.insert(
                 key,
-                CallRecord {
-                    call,
-                    members: BTreeSet::new(),
+                Box::new(CallRecord {
+                    state: call.state,
+                    direction: call.direction,
+                    started_at: call.started_at,
+                    ended_at: call.ended_at,
+                    end_reason: call.end_reason.map(Text::from),
+                    recordings: call.recordings,
+                    summary: call.summary.map(Box::new),
+                    members: vec![],
                     last_activity,
                     forced_end,
                     recording_times,
-                },
+                }),
             );
         }
         for t in participants {
             // A participant already in memory is newer than its row (state is written a moment
             // after it changes), so a call loaded late never overwrites one: it is only linked
             // to the call its in-memory version names.
-            let key = t.key.clone();
+            let (key, held) = Held::from_tracked(t);
             let in_memory = self
                 .participants
                 .get(&key)
-                .map(|current| current.call_key());
+                .map(|current| current.call_key(key.provider));
+            let known = in_memory.is_some();
             let call = match in_memory {
                 Some(call) => call,
-                None => {
-                    let call = t.call_key();
-                    self.participants.insert(key.clone(), t);
-                    call
-                }
+                None => held.call_key(key.provider),
             };
             if let Some(call) = call {
                 if let Some(mut rec) = self.calls.get_mut(&call) {
-                    rec.members.insert(key);
+                    rec.add_member(key.member.clone());
                 }
+            }
+            if !known {
+                self.participants.insert(key, Box::new(held));
             }
         }
     }
 
     pub fn has_participant(&self, key: &ParticipantKey) -> bool {
-        self.participants.contains_key(key)
+        self.participants.contains_key(&PKey::of(key))
     }
 
     pub fn has_call(&self, key: &CallKey) -> bool {
-        self.calls.contains_key(key)
+        self.calls.contains_key(&CKey::of(key))
     }
 
-    /// Recomputes a call from its members: state, times, direction, participants. Every rule
-    /// that depends on more than one participant lives here.
-    fn refresh(&self, key: &CallKey, now: DateTime<Utc>, changes: &mut Changes) {
-        let Some(members) = self.calls.get(key).map(|r| r.members.clone()) else {
-            return;
-        };
-        // Copies, so that no participant guard is held while the call's guard is.
-        let tracked: Vec<Tracked> = members
+    /// A call's participants, as views of its members' current rows. The one change to a row that
+    /// does not refresh its call is a details answer too old to apply moving `joined_at` earlier:
+    /// the view shows it at once, the call's `started_at` at its next refresh. (When `Call` held
+    /// copies, the copy lagged too.) Readers other than the processor may also see a row a
+    /// moment before its call is refreshed; the processor, the only writer, never does.
+    fn with_participants(&self, mut call: Call, members: &[MemberKey]) -> Call {
+        let mut participants: Vec<Participant> = members
             .iter()
-            .filter_map(|k| self.participants.get(k).map(|t| t.clone()))
+            .filter_map(|member| {
+                let key = PKey {
+                    provider: call.provider,
+                    member: member.clone(),
+                };
+                self.participants.get(&key).map(|t| t.view(member))
+            })
             .collect();
-        let Some(mut rec) = self.calls.get_mut(key) else {
-            return;
-        };
-        let before = rec.call.state;
-        let refs: Vec<&Tracked> = tracked.iter().collect();
-        let any_present = tracked.iter().any(|t| !t.is_removed());
-        let mut participants: Vec<_> = tracked.iter().map(Tracked::view).collect();
         participants.sort_by(|a, b| {
             a.joined_at
                 .cmp(&b.joined_at)
                 .then_with(|| a.dn.cmp(&b.dn))
                 .then_with(|| a.participant_id.cmp(&b.participant_id))
         });
+        call.participants = participants;
+        call
+    }
+
+    /// Recomputes a call from its members: state, times, direction. Every rule that depends on
+    /// more than one participant lives here.
+    fn refresh(&self, key: &CKey, now: DateTime<Utc>, changes: &mut Changes) {
+        let Some(members) = self.calls.get(key).map(|r| r.members.clone()) else {
+            return;
+        };
+        // Copies, so that no participant guard is held while the call's guard is.
+        let tracked: Vec<(MemberKey, Held)> = members
+            .into_iter()
+            .filter_map(|member| {
+                let pkey = PKey {
+                    provider: key.provider,
+                    member,
+                };
+                let held = self.participants.get(&pkey).map(|t| Held::clone(&t))?;
+                Some((pkey.member, held))
+            })
+            .collect();
+        let Some(mut rec) = self.calls.get_mut(key) else {
+            return;
+        };
+        let before = rec.state;
+        let any_present = tracked.iter().any(|(_, t)| !t.is_removed());
 
         if tracked.is_empty()
-            && rec.call.recordings.is_empty()
-            && rec.call.summary.is_none()
+            && rec.recordings.is_empty()
+            && rec.summary.is_none()
             && rec.forced_end.is_none()
         {
             // A call that only existed through a participant that moved elsewhere.
             drop(rec);
             self.calls.remove(key);
-            changes.calls.insert(key.clone());
+            changes.calls.insert(key.to_key());
             return;
         }
 
-        let direction = direction_of(key.provider, &refs);
-        let joined = tracked.iter().filter_map(|t| t.joined_at).min();
-        let left = tracked.iter().filter_map(|t| t.left_at).max();
+        let sides: Vec<_> = tracked.iter().map(|(k, t)| t.side(k)).collect();
+        let direction = decide(key.provider, &sides);
+        let joined = tracked.iter().filter_map(|(_, t)| t.joined_at).min();
+        let left = tracked.iter().filter_map(|(_, t)| t.left_at).max();
         let (rec_start, rec_end) = rec.recording_times.unwrap_or((None, None));
         let forced_end = rec.forced_end.clone();
-        let call = &mut rec.call;
-        call.participants = participants;
-        call.direction = direction;
-        call.started_at = joined.or(rec_start);
+        rec.direction = direction;
+        rec.started_at = joined.or(rec_start);
         if any_present {
-            call.state = CallState::Active;
-            call.ended_at = None;
-            call.end_reason = None;
+            rec.state = CallState::Active;
+            rec.ended_at = None;
+            rec.end_reason = None;
         } else {
-            call.state = CallState::Ended;
+            rec.state = CallState::Ended;
             match forced_end {
                 Some((reason, at)) if tracked.is_empty() || left.is_none_or(|l| l <= at) => {
-                    call.end_reason = Some(reason);
-                    call.ended_at = Some(at);
+                    rec.end_reason = Some(reason);
+                    rec.ended_at = Some(at);
                 }
                 _ => {
-                    call.end_reason = Some("completed".into());
-                    call.ended_at = left.or(rec_end).or(call.started_at);
+                    rec.end_reason = Some(Text::const_new("completed"));
+                    rec.ended_at = left.or(rec_end).or(rec.started_at);
                 }
             }
         }
@@ -556,15 +632,15 @@ impl CallTable {
             rec.forced_end = None;
         }
         rec.last_activity = now;
-        let after = rec.call.state;
+        let after = rec.state;
         drop(rec);
-        changes.calls.insert(key.clone());
+        changes.calls.insert(key.to_key());
         match (before, after) {
             (CallState::Active, CallState::Ended) => {
-                changes.transitions.push(Transition::Ended(key.clone()))
+                changes.transitions.push(Transition::Ended(key.to_key()))
             }
             (CallState::Ended, CallState::Active) => {
-                changes.transitions.push(Transition::Resumed(key.clone()))
+                changes.transitions.push(Transition::Resumed(key.to_key()))
             }
             _ => {}
         }
@@ -572,10 +648,16 @@ impl CallTable {
 }
 
 impl CallRecord {
-    fn new(key: &CallKey, now: DateTime<Utc>) -> Self {
+    fn new(now: DateTime<Utc>) -> Self {
         Self {
-            call: Call::new(key),
-            members: BTreeSet::new(),
+            state: CallState::Active,
+            direction: Direction::Unknown,
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            recordings: vec![],
+            summary: None,
+            members: vec![],
             last_activity: now,
             forced_end: None,
             recording_times: None,
@@ -584,9 +666,38 @@ impl CallRecord {
 
     /// A call first heard of through something other than a participant (a recording, a
     /// summary, a CDR): it is already over.
-    fn ended(key: &CallKey, now: DateTime<Utc>) -> Self {
-        let mut rec = Self::new(key, now);
-        rec.call.state = CallState::Ended;
+    fn ended(now: DateTime<Utc>) -> Self {
+        let mut rec = Self::new(now);
+        rec.state = CallState::Ended;
         rec
+    }
+
+    fn add_member(&mut self, member: MemberKey) {
+        if let Err(at) = self.members.binary_search(&member) {
+            self.members.insert(at, member);
+        }
+    }
+
+    fn remove_member(&mut self, member: &MemberKey) {
+        if let Ok(at) = self.members.binary_search(member) {
+            self.members.remove(at);
+        }
+    }
+
+    /// The call without its participants' views, and the members they are built from.
+    fn shell(&self, key: &CKey) -> (Call, Vec<MemberKey>) {
+        let call = Call {
+            provider: key.provider,
+            call_id: key.call_id.to_string(),
+            state: self.state,
+            direction: self.direction,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            end_reason: self.end_reason.as_ref().map(Text::to_string),
+            participants: vec![],
+            recordings: self.recordings.clone(),
+            summary: self.summary.as_deref().cloned(),
+        };
+        (call, self.members.clone())
     }
 }

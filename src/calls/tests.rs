@@ -324,6 +324,14 @@ proptest! {
             prop_assert_eq!(a.details, b.details);
             prop_assert_eq!(a.first_status, b.first_status);
         }
+        // Calls build their participants' views when read: each is the view of that
+        // participant's own row, as `Tracked::view` gives it.
+        for call in snapshot(&in_order) {
+            for p in &call.participants {
+                let t = in_order.participant(&key(&p.dn, &p.participant_id)).unwrap();
+                prop_assert_eq!(&t.view(), p);
+            }
+        }
     }
 }
 
@@ -353,4 +361,91 @@ fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
     );
     assert_eq!(changes.transitions, vec![Transition::Started(call.clone())]);
     assert_eq!(table.call(&call).unwrap().recordings.len(), 1);
+}
+
+/// The table holds its rows in its own compact form: what it gives back, and so the JSON persisted
+/// and served, must be what it was given, whatever the strings' lengths and the optional fields.
+#[test]
+fn restore_gives_back_the_same_documents() {
+    let table = CallTable::new();
+    let long = "d965c6e0-5493-44f8-8d7d-b9a8077013a4";
+    let call = CallKey::new(Provider::Telecmi, long);
+    let a = ParticipantKey::new(Provider::Telecmi, "", format!("{long}-a"));
+    let b = ParticipantKey::new(Provider::Telecmi, "202_2222223", "b");
+    let mut extra = serde_json::Map::new();
+    extra.insert("hangup_reason".into(), serde_json::json!("NORMAL_CLEARING"));
+    extra.insert("answered_sec".into(), serde_json::json!(12));
+    table.upsert(&a, 1, Some(t(1)), t(1));
+    table.details(
+        &a,
+        1,
+        Details {
+            call_id: long.into(),
+            status: "started".into(),
+            dn: Some("".into()),
+            party_number: "+91 98765 43210 extension 4455".into(),
+            party_name: "A name longer than twenty-four bytes".into(),
+            party_dn: "".into(),
+            party_dn_type: "".into(),
+            leg_id: Some(-1),
+            leg: Some("a".into()),
+            leg_direction: Some("inbound".into()),
+            extra,
+        },
+        Some(t(1)),
+        t(1),
+    );
+    table.upsert(&b, 2, Some(t(2)), t(2));
+    table.details(
+        &b,
+        2,
+        Details {
+            call_id: long.into(),
+            status: "".into(),
+            leg: Some("b".into()),
+            ..Default::default()
+        },
+        None,
+        t(2),
+    );
+    table.remove(&b, 3, Some(t(3)), t(3));
+    let rec = Recording {
+        id: "1".into(),
+        url: "a.wav".into(),
+        path: None,
+        state: RecordingState::Pending,
+        bytes: None,
+        sha256: None,
+        dn: None,
+        error: None,
+    };
+    table.attach_recording(&call, rec, (None, None), t(4));
+    table.attach_summary(&call, serde_json::json!({"text": "hello"}), t(4));
+    table.end_call(&call, "hangup", Some(t(5)), t(5));
+    let lone = key("101", "1");
+    table.upsert(&lone, 4, Some(t(4)), t(4));
+
+    let keys = [a, b, lone];
+    let docs = |table: &CallTable| {
+        let (call, at) = table.call_row(&call).unwrap();
+        let people: Vec<String> = keys
+            .iter()
+            .map(|k| serde_json::to_string(&table.participant(k).unwrap()).unwrap())
+            .collect();
+        (serde_json::to_string(&call).unwrap(), at, people)
+    };
+    let before = docs(&table);
+    let (doc, at, people) = before.clone();
+    let restored = CallTable::new();
+    restored.restore(
+        people
+            .iter()
+            .map(|p| serde_json::from_str(p).unwrap())
+            .collect(),
+        vec![(serde_json::from_str(&doc).unwrap(), at)],
+    );
+    assert_eq!(docs(&restored), before);
+    let call_doc: serde_json::Value = serde_json::from_str(&before.0).unwrap();
+    assert_eq!(call_doc["participants"].as_array().unwrap().len(), 2);
+    assert_eq!(call_doc["end_reason"], "hangup");
 }
