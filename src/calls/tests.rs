@@ -449,3 +449,34 @@ fn restore_gives_back_the_same_documents() {
     assert_eq!(call_doc["participants"].as_array().unwrap().len(), 2);
     assert_eq!(call_doc["end_reason"], "hangup");
 }
+
+#[test]
+fn a_call_loaded_late_never_overwrites_a_newer_participant_in_memory() {
+    // Rows are written a moment after they change, so a stored call can name a participant in
+    // an older version than memory holds (here: before it moved to call 27).
+    let table = CallTable::new();
+    let k = key("101", "1");
+    table.upsert(&k, 5, Some(t(5)), t(5));
+    table.details(
+        &k,
+        5,
+        details("27", "Connected", "Wexternalline"),
+        Some(t(5)),
+        t(5),
+    );
+    let mut stale = table.participant(&k).unwrap();
+    stale.last_seq = 1;
+    stale.details = Some(details("26", "Dialing", "Wexternalline"));
+    let mut old_call = Call::new(&CallKey::new(Provider::Jas, "26"));
+    old_call.state = CallState::Ended;
+    table.restore(vec![stale], vec![(old_call, t(2))]);
+
+    let p = table.participant(&k).unwrap();
+    assert_eq!(p.last_seq, 5);
+    assert_eq!(p.details.unwrap().call_id, "27");
+    assert!(table.has_call(&CallKey::new(Provider::Jas, "26")));
+    let old = table.call(&CallKey::new(Provider::Jas, "26")).unwrap();
+    assert!(old.participants.is_empty(), "{old:#?}");
+    let current = table.call(&CallKey::new(Provider::Jas, "27")).unwrap();
+    assert_eq!(current.participants.len(), 1);
+}
