@@ -49,6 +49,14 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// The durable floor: the ceiling plus `Journal::append` (callhook's own writer, group commit
+    /// and WAL sync) before the reply; no processor, no call table, no logs.
+    DurableFloor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        db: PathBuf,
+    },
     /// A fast mock of the JAS participants API (any participant exists; callid = id / 2).
     MockApi {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -120,6 +128,7 @@ fn main() {
     match cli.command {
         Cmd::All(args) => rt.block_on(all(args)),
         Cmd::Ceiling { listen } => rt.block_on(ceiling(listen)),
+        Cmd::DurableFloor { listen, db } => rt.block_on(durable_floor(listen, &db)),
         Cmd::MockApi { listen } => rt.block_on(mock_api(listen)),
         Cmd::Download { size_mib, dir } => rt.block_on(download(size_mib, &dir)),
         Cmd::Table { participants } => table(participants),
@@ -155,6 +164,47 @@ async fn ceiling(listen: SocketAddr) {
     let router = axum::Router::new()
         .route("/webhooks/jas", post(receive))
         .with_state(verifier);
+    serve(listen, router).await
+}
+
+async fn durable_floor(listen: SocketAddr, db: &Path) {
+    struct Floor {
+        verifier: Verifier,
+        journal: Journal,
+    }
+    async fn receive(
+        State(floor): State<Arc<Floor>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Json<Value>, StatusCode> {
+        floor
+            .verifier
+            .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
+            .map_err(|_| StatusCode::UNAUTHORIZED)?;
+        let decoded =
+            callhook::providers::jas::events::decode(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        floor
+            .journal
+            .append(NewEvent {
+                provider: "jas",
+                name: decoded.event.name().to_string(),
+                dedupe_key: decoded.dedupe_key,
+                content_type: None,
+                body,
+                received_at: Utc::now(),
+                job: None,
+            })
+            .await
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+        Ok(Json(json!({"status": "accepted"})))
+    }
+    let floor = Arc::new(Floor {
+        verifier: Verifier::new(vec![SecretString::from(SECRET)]),
+        journal: Journal::open(db).await.expect("open the journal"),
+    });
+    let router = axum::Router::new()
+        .route("/webhooks/jas", post(receive))
+        .with_state(floor);
     serve(listen, router).await
 }
 
@@ -855,6 +905,29 @@ async fn all(args: AllArgs) {
             None,
         );
         ceiling_rps = Some(w.rps);
+    }
+
+    if wants("floor") {
+        eprintln!("[1b] durable floor: ceiling + Journal::append, {conns} connections, {secs} s");
+        let db = work.join("floor/callhook.db");
+        let (server, addr) =
+            start_server_args(&exe, &["durable-floor", "--db", db.to_str().unwrap()]);
+        let url = format!("http://{addr}/webhooks/jas");
+        let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
+        drop(server);
+        let ratio = ceiling_rps.map_or(String::new(), |c| {
+            format!("; ratio to the ceiling {:.2}", w.rps / c)
+        });
+        row(
+            &mut rows,
+            "1b. durable floor: (1) + `Journal::append` (group commit, WAL fdatasync) before the reply",
+            format!(
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests{ratio}",
+                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
+            ),
+            "—",
+            None,
+        );
     }
 
     if wants("plain") {
