@@ -166,7 +166,7 @@ pub fn apply(
             });
             let details = leg_details(event, leg, &call, known, status);
             changes.merge(table.details(&key, RANK_CDR, details, Some(at), now));
-            if let Some(name) = recording_name(event).filter(|_| recordings) {
+            if let Some(name) = recording_name(event) {
                 let already = table
                     .call(&call)
                     .is_some_and(|c| c.recordings.iter().any(|r| r.id == name));
@@ -175,7 +175,7 @@ pub fn apply(
                 if !already {
                     changes.merge(table.attach_recording(
                         &call,
-                        recording(event, name),
+                        recording(event, name, recordings),
                         (Some(at), Some(at)),
                         now,
                     ));
@@ -222,25 +222,32 @@ fn leg_details(
 }
 
 /// The recording a CDR names, as the route queued its download: `pending`, or `failed` when the
-/// name is refused as a path.
-fn recording(event: &TelecmiEvent, name: &str) -> Recording {
+/// name is refused as a path or downloads are off (shown all the same, as for JAS: the provider
+/// has the recording, and the call says why callhook does not).
+fn recording(event: &TelecmiEvent, name: &str, downloads: bool) -> Recording {
     let checked = recording_relative_path("telecmi", name);
+    let (state, path, error) = match checked {
+        Err(e) => (RecordingState::Failed, None, Some(format!("refused: {e}"))),
+        Ok(_) if !downloads => (
+            RecordingState::Failed,
+            None,
+            Some("recording downloads are disabled".to_string()),
+        ),
+        Ok(p) => (
+            RecordingState::Pending,
+            Some(p.to_string_lossy().into_owned()),
+            None,
+        ),
+    };
     Recording {
         id: name.to_string(),
         url: name.to_string(),
-        path: checked
-            .as_ref()
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
-        state: if checked.is_ok() {
-            RecordingState::Pending
-        } else {
-            RecordingState::Failed
-        },
+        path,
+        state,
         bytes: None,
         sha256: None,
         dn: event.user.clone(),
-        error: checked.err().map(|e| format!("refused: {e}")),
+        error,
     }
 }
 
@@ -501,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_recording_names_are_failed_and_nothing_when_recordings_are_off() {
+    fn refused_recording_names_and_recordings_while_downloads_are_off_are_failed() {
         let cdr = event(json!({
             "type": "cdr", "cmiuuid": "R", "status": "answered", "record": "true",
             "filename": "../etc/passwd",
@@ -512,9 +519,15 @@ mod tests {
         assert_eq!((r.state, r.path.as_deref()), (RecordingState::Failed, None));
         assert!(r.error.as_deref().unwrap().starts_with("refused: "));
 
+        let cdr = event(json!({
+            "type": "cdr", "cmiuuid": "R", "status": "answered", "record": "true",
+            "filename": "rec-R.mp3",
+        }));
         let table = CallTable::new();
         apply(&table, &cdr, Utc::now(), Utc::now(), false);
-        assert!(call(&table, "R").recordings.is_empty());
+        let r = &call(&table, "R").recordings[0];
+        assert_eq!((r.state, r.path.as_deref()), (RecordingState::Failed, None));
+        assert_eq!(r.error.as_deref(), Some("recording downloads are disabled"));
     }
 
     #[test]
