@@ -320,3 +320,82 @@ async fn a_lookup_given_up_is_not_asked_again_once_the_participant_left() {
     assert_eq!(sim.requests(SimRoute::Participant), settled);
     assert!(app.call("jas", "left").await.is_none());
 }
+
+/// The database refusing the processor's state writes (a full disk, say) for a while: events
+/// are still acknowledged and journaled, the applied cursor on disk does not move past state
+/// that was not written, and once writes succeed again everything is written — so a restart
+/// after the fault shows every call.
+#[tokio::test]
+async fn a_failing_state_write_keeps_its_rows_and_cursor_for_the_next_write() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let db = dir.path().join("data/callhook.db");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    app.post_jas(&call_status("101", "1", 0, 1)).await;
+    app.wait_call("jas", "101:1", |c| c["state"] == "active")
+        .await;
+
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    sql.busy_timeout(Duration::from_secs(5)).unwrap();
+    let cursor = |sql: &rusqlite::Connection| -> i64 {
+        sql.query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'applied_cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+    };
+    let last_event = |sql: &rusqlite::Connection| -> i64 {
+        sql.query_row("SELECT MAX(id) FROM events", [], |r| r.get(0))
+            .unwrap()
+    };
+    wait_until(Duration::from_secs(5), || async {
+        cursor(&sql) == last_event(&sql)
+    })
+    .await;
+    sql.execute_batch(
+        "CREATE TRIGGER refuse_state BEFORE INSERT ON calls
+         BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END;",
+    )
+    .unwrap();
+
+    let (status, reply) = app.post_jas(&call_status("102", "1", 0, 2)).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")));
+    let refused_event = last_event(&sql);
+    // Applied in memory at once; its row cannot be written.
+    app.wait_call("jas", "102:1", |c| c["state"] == "active")
+        .await;
+    // Longer than the processor's 5 attempts at one write (about 3.1 s), so the rows must be
+    // kept for a later write rather than merely retried.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    assert!(
+        cursor(&sql) < refused_event,
+        "the cursor passed an event whose state was not written"
+    );
+    let rows: i64 = sql
+        .query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    sql.execute_batch("DROP TRIGGER refuse_state").unwrap();
+    app.post_jas(&call_status("103", "1", 0, 3)).await;
+    let everything = last_event(&sql);
+    wait_until(Duration::from_secs(10), || async {
+        cursor(&sql) == everything
+    })
+    .await;
+    let mut ids: Vec<String> = sql
+        .prepare("SELECT call_id FROM calls ORDER BY call_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["101:1", "102:1", "103:1"]);
+    drop(sql);
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(&env, dir.path()).await;
+    assert_eq!(app.active_calls().await.len(), 3);
+}
