@@ -26,6 +26,11 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot open the journal's WAL {path}: {source}")]
+    Wal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the journal is closed")]
     Closed,
     #[error("commit failed: {0}")]
@@ -168,14 +173,13 @@ impl Journal {
     }
 
     fn open_blocking(path: PathBuf) -> Result<Journal, JournalError> {
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        Self::open_syncing(path, wal.into())
+        Self::open_syncing(path, None)
     }
 
-    /// `wal` is the file the sync thread makes durable: SQLite's own `-wal` file, except in a
-    /// test that makes syncing fail.
-    fn open_syncing(path: PathBuf, wal: PathBuf) -> Result<Journal, JournalError> {
+    /// `wal` is the file the sync thread makes durable: SQLite's own `-wal` file (named after
+    /// the database as SQLite resolved it, symlinks included), except in a test that makes
+    /// syncing fail.
+    fn open_syncing(path: PathBuf, wal: Option<PathBuf>) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
                 path: dir.to_path_buf(),
@@ -188,6 +192,20 @@ impl Journal {
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         let reader = open_connection(&path)?;
         let checkpointer = open_connection(&path)?;
+        let wal = match wal {
+            Some(wal) => wal,
+            None => {
+                let mut wal = std::ffi::OsString::from(conn.path().unwrap_or_default());
+                wal.push("-wal");
+                PathBuf::from(wal)
+            }
+        };
+        // Opened now, so a start-up that cannot sync fails here, with the path, instead of
+        // refusing every event later. The file exists: reading in WAL mode (above) made it.
+        let wal = std::fs::File::open(&wal).map_err(|source| JournalError::Wal {
+            path: wal.clone(),
+            source,
+        })?;
         let (committed_tx, committed) = watch::channel(last_id);
         let commands = writer::spawn(conn, checkpointer, wal, committed_tx);
         Ok(Journal {

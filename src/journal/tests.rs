@@ -353,11 +353,10 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
 async fn nothing_is_acknowledged_unless_the_wal_sync_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
-    // A sync target that cannot be opened stands in for a failing fdatasync.
+    // `fdatasync` of /dev/null fails (EINVAL): a stand-in for a disk that fails to sync.
     let j = tokio::task::spawn_blocking({
         let path = path.clone();
-        let wal = dir.path().join("missing/j.db-wal");
-        move || Journal::open_syncing(path, wal)
+        move || Journal::open_syncing(path, Some("/dev/null".into()))
     })
     .await
     .unwrap()

@@ -1,7 +1,6 @@
 //! The one writer thread. It takes whatever commands are queued (up to `MAX_BATCH`), runs them in
 //! one transaction, commits once (one fsync), and only then answers each caller.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +14,9 @@ use super::{Appended, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
 /// Upper bound on commands per transaction: enough to amortise the sync, small enough that the
 /// first caller in a batch does not wait long for the last.
 const MAX_BATCH: usize = 1024;
+
+/// WAL size (pages) at which the writer checkpoints itself; see `run`.
+const WAL_BACKSTOP_PAGES: i64 = 4096;
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -63,7 +65,7 @@ pub struct JobUpdate {
 pub(super) fn spawn(
     conn: Connection,
     checkpointer: Connection,
-    wal: PathBuf,
+    wal: std::fs::File,
     committed: watch::Sender<i64>,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -108,7 +110,7 @@ struct Unsynced {
 fn run(
     mut conn: Connection,
     checkpointer: Connection,
-    wal: PathBuf,
+    wal: std::fs::File,
     mut rx: mpsc::Receiver<Command>,
     committed: watch::Sender<i64>,
 ) {
@@ -116,9 +118,14 @@ fn run(
     // disk, this thread already commits the next batch (a pipelined group commit): SQLite's own
     // FULL mode would make every batch wait for the previous one's sync. Checkpoints, which
     // also sync, run on a thread of their own, off the ack path.
+    //
+    // The writer keeps a rare checkpoint of its own as a backstop: SQLite only starts the WAL
+    // over when a checkpoint has copied every frame back as a write begins, which a checkpoint
+    // on another thread seldom manages while this one commits without pause, so under steady
+    // load the WAL would grow without bound. Most frames are copied by then, so it is short.
     let prepared = conn
         .pragma_update(None, "synchronous", "NORMAL")
-        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", 0));
+        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES));
     if let Err(e) = prepared {
         tracing::error!(error = %e, "journal writer could not be set up");
     }
@@ -232,11 +239,10 @@ fn run(
 /// Makes committed batches durable: one `fdatasync` of the WAL covers every batch committed
 /// before it began, so batches that queued up while the disk was busy share the next one.
 fn sync_loop(
-    wal: PathBuf,
+    wal: std::fs::File,
     unsynced: std::sync::mpsc::Receiver<Unsynced>,
     committed: watch::Sender<i64>,
 ) {
-    let mut file: Option<std::fs::File> = None;
     // After a failed sync the kernel may have dropped the unwritten pages and a later sync
     // can succeed without them, so nothing is acknowledged again until a restart.
     let mut poisoned: Option<String> = None;
@@ -246,24 +252,15 @@ fn sync_loop(
         let started = Instant::now();
         let synced = match &poisoned {
             Some(why) => Err(why.clone()),
-            None => {
-                let opened = match file.take() {
-                    Some(f) => Ok(f),
-                    None => std::fs::File::open(&wal),
-                };
-                match opened.and_then(|f| f.sync_data().map(|()| f)) {
-                    Ok(f) => {
-                        file = Some(f);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let why = format!("syncing {} failed: {e}", wal.display());
-                        tracing::error!(error = %why, "journal sync failed; refusing events until restart");
-                        poisoned = Some(why.clone());
-                        Err(why)
-                    }
+            None => match wal.sync_data() {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let why = format!("syncing the journal's WAL failed: {e}");
+                    tracing::error!(error = %why, "journal sync failed; refusing events until restart");
+                    poisoned = Some(why.clone());
+                    Err(why)
                 }
-            }
+            },
         };
         metrics::histogram!("callhook_journal_sync_seconds")
             .record(started.elapsed().as_secs_f64());
