@@ -490,8 +490,8 @@ impl CallTable {
                 .is_empty()
                 .then_some((call.started_at, call.ended_at));
             // The participants' views are dropped: they are rebuilt from the members' rows.
-            self.calls.insert(
-                key,
+            // A call already in memory is newer than its row: kept as it is.
+            self.calls.entry(key).or_insert_with(|| {
                 Box::new(CallRecord {
                     state: call.state,
                     direction: call.direction,
@@ -504,8 +504,8 @@ impl CallTable {
                     last_activity,
                     forced_end,
                     recording_times,
-                }),
-            );
+                })
+            });
         }
         for t in participants {
             // A participant already in memory is newer than its row (state is written a moment
