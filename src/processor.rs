@@ -429,6 +429,12 @@ impl Processor {
                 }
                 Decoded::Jas(JasEvent::Unknown(_)) => {}
                 Decoded::Telecmi(event) => {
+                    // A CDR often names no conversation: its call is found through its leg,
+                    // which must be in memory for that.
+                    let leg = telecmi_apply::leg_key(event);
+                    if !self.table.has_participant(&leg) {
+                        participants.push(leg);
+                    }
                     calls.push(CallKey::new(Provider::Telecmi, event.call_id()));
                 }
             }
@@ -704,11 +710,21 @@ impl Processor {
         // between never wait behind one large state write (that was the ack latency's tail).
         // The cursor, jobs and job calls go with the last chunk: the cursor only moves once
         // every row it covers is written.
+        // Calls before participants: if a crash comes between chunks, the participants' rows
+        // are the ones behind, and replaying their events (the cursor has not moved) changes
+        // them again and so refreshes their calls. The other way round, a replayed remove of a
+        // participant already written as gone would change nothing, and its call, written as
+        // active, would stay so until the stale sweep.
         let rows: Vec<Row<'_>> = changes
-            .participants
-            .union(&changes.dropped_participants)
-            .map(Row::Participant)
-            .chain(changes.calls.iter().map(Row::Call))
+            .calls
+            .iter()
+            .map(Row::Call)
+            .chain(
+                changes
+                    .participants
+                    .union(&changes.dropped_participants)
+                    .map(Row::Participant),
+            )
             .collect();
         let chunks: Vec<&[Row<'_>]> = if rows.is_empty() {
             vec![&[]]

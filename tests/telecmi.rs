@@ -855,3 +855,51 @@ async fn calls_and_duplicates_survive_a_restart() {
     assert_eq!(participant(&call, "rs-a")["party_number"], "04471000000");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_leg_b_cdr_after_a_restart_still_finds_its_call_through_its_leg() {
+    // Ended calls are not loaded at start-up; the CDR names neither the conversation nor the
+    // call, so its leg has to be loaded from disk to find the call.
+    let dir = tempdir();
+    let env = env_with_token(dir.path());
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let (conv, b_leg) = ("rs2-call", "rs2-b");
+    // Recent times: retention would sweep a call that ended in 2023 at the restart.
+    let base = chrono::Utc::now().timestamp_millis() - 60_000;
+    for (leg, id, status, t) in [
+        ("a", conv, "started", 0),
+        ("b", b_leg, "started", 1),
+        ("b", b_leg, "answered", 2),
+        ("b", b_leg, "hangup", 8),
+        ("a", conv, "hangup", 9),
+    ] {
+        let mut event = leg_event(conv, leg, id, status, "outbound", t);
+        event["time"] = json!(base + t * 1000);
+        post_ok(&app, &event.to_string()).await;
+    }
+    let before = app.wait_call("telecmi", conv, ended).await;
+    assert_eq!(
+        before["participants"].as_array().unwrap().len(),
+        2,
+        "{before:#}"
+    );
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let cdr = json!({
+        "type": "cdr", "leg": "b", "cmiuuid": b_leg, "status": "answered",
+        "user": "202_2222223", "time": base + 2000, "direction": "outbound",
+        "answeredsec": 6, "hangup_reason": "sent_bye", "record": true, "filename": "rs2.mp3",
+    });
+    post_ok(&app, &cdr.to_string()).await;
+    let call = app
+        .wait_call("telecmi", conv, |c| c["recordings"][0]["id"] == "rs2.mp3")
+        .await;
+    assert_eq!(participant(&call, b_leg)["extra"]["answeredsec"], 6);
+    assert_eq!(
+        call["participants"].as_array().unwrap().len(),
+        2,
+        "{call:#}"
+    );
+    assert!(app.call("telecmi", b_leg).await.is_none(), "a phantom call");
+}
