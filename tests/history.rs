@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -34,6 +36,11 @@ async fn history_is_newest_first_and_pages_with_limit_and_before() {
     app.wait_call("jas", "200:1", |c| c["state"] == "active")
         .await;
 
+    // History is read from the database, written a moment after the table changes.
+    wait_until(Duration::from_secs(5), || async {
+        ids(&app.get_admin("/api/history").await.1).len() == 5
+    })
+    .await;
     let (s, all) = app.get_admin("/api/history").await;
     assert_eq!(s, 200);
     assert_eq!(ids(&all), ["104:1", "103:1", "102:1", "101:1", "100:1"]);

@@ -597,7 +597,16 @@ async fn recordings_arriving_before_and_after_the_end_of_their_call_both_attach(
     assert_eq!(call["participants"].as_array().unwrap().len(), 1);
     assert_eq!(recording(&call, "2").unwrap()["path"], "jas/101/after.wav");
 
-    // History holds the same call with both.
+    // History holds the same call with both (it is read from the database, written a moment
+    // after the table changes).
+    wait_until(Duration::from_secs(5), || async {
+        let (_, history) = app.get_admin("/api/history").await;
+        history["calls"][0]["recordings"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+            && in_state(&history["calls"][0], "2", "downloaded")
+    })
+    .await;
     let (_, history) = app.get_admin("/api/history").await;
     let calls = history["calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1);
@@ -623,6 +632,11 @@ async fn recording_for_a_never_seen_call_is_in_history_with_direction_unknown() 
     assert!(same_time(&call["started_at"], &event_time(0)), "{call}");
     assert!(same_time(&call["ended_at"], &event_time(90)), "{call}");
     assert!(app.active_calls().await.is_empty());
+    wait_until(Duration::from_secs(5), || async {
+        let (_, history) = app.get_admin("/api/history").await;
+        in_state(&history["calls"][0], "7", "downloaded")
+    })
+    .await;
     let (_, history) = app.get_admin("/api/history").await;
     assert_eq!(history["calls"][0]["call_id"], "999");
     assert_eq!(history["calls"][0]["direction"], "unknown");
