@@ -439,6 +439,9 @@ impl Processor {
                 }
             }
         }
+        // A participant dropped from memory (403) whose row is not deleted yet must not come
+        // back from that row.
+        participants.retain(|k| !self.pending.changes.dropped_participants.contains(k));
         if !participants.is_empty() {
             match self.journal.stored_participants(participants).await {
                 Ok(found) => {
