@@ -20,9 +20,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use callhook::calls::CallTable;
-use callhook::journal::{Journal, NewEvent};
+use callhook::journal::Journal;
 use callhook::processor::Processor;
 use callhook::providers::jas::client::{JasAuth, JasClient, JasClientConfig};
+use callhook::providers::jas::routes::journal_entry;
 use callhook::providers::jas::verify::{Verifier, sign};
 use callhook::recordings::download::download_to;
 use chrono::{SecondsFormat, Utc};
@@ -185,15 +186,12 @@ async fn durable_floor(listen: SocketAddr, db: &Path) {
             callhook::providers::jas::events::decode(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
         floor
             .journal
-            .append(NewEvent {
-                provider: "jas",
-                name: decoded.event.name().to_string(),
-                dedupe_key: decoded.dedupe_key,
-                content_type: None,
+            .append(journal_entry(
+                &decoded.event,
+                decoded.dedupe_key,
                 body,
-                received_at: Utc::now(),
-                job: None,
-            })
+                None,
+            ))
             .await
             .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
         Ok(Json(json!({"status": "accepted"})))
@@ -762,15 +760,12 @@ async fn fill_journal(db: &Path, events: usize) {
     for chunk in all.chunks(8192) {
         let appends = chunk.iter().map(|b| {
             let decoded = callhook::providers::jas::events::decode(b.as_bytes()).unwrap();
-            journal.append(NewEvent {
-                provider: "jas",
-                name: "call_status".into(),
-                dedupe_key: decoded.dedupe_key,
-                content_type: None,
-                body: Bytes::from(b.clone()),
-                received_at: Utc::now(),
-                job: None,
-            })
+            journal.append(journal_entry(
+                &decoded.event,
+                decoded.dedupe_key,
+                Bytes::from(b.clone()),
+                None,
+            ))
         });
         for r in futures_util::future::join_all(appends).await {
             r.unwrap();

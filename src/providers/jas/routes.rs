@@ -22,6 +22,25 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/webhooks/jas", post(receive))
 }
 
+/// The journal row of a decoded JAS event received now. Public so that the benchmark's durable
+/// floor journals exactly what this route does.
+pub fn journal_entry(
+    event: &JasEvent,
+    dedupe_key: String,
+    body: Bytes,
+    job: Option<NewJob>,
+) -> NewEvent {
+    NewEvent {
+        provider: "jas",
+        name: event.name().to_string(),
+        dedupe_key,
+        content_type: None,
+        body,
+        received_at: Utc::now(),
+        job,
+    }
+}
+
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -55,15 +74,7 @@ async fn accept(
     };
     let appended = state
         .journal
-        .append(NewEvent {
-            provider: "jas",
-            name: decoded.event.name().to_string(),
-            dedupe_key: decoded.dedupe_key,
-            content_type: None,
-            body,
-            received_at: Utc::now(),
-            job,
-        })
+        .append(journal_entry(&decoded.event, decoded.dedupe_key, body, job))
         .await?;
     let outcome = match (appended, &decoded.event) {
         (Appended::Duplicate, _) => Outcome::Duplicate,
