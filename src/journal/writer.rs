@@ -1,5 +1,7 @@
 //! The one writer thread. It takes whatever commands are queued (up to `MAX_BATCH`), runs them in
-//! one transaction, commits once (one fsync), and only then answers each caller.
+//! one transaction and commits once; a batch that acknowledges events is answered by the sync
+//! thread after the WAL is on disk (one `fdatasync` for every batch committed before it), the
+//! rest at once. A checkpoint thread copies the WAL back into the database.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
