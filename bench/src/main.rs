@@ -58,6 +58,22 @@ enum Cmd {
         #[arg(long)]
         db: PathBuf,
     },
+    /// The leanest durable journal: the ceiling plus decode and one `write` of each batch to an
+    /// append-only file, `fdatasync`ed before the replies (group commit on one thread). No
+    /// SQLite, no dedupe, no index: what any journal that syncs before it acks can reach here.
+    FileFloor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        file: PathBuf,
+        /// Write this many MiB of zeros first and then overwrite them, so a sync need not
+        /// journal a growing file size (0: plain append).
+        #[arg(long, default_value_t = 0)]
+        prealloc_mib: u64,
+        /// Files written and synced side by side, each by its own thread.
+        #[arg(long, default_value_t = 1)]
+        lanes: usize,
+    },
     /// A fast mock of the JAS participants API (any participant exists; callid = id / 2).
     MockApi {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -111,10 +127,18 @@ struct AllArgs {
     journal_events: usize,
     #[arg(long, default_value_t = 1024)]
     download_mib: u64,
+    /// MiB of zeros the file floor writes before overwriting them (0: a growing file, whose
+    /// every sync also journals the new size).
+    #[arg(long, default_value_t = 256)]
+    file_floor_prealloc_mib: u64,
+    /// Files the file floor writes and syncs side by side (2 or 3 measured no better than 1).
+    #[arg(long, default_value_t = 1)]
+    file_floor_lanes: usize,
     /// Keep `work` and reuse the restart databases of an earlier run instead of filling them.
     #[arg(long)]
     reuse: bool,
-    /// Only these parts (ceiling, plain, lookups, memory, download, restart); default all.
+    /// Only these parts (ceiling, floor, file-floor, plain, lookups, memory, download, restart);
+    /// default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -130,6 +154,12 @@ fn main() {
         Cmd::All(args) => rt.block_on(all(args)),
         Cmd::Ceiling { listen } => rt.block_on(ceiling(listen)),
         Cmd::DurableFloor { listen, db } => rt.block_on(durable_floor(listen, &db)),
+        Cmd::FileFloor {
+            listen,
+            file,
+            prealloc_mib,
+            lanes,
+        } => rt.block_on(file_floor(listen, file, prealloc_mib, lanes)),
         Cmd::MockApi { listen } => rt.block_on(mock_api(listen)),
         Cmd::Download { size_mib, dir } => rt.block_on(download(size_mib, &dir)),
         Cmd::Table { participants } => table(participants),
@@ -199,6 +229,86 @@ async fn durable_floor(listen: SocketAddr, db: &Path) {
     let floor = Arc::new(Floor {
         verifier: Verifier::new(vec![SecretString::from(SECRET)]),
         journal: Journal::open(db).await.expect("open the journal"),
+    });
+    let router = axum::Router::new()
+        .route("/webhooks/jas", post(receive))
+        .with_state(floor);
+    serve(listen, router).await
+}
+
+async fn file_floor(listen: SocketAddr, file: PathBuf, prealloc_mib: u64, lanes: usize) {
+    type Append = (Bytes, tokio::sync::oneshot::Sender<()>);
+    struct Floor {
+        verifier: Verifier,
+        appends: tokio::sync::mpsc::UnboundedSender<Append>,
+    }
+    async fn receive(
+        State(floor): State<Arc<Floor>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Json<Value>, StatusCode> {
+        floor
+            .verifier
+            .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
+            .map_err(|_| StatusCode::UNAUTHORIZED)?;
+        callhook::providers::jas::events::decode(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let (done, synced) = tokio::sync::oneshot::channel();
+        floor
+            .appends
+            .send((body, done))
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+        synced.await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+        Ok(Json(json!({"status": "accepted"})))
+    }
+    let (appends, queue) = tokio::sync::mpsc::unbounded_channel::<Append>();
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // Each lane is a file of its own and a thread: it takes everything queued, writes it with
+    // one call, syncs once and answers all. With two lanes one gathers while the other syncs.
+    for lane in 0..lanes.max(1) {
+        let mut out = std::fs::File::create(file.with_extension(format!("{lane}")))
+            .expect("create the journal file");
+        if prealloc_mib > 0 {
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..prealloc_mib {
+                out.write_all(&zeros).unwrap();
+            }
+            out.sync_all().unwrap();
+            use std::io::Seek as _;
+            out.seek(std::io::SeekFrom::Start(0)).unwrap();
+        }
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::with_capacity(1 << 20);
+            let mut waiting = Vec::new();
+            loop {
+                {
+                    let mut queue = queue.lock().unwrap();
+                    let Some(first) = queue.blocking_recv() else {
+                        return;
+                    };
+                    let mut next = Some(first);
+                    while let Some((body, done)) = next {
+                        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                        buf.extend_from_slice(&body);
+                        waiting.push(done);
+                        next = queue.try_recv().ok();
+                    }
+                }
+                out.write_all(&buf).expect("write");
+                out.sync_data().expect("fdatasync");
+                buf.clear();
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        });
+    }
+    let floor = Arc::new(Floor {
+        verifier: Verifier::new(vec![SecretString::from(SECRET)]),
+        appends,
     });
     let router = axum::Router::new()
         .route("/webhooks/jas", post(receive))
@@ -916,6 +1026,43 @@ async fn all(args: AllArgs) {
         row(
             &mut rows,
             "1b. durable floor: (1) + `Journal::append` (group commit, WAL fdatasync) before the reply",
+            format!(
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests{ratio}",
+                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
+            ),
+            "—",
+            None,
+        );
+    }
+
+    if wants("file-floor") {
+        eprintln!("[1c] file floor: ceiling + append-only file, {conns} connections, {secs} s");
+        let file = work.join("file-floor/journal.bin");
+        let (prealloc, lanes) = (
+            args.file_floor_prealloc_mib.to_string(),
+            args.file_floor_lanes.to_string(),
+        );
+        let (server, addr) = start_server_args(
+            &exe,
+            &[
+                "file-floor",
+                "--file",
+                file.to_str().unwrap(),
+                "--prealloc-mib",
+                &prealloc,
+                "--lanes",
+                &lanes,
+            ],
+        );
+        let url = format!("http://{addr}/webhooks/jas");
+        let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
+        drop(server);
+        let ratio = ceiling_rps.map_or(String::new(), |c| {
+            format!("; ratio to the ceiling {:.2}", w.rps / c)
+        });
+        row(
+            &mut rows,
+            "1c. file floor: (1) + one `write` per batch to an append-only file, `fdatasync` before the reply",
             format!(
                 "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests{ratio}",
                 w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
