@@ -73,6 +73,10 @@ enum Cmd {
         /// Files written and synced side by side, each by its own thread.
         #[arg(long, default_value_t = 1)]
         lanes: usize,
+        /// Open the files with O_DSYNC, so each `write` is durable when it returns and no
+        /// `fdatasync` follows (one system call per batch instead of two).
+        #[arg(long)]
+        dsync: bool,
     },
     /// A fast mock of the JAS participants API (any participant exists; callid = id / 2).
     MockApi {
@@ -134,6 +138,9 @@ struct AllArgs {
     /// Files the file floor writes and syncs side by side (2 or 3 measured no better than 1).
     #[arg(long, default_value_t = 1)]
     file_floor_lanes: usize,
+    /// The file floor writes with O_DSYNC instead of `write` + `fdatasync`.
+    #[arg(long)]
+    file_floor_dsync: bool,
     /// Keep `work` and reuse the restart databases of an earlier run instead of filling them.
     #[arg(long)]
     reuse: bool,
@@ -159,7 +166,8 @@ fn main() {
             file,
             prealloc_mib,
             lanes,
-        } => rt.block_on(file_floor(listen, file, prealloc_mib, lanes)),
+            dsync,
+        } => rt.block_on(file_floor(listen, file, prealloc_mib, lanes, dsync)),
         Cmd::MockApi { listen } => rt.block_on(mock_api(listen)),
         Cmd::Download { size_mib, dir } => rt.block_on(download(size_mib, &dir)),
         Cmd::Table { participants } => table(participants),
@@ -236,7 +244,13 @@ async fn durable_floor(listen: SocketAddr, db: &Path) {
     serve(listen, router).await
 }
 
-async fn file_floor(listen: SocketAddr, file: PathBuf, prealloc_mib: u64, lanes: usize) {
+async fn file_floor(
+    listen: SocketAddr,
+    file: PathBuf,
+    prealloc_mib: u64,
+    lanes: usize,
+    dsync: bool,
+) {
     type Append = (Bytes, tokio::sync::oneshot::Sender<()>);
     struct Floor {
         verifier: Verifier,
@@ -268,17 +282,26 @@ async fn file_floor(listen: SocketAddr, file: PathBuf, prealloc_mib: u64, lanes:
     // Each lane is a file of its own and a thread: it takes everything queued, writes it with
     // one call, syncs once and answers all. With two lanes one gathers while the other syncs.
     for lane in 0..lanes.max(1) {
-        let mut out = std::fs::File::create(file.with_extension(format!("{lane}")))
-            .expect("create the journal file");
+        let path = file.with_extension(format!("{lane}"));
+        let mut out = std::fs::File::create(&path).expect("create the journal file");
         if prealloc_mib > 0 {
             let zeros = vec![0u8; 1 << 20];
             for _ in 0..prealloc_mib {
                 out.write_all(&zeros).unwrap();
             }
             out.sync_all().unwrap();
-            use std::io::Seek as _;
-            out.seek(std::io::SeekFrom::Start(0)).unwrap();
         }
+        if dsync {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            const O_DSYNC: i32 = 0o10000; // Linux, x86-64 and aarch64
+            out = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_DSYNC)
+                .open(&path)
+                .unwrap();
+        }
+        use std::io::Seek as _;
+        out.seek(std::io::SeekFrom::Start(0)).unwrap();
         let queue = queue.clone();
         std::thread::spawn(move || {
             let mut buf = Vec::with_capacity(1 << 20);
@@ -298,7 +321,9 @@ async fn file_floor(listen: SocketAddr, file: PathBuf, prealloc_mib: u64, lanes:
                     }
                 }
                 out.write_all(&buf).expect("write");
-                out.sync_data().expect("fdatasync");
+                if !dsync {
+                    out.sync_data().expect("fdatasync");
+                }
                 buf.clear();
                 for done in waiting.drain(..) {
                     let _ = done.send(());
@@ -689,6 +714,8 @@ struct Wrk {
     errors: f64,
     /// CPU seconds the server used during the run, per 1000 requests.
     cpu_ms_per_1k: f64,
+    /// The same for wrk itself, which shares the two cores with the server.
+    wrk_cpu_ms_per_1k: f64,
 }
 
 /// User + system CPU seconds of process `pid` so far.
@@ -734,8 +761,13 @@ fn fsync_probe(dir: &Path, n: usize) -> (f64, f64) {
 
 fn wrk(url: &str, bodies: &Path, first: usize, secs: u64, connections: usize) -> Wrk {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/wrk-signed.lua");
-    let out = Command::new("wrk")
+    // Through bash, whose `times` prints the CPU its child (wrk) used.
+    let out = Command::new("bash")
         .args([
+            "-c",
+            r#""$@"; times"#,
+            "bash",
+            "wrk",
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{secs}s"),
@@ -758,6 +790,18 @@ fn wrk(url: &str, bodies: &Path, first: usize, secs: u64, connections: usize) ->
         .unwrap_or_else(|| panic!("no summary from wrk: {text}"));
     let v: Value = serde_json::from_str(line).unwrap();
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    // The last line of `times`: the children's user and system time, as `0m1.234s 0m0.567s`.
+    let secs = |t: &str| -> f64 {
+        let (m, s) = t
+            .trim_end_matches('s')
+            .split_once('m')
+            .unwrap_or(("0", "0"));
+        m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0)
+    };
+    let wrk_cpu: f64 = text
+        .lines()
+        .last()
+        .map_or(0.0, |l| l.split_whitespace().map(secs).sum());
     Wrk {
         rps: f("requests") / (f("duration_us") / 1e6),
         requests: f("requests"),
@@ -770,6 +814,7 @@ fn wrk(url: &str, bodies: &Path, first: usize, secs: u64, connections: usize) ->
             + f("non2xx")
             + f("timeouts"),
         cpu_ms_per_1k: f64::NAN,
+        wrk_cpu_ms_per_1k: wrk_cpu * 1000.0 / (f("requests") / 1000.0),
     }
 }
 
@@ -1003,8 +1048,14 @@ async fn all(args: AllArgs) {
             &mut rows,
             "1. ceiling (verify + parse only)",
             format!(
-                "{:.0} req/s ({} in {secs} s), p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests",
-                w.rps, w.requests, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
+                "{:.0} req/s ({} in {secs} s), p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms)",
+                w.rps,
+                w.requests,
+                w.p50_ms,
+                w.p99_ms,
+                w.errors,
+                w.cpu_ms_per_1k,
+                w.wrk_cpu_ms_per_1k
             ),
             "—",
             None,
@@ -1027,8 +1078,8 @@ async fn all(args: AllArgs) {
             &mut rows,
             "1b. durable floor: (1) + `Journal::append` (group commit, WAL fdatasync) before the reply",
             format!(
-                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests{ratio}",
-                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms){ratio}",
+                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k, w.wrk_cpu_ms_per_1k
             ),
             "—",
             None,
@@ -1052,7 +1103,10 @@ async fn all(args: AllArgs) {
                 &prealloc,
                 "--lanes",
                 &lanes,
-            ],
+            ]
+            .into_iter()
+            .chain(args.file_floor_dsync.then_some("--dsync"))
+            .collect::<Vec<_>>(),
         );
         let url = format!("http://{addr}/webhooks/jas");
         let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
@@ -1062,10 +1116,18 @@ async fn all(args: AllArgs) {
         });
         row(
             &mut rows,
-            "1c. file floor: (1) + one `write` per batch to an append-only file, `fdatasync` before the reply",
+            &format!(
+                "1c. file floor: (1) + one `write` per batch to a preallocated file ({}), {} lane(s), before the reply",
+                if args.file_floor_dsync {
+                    "O_DSYNC"
+                } else {
+                    "then `fdatasync`"
+                },
+                args.file_floor_lanes
+            ),
             format!(
-                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests{ratio}",
-                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms){ratio}",
+                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k, w.wrk_cpu_ms_per_1k
             ),
             "—",
             None,
@@ -1112,10 +1174,11 @@ async fn all(args: AllArgs) {
             &mut rows,
             &format!("2. callhook JAS endpoint, {conns} connections"),
             format!(
-                "{:.0} req/s ({accepted} accepted, {duplicate} duplicate, {} errors); {:.0} ms CPU per 1000 requests; mean journal batch {batch_mean:.1} events, {batches} commits ({stages}); RSS after {} MiB",
+                "{:.0} req/s ({accepted} accepted, {duplicate} duplicate, {} errors); {:.0} ms CPU per 1000 requests (wrk {:.0} ms); mean journal batch {batch_mean:.1} events, {batches} commits ({stages}); RSS after {} MiB",
                 w.rps,
                 w.errors,
                 w.cpu_ms_per_1k,
+                w.wrk_cpu_ms_per_1k,
                 rss / 1024
             ),
             "—",
