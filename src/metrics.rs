@@ -110,6 +110,10 @@ fn register() {
         "Time of one fdatasync of the journal's WAL (covers every batch committed before it)"
     );
     describe_counter!("callhook_lookups_total", "Participant lookups by outcome");
+    describe_gauge!(
+        "callhook_lookups_waiting",
+        "Participant lookups not answered yet: waiting for a free slot, or given up while the API was unavailable and to be asked again"
+    );
 
     for (provider, events) in PROVIDER_EVENTS {
         for event in *events {
@@ -145,6 +149,9 @@ fn register() {
     }
     for outcome in ["ok", "forbidden", "gone", "failed"] {
         metrics::counter!("callhook_lookups_total", "outcome" => outcome).absolute(0);
+    }
+    for reason in ["slot", "retry"] {
+        metrics::gauge!("callhook_lookups_waiting", "reason" => reason).set(0.0);
     }
     metrics::gauge!("callhook_recording_queue_depth").set(0.0);
     metrics::counter!("callhook_recording_bytes_total").absolute(0);

@@ -3,7 +3,7 @@
 //! event to the call table, starts participant lookups off the ack path, feeds their answers
 //! back through the same loop, and writes the changed state with the cursor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ const BATCH: usize = 512;
 /// How long the processor lets newly committed events gather before applying them.
 const LINGER: Duration = Duration::from_millis(10);
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
+/// The rest wait in `Processor::queued` as plain keys, not as tasks: a task holds a lookup's
+/// whole future (kilobytes), and a backlog of them left the memory it peaked at fragmented
+/// among the call table's rows after it drained.
 const LOOKUP_CONCURRENCY: usize = 32;
 /// A lookup the JAS client gave up on (the API unavailable through all its retries, about 6 s)
 /// is asked again this much later, the pause doubling with each further give-up up to
@@ -45,6 +48,14 @@ pub const RELOOKUP_MAX: Duration = Duration::from_secs(30);
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::hours(6);
 /// Ended calls stay in memory this long for late events, then live only in the database.
 pub const KEEP_ENDED: chrono::Duration = chrono::Duration::hours(6);
+
+/// A lookup waiting for one of the `LOOKUP_CONCURRENCY` slots.
+struct QueuedLookup {
+    key: ParticipantKey,
+    seq: i64,
+    at: Option<DateTime<Utc>>,
+    failures: u32,
+}
 
 /// What came back from a lookup, carrying the sequence of the event that asked, so that
 /// `CallTable` can order it against everything else.
@@ -65,9 +76,13 @@ pub struct Processor {
     /// from the event alone.
     lookups: Option<JasClient>,
     cursor: i64,
-    answers_tx: mpsc::Sender<LookupAnswer>,
-    answers_rx: mpsc::Receiver<LookupAnswer>,
+    /// Unbounded so that a finished lookup never waits to hand in its answer: at most
+    /// `LOOKUP_CONCURRENCY` tasks exist, and an answer waiting here is small.
+    answers_tx: mpsc::UnboundedSender<LookupAnswer>,
+    answers_rx: mpsc::UnboundedReceiver<LookupAnswer>,
     limit: Arc<Semaphore>,
+    /// Lookups waiting for a slot, oldest first.
+    queued: VecDeque<QueuedLookup>,
     /// Lookups given up while the API was unavailable, to be asked again.
     relookups: Relookups,
     tasks: TaskTracker,
@@ -94,7 +109,7 @@ impl Processor {
         cursor: i64,
         tasks: TaskTracker,
     ) -> Self {
-        let (answers_tx, answers_rx) = mpsc::channel(1024);
+        let (answers_tx, answers_rx) = mpsc::unbounded_channel();
         let (recordings_tx, recordings_rx) = mpsc::channel(1024);
         Self {
             journal,
@@ -104,6 +119,7 @@ impl Processor {
             answers_tx,
             answers_rx,
             limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
+            queued: VecDeque::new(),
             relookups: Relookups::new(RELOOKUP_FIRST, RELOOKUP_MAX),
             tasks,
             pending: StateBuffer::default(),
@@ -175,6 +191,7 @@ impl Processor {
                         self.warm_for_answer(&answer).await;
                         self.apply_answer(answer);
                     }
+                    self.start_queued_lookups();
                 }
                 _ = sleep_until_some(self.relookups.next_round()) => self.relookup_round(),
                 Some(update) = self.recordings_rx.recv() => {
@@ -492,39 +509,71 @@ impl Processor {
     }
 
     fn spawn_lookup(
-        &self,
+        &mut self,
         key: ParticipantKey,
         seq: i64,
         at: Option<DateTime<Utc>>,
         failures: u32,
     ) {
-        let Some(client) = self.lookups.clone() else {
+        if self.lookups.is_none() {
+            return;
+        }
+        self.queued.push_back(QueuedLookup {
+            key,
+            seq,
+            at,
+            failures,
+        });
+        self.start_queued_lookups();
+    }
+
+    /// Starts queued lookups while a slot is free. Called when one is queued, after answers
+    /// are applied (a lookup frees its slot before it sends its answer), and once a second in
+    /// case a lookup task ended without answering.
+    fn start_queued_lookups(&mut self) {
+        let Some(client) = self.lookups.as_ref() else {
             return;
         };
-        let limit = self.limit.clone();
-        let answers = self.answers_tx.clone();
-        self.tasks.spawn(async move {
-            let Ok(_permit) = limit.acquire_owned().await else {
-                return;
+        while !self.queued.is_empty() {
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                break;
             };
-            // A lookup given up before is asked once: the relookup rounds are its backoff, and
-            // the client's own retries would multiply the requests and retry log lines of
-            // every round of an outage.
-            let outcome = if failures == 0 {
-                client.participant(&key.dn, &key.participant_id).await
-            } else {
-                client.participant_once(&key.dn, &key.participant_id).await
+            let Some(QueuedLookup {
+                key,
+                seq,
+                at,
+                failures,
+            }) = self.queued.pop_front()
+            else {
+                break;
             };
-            let _ = answers
-                .send(LookupAnswer {
+            let client = client.clone();
+            let answers = self.answers_tx.clone();
+            self.tasks.spawn(async move {
+                // A lookup given up before is asked once: the relookup rounds are its backoff,
+                // and the client's own retries would multiply the requests and retry log lines
+                // of every round of an outage.
+                let outcome = if failures == 0 {
+                    client.participant(&key.dn, &key.participant_id).await
+                } else {
+                    client.participant_once(&key.dn, &key.participant_id).await
+                };
+                // The slot is free before the answer arrives, so the processor can start the
+                // next queued lookup when it applies this one.
+                drop(permit);
+                let _ = answers.send(LookupAnswer {
                     key,
                     seq,
                     at,
                     failures,
                     outcome,
-                })
-                .await;
-        });
+                });
+            });
+        }
+        // A long backlog's buffer is given back once it has drained.
+        if self.queued.is_empty() && self.queued.capacity() > 1024 {
+            self.queued = VecDeque::new();
+        }
     }
 
     /// Whether a lookup answering the event at `seq` is still wanted: the participant is
@@ -662,6 +711,11 @@ impl Processor {
     }
 
     fn update_gauges(&mut self) {
+        self.start_queued_lookups();
+        metrics::gauge!("callhook_lookups_waiting", "reason" => "slot")
+            .set(self.queued.len() as f64);
+        metrics::gauge!("callhook_lookups_waiting", "reason" => "retry")
+            .set(self.relookups.len() as f64);
         if std::mem::take(&mut self.gauge_stale) {
             for provider in [Provider::Jas, Provider::Telecmi] {
                 metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())

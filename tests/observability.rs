@@ -22,6 +22,8 @@ async fn every_series_is_exported_from_start_and_labels_carry_no_numbers() {
         "callhook_journal_batch_size",
         "callhook_journal_commit_seconds",
         "callhook_journal_sync_seconds",
+        "callhook_lookups_total{",
+        "callhook_lookups_waiting{",
     ] {
         assert!(
             text.contains(series),
