@@ -3,12 +3,12 @@
 //! event to the call table, starts participant lookups off the ack path, feeds their answers
 //! back through the same loop, and writes the changed state with the cursor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,8 +25,10 @@ use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
 use crate::recordings::RecordingUpdate;
 use crate::recordings::path::recording_relative_path;
 
+mod lookups;
 mod relookup;
 mod state;
+use lookups::{Lookups, Queued};
 use relookup::Relookups;
 use state::{STATE_EVERY, STATE_MAX_KEYS, StateBuffer};
 
@@ -34,11 +36,6 @@ use state::{STATE_EVERY, STATE_MAX_KEYS, StateBuffer};
 const BATCH: usize = 512;
 /// How long the processor lets newly committed events gather before applying them.
 const LINGER: Duration = Duration::from_millis(10);
-/// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
-/// The rest wait in `Processor::queued` as plain keys, not as tasks: a task holds a lookup's
-/// whole future (kilobytes), and a backlog of them left the memory it peaked at fragmented
-/// among the call table's rows after it drained.
-const LOOKUP_CONCURRENCY: usize = 32;
 /// A lookup the JAS client gave up on (the API unavailable through all its retries, about 6 s)
 /// is asked again this much later, the pause doubling with each further give-up up to
 /// `RELOOKUP_MAX`, until the API answers or the participant no longer needs it.
@@ -48,14 +45,6 @@ pub const RELOOKUP_MAX: Duration = Duration::from_secs(30);
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::hours(6);
 /// Ended calls stay in memory this long for late events, then live only in the database.
 pub const KEEP_ENDED: chrono::Duration = chrono::Duration::hours(6);
-
-/// A lookup waiting for one of the `LOOKUP_CONCURRENCY` slots.
-struct QueuedLookup {
-    key: ParticipantKey,
-    seq: i64,
-    at: Option<DateTime<Utc>>,
-    failures: u32,
-}
 
 /// What came back from a lookup, carrying the sequence of the event that asked, so that
 /// `CallTable` can order it against everything else.
@@ -74,18 +63,11 @@ pub struct Processor {
     table: Arc<CallTable>,
     /// `None` when lookups are off or there are no credentials: participants are then tracked
     /// from the event alone.
-    lookups: Option<JasClient>,
+    lookups: Option<Arc<Lookups>>,
     cursor: i64,
-    /// Unbounded so that a finished lookup never waits to hand in its answer: at most
-    /// `LOOKUP_CONCURRENCY` tasks exist, and an answer waiting here is small.
-    answers_tx: mpsc::UnboundedSender<LookupAnswer>,
     answers_rx: mpsc::UnboundedReceiver<LookupAnswer>,
-    limit: Arc<Semaphore>,
-    /// Lookups waiting for a slot, oldest first.
-    queued: VecDeque<QueuedLookup>,
     /// Lookups given up while the API was unavailable, to be asked again.
     relookups: Relookups,
-    tasks: TaskTracker,
     pending: StateBuffer,
     /// Where each recording in progress was attached, so the worker's progress reaches that
     /// call even when its job row still names the route's first guess.
@@ -114,14 +96,10 @@ impl Processor {
         Self {
             journal,
             table,
-            lookups,
+            lookups: lookups.map(|client| Lookups::new(client, answers_tx, tasks)),
             cursor,
-            answers_tx,
             answers_rx,
-            limit: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
-            queued: VecDeque::new(),
             relookups: Relookups::new(RELOOKUP_FIRST, RELOOKUP_MAX),
-            tasks,
             pending: StateBuffer::default(),
             recording_homes: HashMap::new(),
             recordings_tx,
@@ -191,7 +169,6 @@ impl Processor {
                         self.warm_for_answer(&answer).await;
                         self.apply_answer(answer);
                     }
-                    self.start_queued_lookups();
                 }
                 _ = sleep_until_some(self.relookups.next_round()) => self.relookup_round(),
                 Some(update) = self.recordings_rx.recv() => {
@@ -515,64 +492,13 @@ impl Processor {
         at: Option<DateTime<Utc>>,
         failures: u32,
     ) {
-        if self.lookups.is_none() {
-            return;
-        }
-        self.queued.push_back(QueuedLookup {
-            key,
-            seq,
-            at,
-            failures,
-        });
-        self.start_queued_lookups();
-    }
-
-    /// Starts queued lookups while a slot is free. Called when one is queued, after answers
-    /// are applied (a lookup frees its slot before it sends its answer), and once a second in
-    /// case a lookup task ended without answering.
-    fn start_queued_lookups(&mut self) {
-        let Some(client) = self.lookups.as_ref() else {
-            return;
-        };
-        while !self.queued.is_empty() {
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some(QueuedLookup {
+        if let Some(lookups) = &self.lookups {
+            lookups.push(Queued {
                 key,
                 seq,
                 at,
                 failures,
-            }) = self.queued.pop_front()
-            else {
-                break;
-            };
-            let client = client.clone();
-            let answers = self.answers_tx.clone();
-            self.tasks.spawn(async move {
-                // A lookup given up before is asked once: the relookup rounds are its backoff,
-                // and the client's own retries would multiply the requests and retry log lines
-                // of every round of an outage.
-                let outcome = if failures == 0 {
-                    client.participant(&key.dn, &key.participant_id).await
-                } else {
-                    client.participant_once(&key.dn, &key.participant_id).await
-                };
-                // The slot is free before the answer arrives, so the processor can start the
-                // next queued lookup when it applies this one.
-                drop(permit);
-                let _ = answers.send(LookupAnswer {
-                    key,
-                    seq,
-                    at,
-                    failures,
-                    outcome,
-                });
             });
-        }
-        // A long backlog's buffer is given back once it has drained.
-        if self.queued.is_empty() && self.queued.capacity() > 1024 {
-            self.queued = VecDeque::new();
         }
     }
 
@@ -711,9 +637,11 @@ impl Processor {
     }
 
     fn update_gauges(&mut self) {
-        self.start_queued_lookups();
-        metrics::gauge!("callhook_lookups_waiting", "reason" => "slot")
-            .set(self.queued.len() as f64);
+        let queued = self.lookups.as_ref().map_or(0, |lookups| {
+            lookups.start_workers();
+            lookups.waiting()
+        });
+        metrics::gauge!("callhook_lookups_waiting", "reason" => "slot").set(queued as f64);
         metrics::gauge!("callhook_lookups_waiting", "reason" => "retry")
             .set(self.relookups.len() as f64);
         if std::mem::take(&mut self.gauge_stale) {

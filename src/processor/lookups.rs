@@ -1,0 +1,141 @@
+//! Participant lookups off the processor's loop: at most `LOOKUP_CONCURRENCY` in flight, the
+//! rest waiting in a queue of keys.
+//!
+//! The waiting lookups are plain keys, not tasks. A task holds a lookup's whole future
+//! (kilobytes); a backlog of them, built while events arrive faster than the API answers, left
+//! the memory it peaked at fragmented among the call table's rows after it drained. Each slot
+//! is a worker task that takes the next queued lookup as soon as its own is answered, so slots
+//! never wait for the processor, which may be busy applying a batch of events.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+use super::LookupAnswer;
+use crate::calls::ParticipantKey;
+use crate::providers::jas::client::JasClient;
+
+/// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
+pub const LOOKUP_CONCURRENCY: usize = 32;
+
+/// A lookup waiting for a slot.
+pub struct Queued {
+    pub key: ParticipantKey,
+    pub seq: i64,
+    pub at: Option<DateTime<Utc>>,
+    /// How many lookups of this participant were given up in a row before this one.
+    pub failures: u32,
+}
+
+pub struct Lookups {
+    client: JasClient,
+    queue: Mutex<VecDeque<Queued>>,
+    slots: Arc<Semaphore>,
+    /// Unbounded so that a worker never waits to hand in an answer: at most
+    /// `LOOKUP_CONCURRENCY` workers exist, and an answer waiting here is small.
+    answers: mpsc::UnboundedSender<LookupAnswer>,
+    tasks: TaskTracker,
+}
+
+impl Lookups {
+    pub fn new(
+        client: JasClient,
+        answers: mpsc::UnboundedSender<LookupAnswer>,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            queue: Mutex::new(VecDeque::new()),
+            slots: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
+            answers,
+            tasks,
+        })
+    }
+
+    /// Queues a lookup and starts a worker for it if a slot is free.
+    pub fn push(self: &Arc<Self>, lookup: Queued) {
+        self.queue().push_back(lookup);
+        self.start_workers();
+    }
+
+    /// Lookups waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Starts a worker per free slot, up to one per queued lookup. Called on every push and
+    /// once a second, in case a worker ended without taking what was queued.
+    pub fn start_workers(self: &Arc<Self>) {
+        let waiting = {
+            let mut queue = self.queue();
+            // A long backlog's buffer is given back once it has drained.
+            if queue.is_empty() && queue.capacity() > 1024 {
+                *queue = VecDeque::new();
+            }
+            queue.len()
+        };
+        for _ in 0..waiting {
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let this = self.clone();
+            self.tasks.spawn(async move { this.work(slot).await });
+        }
+    }
+
+    /// Answers queued lookups one after another while there are any, holding one slot.
+    async fn work(self: Arc<Self>, mut slot: OwnedSemaphorePermit) {
+        loop {
+            let next = self.queue().pop_front();
+            let Some(Queued {
+                key,
+                seq,
+                at,
+                failures,
+            }) = next
+            else {
+                drop(slot);
+                // A lookup queued while this worker was giving its slot back found no free
+                // slot; unless the queue is empty now, take a slot again and answer it.
+                if self.queue().is_empty() {
+                    return;
+                }
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(again) => {
+                        slot = again;
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            };
+            // A lookup given up before is asked once: the relookup rounds are its backoff, and
+            // the client's own retries would multiply the requests and retry log lines of
+            // every round of an outage.
+            let outcome = if failures == 0 {
+                self.client.participant(&key.dn, &key.participant_id).await
+            } else {
+                self.client
+                    .participant_once(&key.dn, &key.participant_id)
+                    .await
+            };
+            let answer = LookupAnswer {
+                key,
+                seq,
+                at,
+                failures,
+                outcome,
+            };
+            if self.answers.send(answer).is_err() {
+                return; // the processor has stopped
+            }
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        // Nothing panics while holding the lock; a poisoned queue is still a valid queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
