@@ -112,7 +112,7 @@ fn register() {
     describe_counter!("callhook_lookups_total", "Participant lookups by outcome");
     describe_gauge!(
         "callhook_lookups_waiting",
-        "Participant lookups not answered yet: waiting for a free slot, or given up while the API was unavailable and to be asked again"
+        "Participant lookups waiting: for one of the slots (slot), or to be asked again after the API was unavailable (retry); lookups in flight are not counted"
     );
 
     for (provider, events) in PROVIDER_EVENTS {

@@ -204,6 +204,10 @@ impl Processor {
                     self.note(changes);
                     self.flush().await;
                     self.table.evict_ended(now - KEEP_ENDED);
+                    // Only needed if a lookup worker panicked with lookups still queued.
+                    if let Some(lookups) = &self.lookups {
+                        lookups.start_workers();
+                    }
                 }
             }
             if self.pending.urgent {
@@ -637,10 +641,7 @@ impl Processor {
     }
 
     fn update_gauges(&mut self) {
-        let queued = self.lookups.as_ref().map_or(0, |lookups| {
-            lookups.start_workers();
-            lookups.waiting()
-        });
+        let queued = self.lookups.as_ref().map_or(0, |lookups| lookups.waiting());
         metrics::gauge!("callhook_lookups_waiting", "reason" => "slot").set(queued as f64);
         metrics::gauge!("callhook_lookups_waiting", "reason" => "retry")
             .set(self.relookups.len() as f64);

@@ -220,3 +220,41 @@ async fn a_404_at_registration_skips_that_event_and_still_becomes_ready() {
     app.stop().await.unwrap();
     assert!(sim.registrations().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_does_not_wait_for_a_slow_lookup_and_the_restart_asks_again() {
+    let sim = JasSim::with_token(TOKEN);
+    let server = sim.start().await.unwrap();
+    sim.set_participant(
+        "101",
+        "1",
+        participant("101", "1", "slow-stop", "Ringing", "10000", "Wexternalline"),
+    );
+    // Slower than the 5 s the daemon gives its background tasks when it stops.
+    sim.set_delay(SimRoute::Participant, Duration::from_secs(8));
+    let dir = tempdir();
+    let env = Env::new(dir.path()).with_sim(&server.base_url);
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let (status, _) = app.post_jas(&call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(5), || async {
+        sim.requests(SimRoute::Participant) >= 1
+    })
+    .await;
+
+    let stopping = std::time::Instant::now();
+    app.stop().await.unwrap();
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "stopping took {took:?}");
+
+    // The participant still wants its details; the next start looks it up again.
+    sim.set_delay(SimRoute::Participant, Duration::ZERO);
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let call = app
+        .wait_call("jas", "slow-stop", |c| {
+            c["participants"][0]["status"] == "Ringing"
+        })
+        .await;
+    assert_eq!(call["direction"], "inbound", "{call}");
+    app.stop().await.unwrap();
+}

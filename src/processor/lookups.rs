@@ -35,8 +35,9 @@ pub struct Lookups {
     client: JasClient,
     queue: Mutex<VecDeque<Queued>>,
     slots: Arc<Semaphore>,
-    /// Unbounded so that a worker never waits to hand in an answer: at most
-    /// `LOOKUP_CONCURRENCY` workers exist, and an answer waiting here is small.
+    /// Unbounded so that a worker never waits for the processor to hand in an answer. What
+    /// waits here is bounded by the lookups queued (one per participant event), each a
+    /// participant's details, a few hundred bytes, and the processor takes them before events.
     answers: mpsc::UnboundedSender<LookupAnswer>,
     tasks: TaskTracker,
 }
@@ -67,8 +68,8 @@ impl Lookups {
         self.queue().len()
     }
 
-    /// Starts a worker per free slot, up to one per queued lookup. Called on every push and
-    /// once a second, in case a worker ended without taking what was queued.
+    /// Starts a worker per free slot, up to one per queued lookup. Called on every push and, as
+    /// a safety net for a worker that panicked, by the processor's minutely sweep.
     pub fn start_workers(self: &Arc<Self>) {
         let waiting = {
             let mut queue = self.queue();
@@ -90,6 +91,9 @@ impl Lookups {
     /// Answers queued lookups one after another while there are any, holding one slot.
     async fn work(self: Arc<Self>, mut slot: OwnedSemaphorePermit) {
         loop {
+            if self.answers.is_closed() {
+                return; // the processor has stopped; what is queued is asked again on restart
+            }
             let next = self.queue().pop_front();
             let Some(Queued {
                 key,
@@ -115,12 +119,20 @@ impl Lookups {
             // A lookup given up before is asked once: the relookup rounds are its backoff, and
             // the client's own retries would multiply the requests and retry log lines of
             // every round of an outage.
-            let outcome = if failures == 0 {
-                self.client.participant(&key.dn, &key.participant_id).await
-            } else {
-                self.client
-                    .participant_once(&key.dn, &key.participant_id)
-                    .await
+            let lookup = async {
+                if failures == 0 {
+                    self.client.participant(&key.dn, &key.participant_id).await
+                } else {
+                    self.client
+                        .participant_once(&key.dn, &key.participant_id)
+                        .await
+                }
+            };
+            // Shutdown does not wait out a lookup's retries (about 6 s): the participant is
+            // still waiting for details in the database and is looked up again on restart.
+            let outcome = tokio::select! {
+                outcome = lookup => outcome,
+                _ = self.answers.closed() => return,
             };
             let answer = LookupAnswer {
                 key,

@@ -58,6 +58,8 @@ struct SimState {
     /// Ordered so `registrations()` is deterministic; one entry per event, like upstream.
     registrations: Vec<(String, String)>,
     requests: HashMap<SimRoute, usize>,
+    /// Requests to a route inside their delay now, and the most there ever were at once.
+    delayed: HashMap<SimRoute, (usize, usize)>,
 }
 
 /// Handle to a simulated JAS Connect API. Clones share state, so a test can keep one
@@ -121,6 +123,7 @@ impl JasSim {
                 recordings: HashMap::new(),
                 registrations: Vec::new(),
                 requests: HashMap::new(),
+                delayed: HashMap::new(),
             })),
         }
     }
@@ -257,6 +260,12 @@ impl JasSim {
         self.lock().requests.get(&route).copied().unwrap_or(0)
     }
 
+    /// The most requests to `route` that were waiting out their delay at the same time (only
+    /// counted while a delay is set): how many the client had in flight at once.
+    pub fn peak_concurrent(&self, route: SimRoute) -> usize {
+        self.lock().delayed.get(&route).map_or(0, |&(_, peak)| peak)
+    }
+
     /// Bearer requests get 401 until the next successful `/auth/authenticate`.
     pub fn expire_token(&self) {
         self.lock().token_expired = true;
@@ -276,6 +285,7 @@ impl JasSim {
             st.delays.get(&route).copied()
         };
         if let Some(delay) = delay {
+            let _waiting = Delayed::enter(self, route);
             tokio::time::sleep(delay).await;
         }
         let mut st = self.lock();
@@ -290,6 +300,31 @@ impl JasSim {
             return Some(resp);
         }
         None
+    }
+}
+
+/// One request inside its delay; leaves the count when dropped, also when the client gives up
+/// and the handler is dropped mid-sleep.
+struct Delayed<'a> {
+    sim: &'a JasSim,
+    route: SimRoute,
+}
+
+impl<'a> Delayed<'a> {
+    fn enter(sim: &'a JasSim, route: SimRoute) -> Self {
+        let mut st = sim.lock();
+        let (now, peak) = st.delayed.entry(route).or_default();
+        *now += 1;
+        *peak = (*peak).max(*now);
+        Self { sim, route }
+    }
+}
+
+impl Drop for Delayed<'_> {
+    fn drop(&mut self) {
+        if let Some((now, _)) = self.sim.lock().delayed.get_mut(&self.route) {
+            *now -= 1;
+        }
     }
 }
 
