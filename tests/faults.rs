@@ -37,16 +37,6 @@ fn settings_quick_to_give_up(dir: &std::path::Path, api_base: &str) -> Settings 
     s
 }
 
-/// A counter or gauge from `/metrics`. One process-wide registry for every test here: only lower
-/// bounds hold.
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let (_, text) = app.get_admin("/metrics").await;
-    let text = text.as_str().unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {text}"))
-}
-
 /// Posts `bodies`, asserting each is accepted quickly; returns the slowest ack.
 async fn post_all_fast(app: &TestApp, bodies: &[String]) -> Duration {
     let mut slowest = Duration::ZERO;
@@ -263,7 +253,10 @@ async fn api_unavailable_longer_than_the_client_retries_then_back() {
     let dir = tempdir();
     let app = TestApp::start(settings_quick_to_give_up(dir.path(), &server.base_url)).await;
     app.wait_ready().await;
-    let failed_before = metric(&app, r#"callhook_lookups_total{outcome="failed"}"#).await;
+    // One process-wide metrics registry for every test here: only lower bounds hold.
+    let failed_before = app
+        .metric(r#"callhook_lookups_total{outcome="failed"}"#)
+        .await;
 
     let started = Instant::now();
     post_all_fast(&app, &[call_status("101", "5", 0, 1)]).await;
@@ -279,7 +272,10 @@ async fn api_unavailable_longer_than_the_client_retries_then_back() {
     assert_eq!(call["participants"][0]["party_number"], "5148888888");
     assert_eq!(journaled(dir.path()), 1);
     // The first lookup's 3 attempts gave up once, then each round's single attempt did.
-    let failed = metric(&app, r#"callhook_lookups_total{outcome="failed"}"#).await - failed_before;
+    let failed = app
+        .metric(r#"callhook_lookups_total{outcome="failed"}"#)
+        .await
+        - failed_before;
     assert!(
         failed >= (1 + DOWN - 3) as f64,
         "failed lookups counted: {failed}"

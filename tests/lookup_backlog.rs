@@ -16,14 +16,6 @@ const PARTICIPANTS: usize = 100;
 /// How long the API takes for each lookup: 100 lookups through 32 slots take 4 rounds.
 const DELAY: Duration = Duration::from_millis(1500);
 
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let (_, text) = app.get_admin("/metrics").await;
-    let text = text.as_str().unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {text}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_of_lookups_waits_for_free_slots_and_drains_by_itself() {
     let sim = JasSim::with_token(TOKEN);
@@ -61,13 +53,13 @@ async fn a_backlog_of_lookups_waits_for_free_slots_and_drains_by_itself() {
     let slot = r#"callhook_lookups_waiting{reason="slot"}"#;
     let deadline = tokio::time::Instant::now() + DELAY * 4 + Duration::from_secs(5);
     let mut most_waiting = 0.0f64;
-    while metric(&app, ok).await < PARTICIPANTS as f64 {
+    while app.metric(ok).await < PARTICIPANTS as f64 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "only {} of {PARTICIPANTS} lookups answered in time",
-            metric(&app, ok).await
+            app.metric(ok).await
         );
-        most_waiting = most_waiting.max(metric(&app, slot).await);
+        most_waiting = most_waiting.max(app.metric(slot).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -86,7 +78,7 @@ async fn a_backlog_of_lookups_waits_for_free_slots_and_drains_by_itself() {
         .await;
     }
     wait_until(Duration::from_secs(3), || async {
-        metric(&app, slot).await == 0.0
+        app.metric(slot).await == 0.0
     })
     .await;
 }

@@ -112,12 +112,7 @@ async fn download_fails_twice_with_500_then_succeeds() {
     // One process-wide registry for every test here: only lower bounds hold.
     let (_, metrics) = app.get_admin("/metrics").await;
     let metrics = metrics.as_str().unwrap();
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
-    };
+    let value = |series: &str| metric_in(metrics, series);
     assert!(value("callhook_recordings_total{outcome=\"retried\"}") >= 2.0);
     assert!(value("callhook_recordings_total{outcome=\"downloaded\"}") >= 1.0);
     value("callhook_recording_queue_depth");

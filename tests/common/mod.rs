@@ -152,6 +152,12 @@ impl TestApp {
         )
     }
 
+    /// A counter or gauge from `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get_admin("/metrics").await;
+        metric_in(text.as_str().unwrap(), series)
+    }
+
     pub async fn get_admin(&self, path: &str) -> (u16, Value) {
         let resp = self
             .http
@@ -203,6 +209,13 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The value of `series` (name and labels, as printed) in Prometheus text.
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F)
