@@ -122,8 +122,8 @@ pub struct JasSettings {
     /// API shorten it instead of waiting 10 s for each timeout.
     #[doc(hidden)]
     pub request_timeout: Duration,
-    /// Retry pacing of JAS API calls and lookups. Not configuration keys: always the defaults, except in
-    /// tests of an API that stays down longer than one call's retries.
+    /// Retry pacing of JAS API calls and lookups. Not configuration keys: always the defaults,
+    /// except in tests of an API that stays down longer than one call's retries.
     #[doc(hidden)]
     pub retry: JasRetry,
 }
@@ -132,7 +132,8 @@ pub struct JasSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct JasRetry {
     /// One call's pause before its first retry (then doubled, with jitter), its longest pause,
-    /// and how many retries it makes after the first attempt: about 6 s of retrying in all.
+    /// and how many retries it makes after the first attempt: 6 s or more of retrying in all
+    /// (the pauses carry jitter, and each attempt may take up to the request timeout).
     pub request_min: Duration,
     pub request_max: Duration,
     pub request_retries: usize,

@@ -36,7 +36,7 @@ use state::{STATE_EVERY, STATE_MAX_KEYS, StateBuffer};
 const BATCH: usize = 512;
 /// How long the processor lets newly committed events gather before applying them.
 const LINGER: Duration = Duration::from_millis(10);
-/// A lookup the JAS client gave up on (the API unavailable through all its retries, about 6 s)
+/// A lookup the JAS client gave up on (the API unavailable through all its retries, 6 s or more)
 /// is asked again this much later, the pause doubling with each further give-up up to
 /// `RELOOKUP_MAX`, until the API answers or the participant no longer needs it.
 pub const RELOOKUP_FIRST: Duration = Duration::from_secs(5);

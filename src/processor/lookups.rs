@@ -128,7 +128,7 @@ impl Lookups {
                         .await
                 }
             };
-            // Shutdown does not wait out a lookup's retries (about 6 s): the participant is
+            // Shutdown does not wait out a lookup's retries (6 s or more): the participant is
             // still waiting for details in the database and is looked up again on restart.
             let outcome = tokio::select! {
                 outcome = lookup => outcome,
