@@ -28,6 +28,7 @@ use crate::recordings::path::recording_relative_path;
 mod lookups;
 mod relookup;
 mod state;
+pub use lookups::LOOKUP_CONCURRENCY;
 use lookups::{Lookups, Queued};
 use relookup::Relookups;
 use state::{STATE_EVERY, STATE_MAX_KEYS, StateBuffer};
@@ -251,7 +252,7 @@ impl Processor {
         let now = Utc::now();
         match event {
             JasEvent::CallStatus(cs) => {
-                let key = ParticipantKey::new(Provider::Jas, &cs.dn, &cs.participant_id);
+                let key = jas_key(&cs);
                 let at = cs.timestamp.or(Some(received_at));
                 match cs.change {
                     ParticipantChange::Upsert => {
@@ -380,7 +381,7 @@ impl Processor {
         for (_, event) in events {
             match event {
                 Decoded::Jas(JasEvent::CallStatus(cs)) => {
-                    let key = ParticipantKey::new(Provider::Jas, &cs.dn, &cs.participant_id);
+                    let key = jas_key(cs);
                     if !self.table.has_participant(&key) {
                         participants.push(key);
                     }
@@ -486,11 +487,11 @@ impl Processor {
     /// superseded by it.
     fn start_lookup(&mut self, key: ParticipantKey, seq: i64, at: Option<DateTime<Utc>>) {
         let failures = self.relookups.supersede(&key);
-        self.spawn_lookup(key, seq, at, failures);
+        self.queue_lookup(key, seq, at, failures);
     }
 
-    fn spawn_lookup(
-        &mut self,
+    fn queue_lookup(
+        &self,
         key: ParticipantKey,
         seq: i64,
         at: Option<DateTime<Utc>>,
@@ -519,7 +520,7 @@ impl Processor {
         let (mut asked, mut dropped) = (0usize, 0usize);
         for (key, w) in self.relookups.round(tokio::time::Instant::now()) {
             if self.lookup_wanted(&key, w.seq) {
-                self.spawn_lookup(key, w.seq, w.at, w.failures);
+                self.queue_lookup(key, w.seq, w.at, w.failures);
                 asked += 1;
             } else {
                 dropped += 1;
@@ -679,6 +680,11 @@ fn details_from(key: &ParticipantKey, p: ParticipantDetails) -> Details {
         leg_id: p.legid,
         ..Default::default()
     }
+}
+
+/// The participant a JAS `call_status` event is about.
+fn jas_key(cs: &jas_events::CallStatus) -> ParticipantKey {
+    ParticipantKey::new(Provider::Jas, &cs.dn, &cs.participant_id)
 }
 
 /// A journal row decoded once, for warming and applying.

@@ -7,11 +7,10 @@ mod common;
 
 use std::time::Duration;
 
+use callhook::processor::LOOKUP_CONCURRENCY as SLOTS;
 use callhook::sim::{JasSim, SimRoute};
 use common::*;
 
-/// Lookups in flight at once (`LOOKUP_CONCURRENCY` in `processor/lookups.rs`).
-const SLOTS: usize = 32;
 const PARTICIPANTS: usize = 100;
 /// How long the API takes for each lookup: 100 lookups through 32 slots take 4 rounds.
 const DELAY: Duration = Duration::from_millis(1500);

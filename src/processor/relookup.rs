@@ -5,8 +5,8 @@
 //!
 //! Entries are asked again in rounds: one timer for all of them, at most one round per `first`,
 //! so an outage costs one summary log line per round rather than one per participant. Each
-//! round makes one attempt per lookup (the rounds are the backoff) through the processor's
-//! lookup semaphore, so a round opens no more connections at once than fresh lookups do.
+//! round makes one attempt per lookup (the rounds are the backoff) through the same 32 lookup
+//! slots as fresh lookups (`lookups.rs`), so a round opens no more connections at once.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
