@@ -1,12 +1,12 @@
 //! Which way a call goes, decided from its participants (SPEC §4). Pure, so that the same set of
 //! participants gives the same answer whatever order their events arrived in.
 
-use super::model::{Direction, Provider, Tracked};
+use super::model::{Direction, Provider};
 
 const EXTERNAL_LINE: &str = "wexternalline";
 
-/// What the direction is decided from, about one participant: borrowed from a `Tracked` or from
-/// the table's own form of it. Empty strings where it has no details.
+/// What the direction is decided from, about one participant: borrowed from the table's own form
+/// of it (`Held::side`). Empty strings where it has no details.
 pub(super) struct Side<'a> {
     pub status: &'a str,
     /// The status it was first seen in (the oldest details by sequence), else its status.
@@ -19,29 +19,10 @@ pub(super) struct Side<'a> {
     pub leg_direction: Option<&'a str>,
 }
 
-impl<'a> Side<'a> {
-    fn of(t: &'a Tracked) -> Self {
-        let d = t.details.as_ref();
-        let status = d.map_or("", |d| d.status.as_str());
-        Side {
-            status,
-            first_status: t.first_status.as_deref().unwrap_or(status),
-            dn: d.and_then(|d| d.dn.as_deref()).unwrap_or(&t.key.dn),
-            party_dn: d.map_or("", |d| &d.party_dn),
-            party_dn_type: d.map_or("", |d| &d.party_dn_type),
-            leg: d.and_then(|d| d.leg.as_deref()),
-            leg_direction: d.and_then(|d| d.leg_direction.as_deref()),
-        }
-    }
-
+impl Side<'_> {
     fn far_side_external(&self) -> bool {
         self.party_dn_type.eq_ignore_ascii_case(EXTERNAL_LINE)
     }
-}
-
-pub fn direction_of(provider: Provider, members: &[&Tracked]) -> Direction {
-    let sides: Vec<Side> = members.iter().map(|t| Side::of(t)).collect();
-    decide(provider, &sides)
 }
 
 pub(super) fn decide(provider: Provider, members: &[Side]) -> Direction {
@@ -97,8 +78,20 @@ fn jas_direction(members: &[Side]) -> Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calls::model::{Details, ParticipantKey};
+    use crate::calls::compact::Held;
+    use crate::calls::model::{Details, ParticipantKey, Tracked};
     use chrono::Utc;
+
+    /// The direction of a call of these participants, through the same `Side`s the table
+    /// builds from its compact rows.
+    fn direction_of(provider: Provider, members: &[&Tracked]) -> Direction {
+        let held: Vec<_> = members
+            .iter()
+            .map(|t| Held::from_tracked((*t).clone()))
+            .collect();
+        let sides: Vec<Side> = held.iter().map(|(k, h)| h.side(&k.member)).collect();
+        decide(provider, &sides)
+    }
 
     fn member(dn: &str, first: &str, now: &str, party_dn: &str, party_type: &str) -> Tracked {
         let mut t = Tracked::new(ParticipantKey::new(Provider::Jas, dn, "1"), Utc::now());

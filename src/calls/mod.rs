@@ -7,7 +7,6 @@ mod direction;
 mod model;
 mod table;
 
-pub use direction::direction_of;
 pub use model::{
     Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Provider, Recording,
     RecordingState, Tracked,

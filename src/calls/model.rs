@@ -151,6 +151,8 @@ impl Tracked {
         self.removed_seq.is_some()
     }
 
+    /// The participant as the API shows it. The table builds its views from its compact rows
+    /// (`Held::view`); this plain version is the property test's reference for those.
     pub fn view(&self) -> Participant {
         let d = self.details.clone().unwrap_or_default();
         Participant {
