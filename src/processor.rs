@@ -23,7 +23,7 @@ use crate::providers::jas::events::{self as jas_events, JasEvent, ParticipantCha
 use crate::providers::telecmi::apply as telecmi_apply;
 use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
 use crate::recordings::RecordingUpdate;
-use crate::recordings::path::recording_relative_path;
+use crate::recordings::path::{DOWNLOADS_OFF, destination};
 
 mod lookups;
 mod relookup;
@@ -311,22 +311,13 @@ impl Processor {
         {
             return;
         }
-        let checked = recording_relative_path("jas", &r.recording_url);
-        let (state, path, error) = match (checked, &self.downloads) {
-            (Err(e), _) => {
+        let (state, path, error) = match (destination("jas", &r.recording_url), &self.downloads) {
+            (Err(refused), _) => {
                 metrics::counter!("callhook_recordings_total", "outcome" => "refused").increment(1);
-                (RecordingState::Failed, None, Some(format!("refused: {e}")))
+                (RecordingState::Failed, None, Some(refused))
             }
-            (Ok(_), None) => (
-                RecordingState::Failed,
-                None,
-                Some("recording downloads are disabled".to_string()),
-            ),
-            (Ok(p), Some(_)) => (
-                RecordingState::Pending,
-                Some(p.to_string_lossy().into_owned()),
-                None,
-            ),
+            (Ok(_), None) => (RecordingState::Failed, None, Some(DOWNLOADS_OFF.into())),
+            (Ok(path), Some(_)) => (RecordingState::Pending, Some(path), None),
         };
         let recording = Recording {
             id,

@@ -48,21 +48,32 @@ pub fn recording_relative_path(provider_dir: &str, name: &str) -> Result<PathBuf
     Ok(path)
 }
 
-/// Where a provider's recording will land, as a download job records it: the relative path, or
-/// why the name was refused (then nothing is ever requested or written). A refusal is logged
-/// at `warn` here, once, when the event is accepted.
+/// The error a recording shows on its call while downloads are off.
+pub const DOWNLOADS_OFF: &str = "recording downloads are disabled";
+
+/// Where a provider's recording will land, as its download job and its call both record it:
+/// the relative path, or the error shown when the name is refused.
+pub fn destination(provider_dir: &str, name: &str) -> Result<String, String> {
+    recording_relative_path(provider_dir, name)
+        .map(|path| path.to_string_lossy().into_owned())
+        .map_err(|e| format!("refused: {e}"))
+}
+
+/// `destination` as a download job records it: the path, or why the name was refused (then
+/// nothing is ever requested or written). A refusal is logged at `warn` here, once, when the
+/// event is accepted.
 pub fn job_destination(
     provider: &'static str,
     call_id: &str,
     name: &str,
 ) -> (Option<String>, Option<String>) {
-    match recording_relative_path(provider, name) {
-        Ok(path) => (Some(path.to_string_lossy().into_owned()), None),
-        Err(e) => {
+    match destination(provider, name) {
+        Ok(path) => (Some(path), None),
+        Err(refused) => {
             tracing::warn!(provider, call_id = %call_id.escape_debug(),
-                recording = %name.escape_debug(), reason = %e,
+                recording = %name.escape_debug(), reason = %refused,
                 "recording name refused; nothing will be written");
-            (None, Some(format!("refused: {e}")))
+            (None, Some(refused))
         }
     }
 }

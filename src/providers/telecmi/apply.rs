@@ -10,7 +10,7 @@ use crate::calls::{
     CallKey, CallState, CallTable, Changes, Details, ParticipantKey, Provider, Recording,
     RecordingState,
 };
-use crate::recordings::path::recording_relative_path;
+use crate::recordings::path::{DOWNLOADS_OFF, destination};
 
 const RANK_STARTED: i64 = 1;
 const RANK_ANSWERED: i64 = 2;
@@ -225,19 +225,10 @@ fn leg_details(
 /// name is refused as a path or downloads are off (shown all the same, as for JAS: the provider
 /// has the recording, and the call says why callhook does not).
 fn recording(event: &TelecmiEvent, name: &str, downloads: bool) -> Recording {
-    let checked = recording_relative_path("telecmi", name);
-    let (state, path, error) = match checked {
-        Err(e) => (RecordingState::Failed, None, Some(format!("refused: {e}"))),
-        Ok(_) if !downloads => (
-            RecordingState::Failed,
-            None,
-            Some("recording downloads are disabled".to_string()),
-        ),
-        Ok(p) => (
-            RecordingState::Pending,
-            Some(p.to_string_lossy().into_owned()),
-            None,
-        ),
+    let (state, path, error) = match destination("telecmi", name) {
+        Err(refused) => (RecordingState::Failed, None, Some(refused)),
+        Ok(_) if !downloads => (RecordingState::Failed, None, Some(DOWNLOADS_OFF.into())),
+        Ok(path) => (RecordingState::Pending, Some(path), None),
     };
     Recording {
         id: name.to_string(),
