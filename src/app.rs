@@ -144,7 +144,7 @@ impl Application {
                 path: settings.storage.path.display().to_string(),
                 source,
             })?;
-        for provider in [Provider::Jas, Provider::Telecmi] {
+        for provider in Provider::ALL {
             metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
                 .set(table.active_count(provider) as f64);
         }

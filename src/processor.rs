@@ -638,7 +638,7 @@ impl Processor {
         metrics::gauge!("callhook_lookups_waiting", "reason" => "retry")
             .set(self.relookups.len() as f64);
         if std::mem::take(&mut self.gauge_stale) {
-            for provider in [Provider::Jas, Provider::Telecmi] {
+            for provider in Provider::ALL {
                 metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
                     .set(self.table.active_count(provider) as f64);
             }

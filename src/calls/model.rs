@@ -14,6 +14,8 @@ pub enum Provider {
 }
 
 impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Jas, Provider::Telecmi];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Jas => "jas",

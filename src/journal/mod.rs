@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::calls::{Call, CallKey, ParticipantKey, Tracked};
+use crate::calls::{Call, CallKey, ParticipantKey, Provider, Tracked};
 
 pub use writer::{JobUpdate, NewJob};
 
@@ -351,15 +351,21 @@ impl Journal {
                 calls.push((serde_json::from_str(&doc)?, from_ms(row.get(1)?)));
             }
             let mut participants = vec![];
-            let mut stmt = conn.prepare(
-                // Both halves use an index (`calls_state_ended`, `participants_call`).
+            // Both halves use an index (`calls_state_ended`, `participants_call`); the second
+            // names every provider so that `participants_call`'s first column is constrained.
+            let providers = Provider::ALL
+                .iter()
+                .map(|p| format!("'{}'", p.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = conn.prepare(&format!(
                 "SELECT p.doc FROM calls c JOIN participants p
                    ON p.provider = c.provider AND p.call_id = c.call_id
                  WHERE c.state = 'active'
                  UNION ALL
                  SELECT doc FROM participants
-                 WHERE provider IN ('jas', 'telecmi') AND call_id IS NULL AND activity_ms >= ?1",
-            )?;
+                 WHERE provider IN ({providers}) AND call_id IS NULL AND activity_ms >= ?1"
+            ))?;
             let mut rows = stmt.query(params![recent])?;
             while let Some(row) = rows.next()? {
                 let doc: String = row.get(0)?;
