@@ -999,6 +999,28 @@ struct Row {
     met: Option<bool>,
 }
 
+/// Starts a floor server (`args`: its subcommand and options), loads it like the ceiling, and
+/// says what it reached, with its ratio to the ceiling when that ran.
+fn floor(
+    exe: &Path,
+    args: &[&str],
+    bodies: &Path,
+    (secs, conns): (u64, usize),
+    ceiling_rps: Option<f64>,
+) -> String {
+    let (server, addr) = start_server_args(exe, args);
+    let url = format!("http://{addr}/webhooks/jas");
+    let w = wrk_on(&server.pid(), &url, bodies, 1, secs, conns);
+    drop(server);
+    let ratio = ceiling_rps.map_or(String::new(), |c| {
+        format!("; ratio to the ceiling {:.2}", w.rps / c)
+    });
+    format!(
+        "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms){ratio}",
+        w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k, w.wrk_cpu_ms_per_1k
+    )
+}
+
 fn row(rows: &mut Vec<Row>, what: &str, measured: String, target: &str, met: Option<bool>) {
     eprintln!("  {what}: {measured} (target {target})");
     rows.push(Row {
@@ -1066,21 +1088,17 @@ async fn all(args: AllArgs) {
     if wants("floor") {
         eprintln!("[1b] durable floor: ceiling + Journal::append, {conns} connections, {secs} s");
         let db = work.join("floor/callhook.db");
-        let (server, addr) =
-            start_server_args(&exe, &["durable-floor", "--db", db.to_str().unwrap()]);
-        let url = format!("http://{addr}/webhooks/jas");
-        let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
-        drop(server);
-        let ratio = ceiling_rps.map_or(String::new(), |c| {
-            format!("; ratio to the ceiling {:.2}", w.rps / c)
-        });
+        let measured = floor(
+            &exe,
+            &["durable-floor", "--db", db.to_str().unwrap()],
+            &bodies,
+            (secs, conns),
+            ceiling_rps,
+        );
         row(
             &mut rows,
             "1b. durable floor: (1) + `Journal::append` (group commit, WAL fdatasync) before the reply",
-            format!(
-                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms){ratio}",
-                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k, w.wrk_cpu_ms_per_1k
-            ),
+            measured,
             "—",
             None,
         );
@@ -1093,27 +1111,19 @@ async fn all(args: AllArgs) {
             args.file_floor_prealloc_mib.to_string(),
             args.file_floor_lanes.to_string(),
         );
-        let (server, addr) = start_server_args(
-            &exe,
-            &[
-                "file-floor",
-                "--file",
-                file.to_str().unwrap(),
-                "--prealloc-mib",
-                &prealloc,
-                "--lanes",
-                &lanes,
-            ]
-            .into_iter()
-            .chain(args.file_floor_dsync.then_some("--dsync"))
-            .collect::<Vec<_>>(),
-        );
-        let url = format!("http://{addr}/webhooks/jas");
-        let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
-        drop(server);
-        let ratio = ceiling_rps.map_or(String::new(), |c| {
-            format!("; ratio to the ceiling {:.2}", w.rps / c)
-        });
+        let server_args: Vec<&str> = [
+            "file-floor",
+            "--file",
+            file.to_str().unwrap(),
+            "--prealloc-mib",
+            &prealloc,
+            "--lanes",
+            &lanes,
+        ]
+        .into_iter()
+        .chain(args.file_floor_dsync.then_some("--dsync"))
+        .collect();
+        let measured = floor(&exe, &server_args, &bodies, (secs, conns), ceiling_rps);
         row(
             &mut rows,
             &format!(
@@ -1125,10 +1135,7 @@ async fn all(args: AllArgs) {
                 },
                 args.file_floor_lanes
             ),
-            format!(
-                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms){ratio}",
-                w.rps, w.p50_ms, w.p99_ms, w.errors, w.cpu_ms_per_1k, w.wrk_cpu_ms_per_1k
-            ),
+            measured,
             "—",
             None,
         );
