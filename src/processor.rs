@@ -669,6 +669,7 @@ fn details_from(key: &ParticipantKey, p: ParticipantDetails) -> Details {
         party_dn: p.party_dn,
         party_dn_type: p.party_dn_type,
         leg_id: p.legid,
+        did: (!p.party_did.is_empty()).then_some(p.party_did),
         ..Default::default()
     }
 }
@@ -712,5 +713,26 @@ fn decode_row(row: &StoredEvent) -> Option<Decoded> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jas_participant_has_a_did_only_when_jas_names_one() {
+        let key = ParticipantKey::new(Provider::Jas, "101", "172");
+        let lookup = |did: &str| ParticipantDetails {
+            callid: "26".into(),
+            party_caller_id: "05148888888".into(),
+            party_did: did.into(),
+            ..Default::default()
+        };
+        let d = details_from(&key, lookup(""));
+        assert_eq!((d.caller_id, d.did), (None, None));
+        let d = details_from(&key, lookup("0044123"));
+        assert_eq!(d.did.as_deref(), Some("0044123"));
+        assert_eq!(d.party_number, "05148888888");
     }
 }

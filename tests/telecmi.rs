@@ -903,3 +903,88 @@ async fn a_leg_b_cdr_after_a_restart_still_finds_its_call_through_its_leg() {
     );
     assert!(app.call("telecmi", b_leg).await.is_none(), "a phantom call");
 }
+
+#[tokio::test]
+async fn caller_id_and_did_are_kept_with_their_leading_zeros_across_a_restart() {
+    let dir = tempdir();
+    let env = env_with_token(dir.path());
+    let app = TestApp::spawn(&env, dir.path()).await;
+    // Recent times: retention would sweep a call that ended long ago at the restart.
+    let now = chrono::Utc::now().timestamp_millis() - 60_000;
+    // Bare leading-zero numbers, as TeleCMI writes them: not JSON, kept as text.
+    let inbound_a = format!(
+        r#"{{"type": "event", "leg": "a", "cmiuuid": "cd-a", "conversation_uuid": "cd-in",
+        "status": "waiting", "direction": "inbound", "from": 09200000000,
+        "callerid": 04471000000, "to": 04400000001, "time": {now}}}"#
+    );
+    let inbound_b = format!(
+        r#"{{"type": "event", "leg": "b", "cmiuuid": "cd-b", "conversation_uuid": "cd-in",
+        "status": "answered", "direction": "outbound", "user": "103_1111113",
+        "virtual_number": 04400000002, "to": 9100000000, "time": {}}}"#,
+        now + 1000
+    );
+    let outbound_a = format!(
+        r#"{{"type": "event", "leg": "a", "cmiuuid": "cd-o", "conversation_uuid": "cd-out",
+        "status": "started", "direction": "outbound", "callerid": 04471000000,
+        "to": 09100000000, "time": {now}}}"#
+    );
+    for body in [&inbound_a, &inbound_b, &outbound_a] {
+        post_ok(&app, body).await;
+    }
+    // The hang-up names neither number: what was known stays.
+    let hangup = json!({"type": "event", "leg": "a", "cmiuuid": "cd-a", "conversation_uuid": "cd-in",
+        "status": "hangup", "direction": "inbound", "time": now + 5000});
+    post_ok(&app, &hangup.to_string()).await;
+    app.wait_call("telecmi", "cd-in", ended).await;
+    app.wait_call("telecmi", "cd-out", |_| true).await;
+
+    let check = |inbound: &Value, outbound: &Value| {
+        let a = participant(inbound, "cd-a");
+        assert_eq!(
+            (&a["caller_id"], &a["did"]),
+            (&json!("04471000000"), &json!("04400000001")),
+            "{inbound:#}"
+        );
+        let b = participant(inbound, "cd-b");
+        assert_eq!(
+            (&b["caller_id"], &b["did"]),
+            (&Value::Null, &json!("04400000002")),
+            "{inbound:#}"
+        );
+        // An outbound call's `to` is the customer, not a DID.
+        let o = participant(outbound, "cd-o");
+        assert_eq!(
+            (&o["caller_id"], &o["did"]),
+            (&json!("04471000000"), &Value::Null),
+            "{outbound:#}"
+        );
+    };
+    let inbound = app.call("telecmi", "cd-in").await.unwrap();
+    let outbound = app.call("telecmi", "cd-out").await.unwrap();
+    check(&inbound, &outbound);
+    // `/api/history` reads the call back from the database.
+    let mut listed = None;
+    for _ in 0..200 {
+        let (_, history) = app.get_admin("/api/history?limit=10").await;
+        listed = history["calls"]
+            .as_array()
+            .and_then(|calls| calls.iter().find(|c| c["call_id"] == "cd-in"))
+            .cloned();
+        if listed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    check(&listed.expect("cd-in in the history"), &outbound);
+    app.stop().await.unwrap();
+
+    // The ended call is read back from disk, the active one restored at start.
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let inbound = app.call("telecmi", "cd-in").await.expect("ended call kept");
+    let outbound = app
+        .call("telecmi", "cd-out")
+        .await
+        .expect("active call restored");
+    check(&inbound, &outbound);
+    app.stop().await.unwrap();
+}

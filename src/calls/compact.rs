@@ -81,8 +81,17 @@ pub(super) struct HeldDetails {
     pub leg_id: Option<i64>,
     pub leg: Option<Text>,
     pub leg_direction: Option<Text>,
+    /// `caller_id` and `did`, unknown for most JAS participants: `None` when both are.
+    pub numbers: Option<Box<Numbers>>,
     /// Empty for JAS participants, so not worth 24 bytes inline each: `None` stands for empty.
     pub extra: Option<Box<Map<String, Value>>>,
+}
+
+/// `Details::caller_id` and `Details::did` as held.
+#[derive(Debug, Clone)]
+pub(super) struct Numbers {
+    pub caller_id: Option<Text>,
+    pub did: Option<Text>,
 }
 
 impl From<Details> for HeldDetails {
@@ -98,6 +107,12 @@ impl From<Details> for HeldDetails {
             leg_id: d.leg_id,
             leg: d.leg.map(Text::from),
             leg_direction: d.leg_direction.map(Text::from),
+            numbers: (d.caller_id.is_some() || d.did.is_some()).then(|| {
+                Box::new(Numbers {
+                    caller_id: d.caller_id.map(Text::from),
+                    did: d.did.map(Text::from),
+                })
+            }),
             extra: (!d.extra.is_empty()).then(|| Box::new(d.extra)),
         }
     }
@@ -116,8 +131,20 @@ impl HeldDetails {
             leg_id: self.leg_id,
             leg: self.leg.as_ref().map(Text::to_string),
             leg_direction: self.leg_direction.as_ref().map(Text::to_string),
+            caller_id: self.caller_id(),
+            did: self.did(),
             extra: self.extra(),
         }
+    }
+
+    fn caller_id(&self) -> Option<String> {
+        let n = self.numbers.as_deref()?;
+        n.caller_id.as_ref().map(Text::to_string)
+    }
+
+    fn did(&self) -> Option<String> {
+        let n = self.numbers.as_deref()?;
+        n.did.as_ref().map(Text::to_string)
     }
 
     fn extra(&self) -> Map<String, Value> {
@@ -215,6 +242,8 @@ impl Held {
             party_dn_type: text(|d| &d.party_dn_type),
             leg_id: d.and_then(|d| d.leg_id),
             leg: d.and_then(|d| d.leg.as_ref().map(Text::to_string)),
+            caller_id: d.and_then(HeldDetails::caller_id),
+            did: d.and_then(HeldDetails::did),
             updated_at: self.updated_at,
             joined_at: self.joined_at,
             left_at: self.left_at,

@@ -94,6 +94,12 @@ pub struct Details {
     pub leg: Option<String>,
     #[serde(default)]
     pub leg_direction: Option<String>,
+    /// The number shown to the far end (TeleCMI `callerid`), as text with its leading zeros.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// The DID dialled on an inbound call (TeleCMI `virtual_number`, else `to`; JAS `party_did`).
+    #[serde(default)]
+    pub did: Option<String>,
     /// Provider-specific facts worth keeping (hang-up reason, answered seconds, ...).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
@@ -171,6 +177,8 @@ impl Tracked {
             party_dn_type: d.party_dn_type,
             leg_id: d.leg_id,
             leg: d.leg,
+            caller_id: d.caller_id,
+            did: d.did,
             updated_at: self.updated_at,
             joined_at: self.joined_at,
             left_at: self.left_at,
@@ -227,6 +235,12 @@ pub struct Participant {
     pub leg_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<String>,
+    /// The number shown to the far end (TeleCMI `callerid`); null when unknown.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// The DID an inbound call dialled; null when unknown.
+    #[serde(default)]
+    pub did: Option<String>,
     pub updated_at: Option<DateTime<Utc>>,
     pub joined_at: Option<DateTime<Utc>>,
     /// Set once the participant has left; an active call lists who left too.

@@ -390,6 +390,8 @@ fn restore_gives_back_the_same_documents() {
             leg_id: Some(-1),
             leg: Some("a".into()),
             leg_direction: Some("inbound".into()),
+            caller_id: Some("04471000000".into()),
+            did: Some("+44 0000 000000 a DID longer than 24 bytes".into()),
             extra,
         },
         Some(t(1)),

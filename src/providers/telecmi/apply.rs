@@ -216,6 +216,8 @@ fn leg_details(
             .unwrap_or(known.party_number),
         leg: leg.map(|l| l.as_str().to_string()).or(known.leg),
         leg_direction: event.direction.clone().or(known.leg_direction),
+        caller_id: event.callerid.clone().or(known.caller_id),
+        did: event.did().map(str::to_string).or(known.did),
         extra,
         ..Default::default()
     }

@@ -57,6 +57,9 @@ pub struct TelecmiEvent {
     pub from: Option<String>,
     pub to: Option<String>,
     pub callerid: Option<String>,
+    /// The DID the call came in on, when TeleCMI names it. Kept as text (leading zeros too); a
+    /// value that is no phone number is left out rather than refused, since nothing acts on it.
+    pub virtual_number: Option<String>,
     /// From `app_id`, else `appid`.
     pub app_id: Option<String>,
     /// `time`, epoch milliseconds.
@@ -150,6 +153,15 @@ impl TelecmiEvent {
             _ => [from, callerid, to],
         };
         candidates.into_iter().flatten().next()
+    }
+
+    /// The DID dialled: `virtual_number`, else `to` of an inbound call.
+    pub fn did(&self) -> Option<&str> {
+        self.virtual_number.as_deref().or_else(|| {
+            (self.direction.as_deref() == Some("inbound"))
+                .then_some(self.to.as_deref())
+                .flatten()
+        })
     }
 }
 
@@ -291,6 +303,7 @@ fn from_raw(raw: Map<String, Value>) -> Result<TelecmiEvent, DecodeError> {
         from: digits_text(&raw, "from", "a phone number")?,
         to: digits_text(&raw, "to", "a phone number")?,
         callerid: digits_text(&raw, "callerid", "a phone number")?,
+        virtual_number: digits_text(&raw, "virtual_number", "a phone number").unwrap_or(None),
         app_id: digits_text(&raw, app_id_field, "a string or integer id")?,
         time_ms: integer(&raw, "time")?,
         answeredsec: integer(&raw, "answeredsec")?,
