@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `demo`, `check-config`, `sign`, `send`, `webhooks`.
+//! The command line: `serve` (the default), `demo`, `check-config`, `sign`, `send`, `webhooks`,
+//! `healthcheck`.
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
 
 use std::io::Read;
@@ -63,6 +64,9 @@ enum Command {
         #[command(subcommand)]
         action: WebhooksAction,
     },
+    /// Exit 0 when the configured daemon answers /healthz on admin.listen, else 1 (for container
+    /// health checks)
+    Healthcheck(ConfigArg),
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +96,7 @@ pub fn run() -> ExitCode {
         Command::Sign { secret_env, file } => sign_cmd(&secret_env, &file),
         Command::Send { url, config, file } => runtime(send(url, config, file)),
         Command::Webhooks { action } => runtime(webhooks(action)),
+        Command::Healthcheck(c) => runtime(healthcheck(c)),
     }
 }
 
@@ -326,5 +331,61 @@ async fn webhooks(action: WebhooksAction) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `admin.listen` as a client reaches it: an unspecified address (`0.0.0.0`, `[::]`) means this
+/// host's loopback.
+fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
+}
+
+/// `GET /healthz` on `admin.listen` (which needs no token): 0 when it answers 200, else one line
+/// on stderr saying what is wrong and 1, a bad configuration included (Docker reserves 2).
+async fn healthcheck(c: ConfigArg) -> ExitCode {
+    let Ok(settings) = load(&c) else {
+        return ExitCode::from(1);
+    };
+    let addr = reachable(settings.admin.listen);
+    if addr.port() == 0 {
+        eprintln!("callhook: admin.listen has port 0: there is no fixed address to check");
+        return ExitCode::from(1);
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("callhook: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(resp) if resp.status().is_success() => ExitCode::SUCCESS,
+        Ok(resp) => {
+            eprintln!("callhook: {url} answered {}", resp.status());
+            ExitCode::from(1)
+        }
+        Err(e) if e.is_timeout() => {
+            eprintln!("callhook: {url} did not answer within 3 s");
+            ExitCode::from(1)
+        }
+        Err(e) if e.is_connect() => {
+            eprintln!("callhook: nothing answers at {url} (is callhook running?)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("callhook: {url}: {e}");
+            ExitCode::from(1)
+        }
     }
 }

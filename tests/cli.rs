@@ -37,6 +37,7 @@ fn help_and_version() {
         vec!["send", "--help"],
         vec!["webhooks", "--help"],
         vec!["webhooks", "register", "--help"],
+        vec!["healthcheck", "--help"],
     ] {
         let out = callhook(&sub, &[]);
         assert!(out.status.success(), "{sub:?}");
@@ -235,4 +236,41 @@ async fn webhooks_register_list_unregister_by_hand() {
         tokio::task::block_in_place(|| callhook(&["webhooks", "list", "--config", config], &[]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("jas.token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_exits_0_against_a_running_daemon_and_1_with_nothing_listening() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let file = dir.path().join("empty.toml");
+    std::fs::write(&file, "").unwrap();
+    let config = file.to_str().unwrap().to_string();
+    let check = |admin: String| {
+        let config = config.clone();
+        tokio::task::block_in_place(move || {
+            callhook(
+                &["healthcheck", "--config", &config],
+                &[("CALLHOOK__ADMIN__LISTEN", &admin)],
+            )
+        })
+    };
+    let admin = app.admin.trim_start_matches("http://").to_string();
+    let out = check(admin.clone());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // 0.0.0.0 in the configuration is reached on loopback.
+    let port = admin.rsplit(':').next().unwrap();
+    let out = check(format!("0.0.0.0:{port}"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    app.stop().await.unwrap();
+    let out = check(admin.clone());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&admin), "{stderr}");
+
+    // A bad configuration is unhealthy too: 1, never Docker's reserved 2.
+    let out = check("not an address".into());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
