@@ -37,7 +37,12 @@ enum Command {
     /// Run the daemon (what a bare `callhook` does)
     Serve(ConfigArg),
     /// Run the whole pipeline against a built-in simulated JAS Connect API, print the result, exit
-    Demo,
+    Demo {
+        /// Where to keep the demo's database and recordings (created; must be empty or absent).
+        /// Default: a new folder under the system's temporary directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Load and validate the configuration and print it with every secret as ***
     CheckConfig(ConfigArg),
     /// Print the X-SIG value of a body (for curl tests)
@@ -91,7 +96,7 @@ pub fn run() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
         Command::Serve(c) => serve(c),
-        Command::Demo => runtime(crate::demo::run()),
+        Command::Demo { dir } => runtime(crate::demo::run(dir)),
         Command::CheckConfig(c) => check_config(c),
         Command::Sign { secret_env, file } => sign_cmd(&secret_env, &file),
         Command::Send { url, config, file } => runtime(send(url, config, file)),

@@ -836,8 +836,10 @@ mod tests {
     use super::*;
 
     fn load_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        // Removed when it goes out of scope: the tests leave nothing in the temporary directory.
+        let empty = write_empty();
         Settings::load(&Sources {
-            file: Some(write_empty()),
+            file: Some(empty.path().join("empty.toml")),
             env: Some(
                 vars.iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -846,12 +848,10 @@ mod tests {
         })
     }
 
-    fn write_empty() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("callhook-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("empty.toml");
-        std::fs::write(&path, "").unwrap();
-        path
+    fn write_empty() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.toml"), "").unwrap();
+        dir
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `callhook demo`: the whole pipeline with no account and no network. It starts the simulated
-//! JAS Connect API and the daemon on free loopback ports with a temporary data folder, drives an
-//! outbound and an inbound call with signed events (a duplicate and an out-of-order pair among
-//! them), waits for the recording, prints the call table, and exits.
+//! JAS Connect API and the daemon on free loopback ports with a data folder of its own (`--dir`, else
+//! a new one under the temporary directory), drives an outbound and an inbound call with signed
+//! events (a duplicate and an out-of-order pair among them), waits for the recording, prints the
+//! call table and where it left its files (kept, so the recording can be played), and exits.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,23 @@ const SECRET: &str = "demo-webhook-secret";
 const TOKEN: &str = "demo-api-token";
 const RECORDING: &str = "101/[John Doe]_101-5148888888_20250603153720(26).wav";
 
-pub async fn run() -> ExitCode {
-    match demo().await {
+pub async fn run(dir: Option<PathBuf>) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "callhook-demo-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_millis()
+        ))
+    });
+    // An earlier demo's database would mix its calls into this one's.
+    if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        eprintln!(
+            "demo: {} is not empty; give an empty or new folder with --dir",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    match demo(&dir).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo failed: {e}");
@@ -138,13 +154,8 @@ impl Driver {
     }
 }
 
-async fn demo() -> Result<(), String> {
+async fn demo(dir: &Path) -> Result<(), String> {
     let started = Instant::now();
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "callhook-demo-{}-{}",
-        std::process::id(),
-        Utc::now().timestamp_millis()
-    ));
     println!("callhook demo: data in {}", dir.display());
 
     let sim = JasSim::with_token(TOKEN);
@@ -179,7 +190,7 @@ async fn demo() -> Result<(), String> {
     .into_iter()
     .map(|(k, v)| (format!("CALLHOOK__{k}"), v))
     .collect();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let empty = dir.join("demo.toml");
     std::fs::write(&empty, "").map_err(|e| e.to_string())?;
     let settings = Settings::load(&Sources {
@@ -368,6 +379,12 @@ async fn demo() -> Result<(), String> {
         "webhooks unregistered: {}; done in {:.1}s",
         sim.registrations().is_empty(),
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "\nfiles kept in {dir}:\n  {db}  (the journal and call history)\n  {rec}  (the recordings)\nremove them with: rm -r {dir}",
+        dir = dir.display(),
+        db = dir.join("data/callhook.db").display(),
+        rec = dir.join("recordings").display(),
     );
     Ok(())
 }

@@ -153,7 +153,14 @@ async fn send_posts_a_signed_event_and_prints_the_reply() {
 
 #[test]
 fn demo_runs_the_whole_pipeline_and_exits_0() {
-    let out = callhook(&["demo"], &[]);
+    // Its files go where --dir says and nowhere else: nothing is left in the temporary directory.
+    let tmp = tempdir();
+    let dir = tempdir();
+    let demo_dir = dir.path().join("demo");
+    let out = callhook(
+        &["demo", "--dir", demo_dir.to_str().unwrap()],
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -185,6 +192,25 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         "{stdout}"
     );
     assert!(stdout.contains("webhooks unregistered: true"));
+    // It says where it left its files, and they are there.
+    assert!(path.starts_with(demo_dir.to_str().unwrap()), "{path}");
+    assert!(
+        stdout.contains(&format!("files kept in {}", demo_dir.display())),
+        "{stdout}"
+    );
+    assert!(demo_dir.join("data/callhook.db").is_file());
+    assert!(stdout.contains(&format!("rm -r {}", demo_dir.display())));
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left in the temporary directory: {left:?}");
+
+    // A folder holding an earlier demo is refused rather than mixed into this one.
+    let out = callhook(&["demo", "--dir", demo_dir.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
