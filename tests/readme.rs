@@ -1,8 +1,11 @@
 //! Every shell block the README marks `<!-- tested -->` runs here, with the freshly built
 //! `callhook` first on PATH, so the README cannot rot.
 
+use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn tested_blocks() -> Vec<String> {
     let readme = include_str!("../README.md");
@@ -35,22 +38,54 @@ fn readme_blocks_run() {
         // The repository's example config is reachable as config/callhook.toml.
         std::os::unix::fs::symlink(Path::new(repo).join("config"), dir.path().join("config"))
             .unwrap();
+        let (stdout, stderr) = (dir.path().join(".stdout"), dir.path().join(".stderr"));
         let mut cmd = Command::new("bash");
         cmd.args(["-euo", "pipefail", "-c", &block])
             .current_dir(dir.path())
             .env("PATH", &path)
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // Files, not pipes: a daemon the block left behind would hold a pipe open forever.
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            // Its own process group, so whatever it started can be found (and stopped) after it.
+            .process_group(0);
         for (k, _) in std::env::vars() {
             if k.starts_with("CALLHOOK__") {
                 cmd.env_remove(k);
             }
         }
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut child = cmd.spawn().unwrap();
+        let group = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // A block run in a terminal must stop the daemon it started, or the next block's daemon
+        // cannot bind and its commands talk to the first one.
+        let left_running = signal_group("-0", group);
+        if left_running || status.is_none() {
+            signal_group("-KILL", group);
+            let _ = child.wait();
+        }
+        let stdout = std::fs::read_to_string(&stdout).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&stderr).unwrap_or_default();
+        let status = status.unwrap_or_else(|| {
+            panic!("block ran over 60 s:\n{block}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+        });
         assert!(
-            out.status.success(),
+            status.success(),
             "block failed:\n{block}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+        assert!(
+            !left_running,
+            "block left a process running (kill and wait for its daemon at the end):\n{block}"
         );
         // Where the block shows the expected output as a comment, it must be what came out.
         for expected in block
@@ -64,4 +99,13 @@ fn readme_blocks_run() {
             );
         }
     }
+}
+
+/// Sends `signal` (`-0` only asks) to every process of a group; true when any received it.
+fn signal_group(signal: &str, group: u32) -> bool {
+    Command::new("bash")
+        .args(["-c", &format!("kill {signal} -- -{group} 2> /dev/null")])
+        .status()
+        .unwrap()
+        .success()
 }
