@@ -62,6 +62,9 @@ pub struct JobUpdate {
     pub last_error: Option<String>,
     pub bytes: Option<u64>,
     pub sha256: Option<String>,
+    /// Where the file ended up when that is not the path the job was made with (a distinct
+    /// name beside another recording's file); `None` keeps the job's path.
+    pub rel_path: Option<String>,
 }
 
 pub(super) fn spawn(
@@ -426,7 +429,7 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
         tx.prepare_cached(
             "UPDATE jobs SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_error = ?5,
                              bytes = COALESCE(?6, bytes), sha256 = COALESCE(?7, sha256),
-                             updated_ms = ?8
+                             updated_ms = ?8, rel_path = COALESCE(?9, rel_path)
              WHERE id = ?1",
         )?
         .execute(params![
@@ -438,6 +441,7 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
             job.bytes.map(|b| b as i64),
             job.sha256,
             ms(Utc::now()),
+            job.rel_path,
         ])?;
     }
     for (provider, recording_id, call_id) in &state.job_calls {
