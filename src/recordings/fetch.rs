@@ -67,6 +67,7 @@ impl Fetcher {
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(TELECMI_READ_TIMEOUT)
             .redirect(super::redirect::policy())
+            .dns_resolver(super::redirect::PublicOnly::new(t.api_base.host_str()))
             .user_agent(concat!("callhook/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("building the recordings HTTP client: {e}"))?;

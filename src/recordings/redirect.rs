@@ -2,8 +2,8 @@
 //! whoever answers in its name, must not be able to point callhook at the host it runs on or at
 //! its private network: a redirect is followed at most [`MAX_REDIRECTS`] times, to the same host
 //! and port as the original request, or to a public address — never to one of this daemon's own
-//! listeners. A host name other than the original one is refused when it names the local host
-//! (`localhost`); other names are not resolved here.
+//! listeners. A host name other than the configured API host is resolved by [`PublicOnly`],
+//! which keeps only its public addresses.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::RwLock;
@@ -74,6 +74,45 @@ pub fn check(origin: &Url, next: &Url, own: &[SocketAddr]) -> Result<(), String>
             Err(format!("{name} names the local host"))
         }
         _ => Ok(()),
+    }
+}
+
+/// The resolver of the upstream clients: the configured API host resolves as usual (it may be
+/// on a private network on purpose); any other name, which only a redirect can bring, resolves
+/// to its public addresses only, so a name pointing at loopback or the LAN leads nowhere.
+#[derive(Debug, Clone)]
+pub struct PublicOnly {
+    trusted: Option<String>,
+}
+
+impl PublicOnly {
+    pub fn new(trusted_host: Option<&str>) -> PublicOnly {
+        PublicOnly {
+            trusted: trusted_host.map(|h| h.trim_end_matches('.').to_ascii_lowercase()),
+        }
+    }
+
+    fn trusts(&self, name: &str) -> bool {
+        self.trusted
+            .as_deref()
+            .is_some_and(|t| t == name.trim_end_matches('.').to_ascii_lowercase())
+    }
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let trusted = self.trusts(name.as_str());
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| trusted || is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{name} has no public address; not followed").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -175,6 +214,18 @@ mod tests {
         assert!(check(&origin, &url("http://127.0.0.1:8080/metrics"), &[own]).is_err());
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         assert!(check(&origin, &url("http://127.0.0.1:8080/metrics"), &[any]).is_err());
+    }
+
+    #[tokio::test]
+    async fn only_the_configured_host_may_resolve_to_a_private_address() {
+        use reqwest::dns::Resolve;
+        let name = |s: &str| s.parse::<reqwest::dns::Name>().unwrap();
+        let resolver = PublicOnly::new(Some("localhost"));
+        let addrs: Vec<_> = resolver.resolve(name("localhost")).await.unwrap().collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+        let resolver = PublicOnly::new(Some("api.jasconnect.com"));
+        let err = resolver.resolve(name("localhost")).await.err().unwrap();
+        assert!(err.to_string().contains("no public address"), "{err}");
     }
 
     #[test]

@@ -311,6 +311,9 @@ impl JasClient {
             // Idle-read limit only: the whole-request deadline is per call (see `request_timeout`).
             .read_timeout(cfg.request_timeout)
             .redirect(crate::recordings::redirect::policy())
+            .dns_resolver(crate::recordings::redirect::PublicOnly::new(
+                base_url.host_str(),
+            ))
             .user_agent(concat!("callhook/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| JasError::Invalid(format!("building HTTP client: {}", error_chain(&e))))?;
