@@ -1237,3 +1237,77 @@ async fn a_255_byte_name_is_downloaded() {
         body
     );
 }
+
+#[tokio::test]
+async fn a_telecmi_file_name_on_two_calls_downloads_for_both_under_distinct_names() {
+    let dir = tempdir();
+    let first = audio(3000);
+    let second: Vec<u8> = audio(4000).into_iter().rev().collect();
+    let upstream = Upstream::start(second.clone()).await;
+    upstream.script([Reply::status(
+        200,
+        &[("Content-Type", "audio/mpeg")],
+        &first,
+    )]);
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.path_token", "tok-123")
+        .set("telecmi.app_id", "1111112")
+        .set("telecmi.secret", "cmi-s3cr3t")
+        .set("telecmi.api_base", &upstream.base());
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let file = "1744636800-same.mp3";
+    let cdr = |conv: &str| {
+        json!({"type": "cdr", "leg": "a", "cmiuuid": conv, "conversation_uuid": conv,
+               "status": "answered", "direction": "inbound", "user": "101_1111112",
+               "time": 1_700_000_000_000i64, "answeredsec": 5, "record": true,
+               "filename": file})
+        .to_string()
+    };
+    let post = |body: String| {
+        let http = app.http.clone();
+        let url = format!("{}/webhooks/telecmi/tok-123", app.public);
+        async move {
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+
+    post(cdr("conv-1")).await;
+    let one = app
+        .wait_call("telecmi", "conv-1", |c| in_state(c, file, "downloaded"))
+        .await;
+    post(cdr("conv-2")).await;
+    let two = app
+        .wait_call("telecmi", "conv-2", |c| in_state(c, file, "downloaded"))
+        .await;
+
+    let recordings = dir.path().join("recordings");
+    let one = recording(&one, file).unwrap();
+    let two = recording(&two, file).unwrap();
+    assert_eq!(one["path"], format!("telecmi/{file}"));
+    let other = two["path"].as_str().unwrap();
+    assert!(
+        other.starts_with("telecmi/1744636800-same.") && other.ends_with(".mp3"),
+        "{other}"
+    );
+    assert_ne!(other, one["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(recordings.join(format!("telecmi/{file}"))).unwrap(),
+        first
+    );
+    assert_eq!(one["sha256"], sha256(&first));
+    assert_eq!(std::fs::read(recordings.join(other)).unwrap(), second);
+    assert_eq!(two["sha256"], sha256(&second));
+    // The first call still shows its own file.
+    let again = app.call("telecmi", "conv-1").await.unwrap();
+    assert_eq!(
+        recording(&again, file).unwrap()["path"],
+        format!("telecmi/{file}")
+    );
+}

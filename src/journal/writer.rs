@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Appended, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
@@ -336,6 +336,22 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
             (Some(_), _) => ("pending", None),
             (None, err) => ("failed", err.clone()),
         };
+        let mut recording_id = job.recording_id.clone();
+        // A TeleCMI recording is named by its file alone; the same name on another call's CDR
+        // is that call's recording, with a job of its own (its file gets a distinct name), not
+        // a repeat of the first call's.
+        if job.provider == "telecmi" {
+            let other: Option<String> = tx
+                .query_row(
+                    "SELECT call_id FROM jobs WHERE provider = ?1 AND recording_id = ?2",
+                    params![job.provider, job.recording_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if other.is_some_and(|c| c != job.call_id) {
+                recording_id = format!("{}@{}", job.recording_id, job.call_id);
+            }
+        }
         tx.prepare_cached(
             "INSERT INTO jobs (provider, recording_id, call_id, dn, source, rel_path, state,
                                last_error, start_ms, end_ms, event_id, created_ms, updated_ms,
@@ -345,7 +361,7 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
         )?
         .execute(params![
             job.provider,
-            job.recording_id,
+            recording_id,
             job.call_id,
             job.dn,
             job.source,
@@ -446,7 +462,8 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
     }
     for (provider, recording_id, call_id) in &state.job_calls {
         tx.prepare_cached(
-            "UPDATE jobs SET call_id = ?3 WHERE provider = ?1 AND recording_id = ?2",
+            "UPDATE jobs SET call_id = ?3
+             WHERE provider = ?1 AND recording_id = ?2 AND state IN ('pending', 'downloading')",
         )?
         .execute(params![provider, recording_id, call_id])?;
     }

@@ -408,7 +408,14 @@ fn recording_of(
     error: Option<String>,
 ) -> Recording {
     Recording {
-        id: job.recording_id.clone(),
+        // The second call naming a TeleCMI file has a job `<name>@<call id>` (journal/writer.rs);
+        // on the call the recording is still named by the file.
+        id: job
+            .recording_id
+            .strip_suffix(&format!("@{}", job.call_id))
+            .filter(|_| job.provider == "telecmi")
+            .unwrap_or(&job.recording_id)
+            .to_string(),
         url: job.source.clone(),
         path: done
             .map(|d| d.rel_path.to_string_lossy().into_owned())
