@@ -47,6 +47,9 @@ const KNOWN_KEYS: &[&str] = &[
     "recordings.dir",
     "recordings.concurrency",
     "recordings.max_attempts",
+    "recordings.max_bytes",
+    "recordings.download_timeout_secs",
+    "recordings.stall_timeout_secs",
     "storage.path",
     "storage.retention_days",
     "log.format",
@@ -177,6 +180,12 @@ pub struct RecordingsSettings {
     pub dir: PathBuf,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// A recording larger than this is refused (declared) or cut (streamed): job `failed`.
+    pub max_bytes: u64,
+    /// Deadline of one download attempt, from the request to the rename.
+    pub download_timeout: Duration,
+    /// An attempt that receives no byte for this long fails, and is retried.
+    pub stall_timeout: Duration,
     /// Retry pacing. Not a configuration key: always the defaults, except in tests.
     #[doc(hidden)]
     pub tuning: crate::recordings::RecorderOptions,
@@ -323,6 +332,9 @@ struct RawRecordings {
     dir: String,
     concurrency: u64,
     max_attempts: u64,
+    max_bytes: u64,
+    download_timeout_secs: u64,
+    stall_timeout_secs: u64,
 }
 impl Default for RawRecordings {
     fn default() -> Self {
@@ -331,6 +343,13 @@ impl Default for RawRecordings {
             dir: "recordings".into(),
             concurrency: 4,
             max_attempts: 8,
+            // 4 GiB: the most a RIFF/WAV file can hold, about 6 hours of CD-quality stereo and
+            // days of 8 kHz telephony audio.
+            max_bytes: 4 << 30,
+            // 4 hours: a 4 GiB recording still fits at 2.4 Mbit/s, a usual one (tens of MB) at
+            // a few kbit/s; and no drip holds a worker longer than that.
+            download_timeout_secs: 4 * 3600,
+            stall_timeout_secs: 60,
         }
     }
 }
@@ -504,6 +523,9 @@ impl Settings {
                 "dir": self.recordings.dir.display().to_string(),
                 "concurrency": self.recordings.concurrency,
                 "max_attempts": self.recordings.max_attempts,
+                "max_bytes": self.recordings.max_bytes,
+                "download_timeout_secs": self.recordings.download_timeout.as_secs(),
+                "stall_timeout_secs": self.recordings.stall_timeout.as_secs(),
             },
             "storage": {
                 "path": self.storage.path.display().to_string(),
@@ -776,11 +798,34 @@ impl Raw {
         if recordings.dir.trim().is_empty() {
             return Err(ConfigError::new("recordings.dir", "must not be empty"));
         }
+        if recordings.max_bytes == 0 {
+            return Err(ConfigError::new(
+                "recordings.max_bytes",
+                "must be at least 1",
+            ));
+        }
+        if recordings.download_timeout_secs == 0 || recordings.download_timeout_secs > 7 * 86400 {
+            return Err(ConfigError::new(
+                "recordings.download_timeout_secs",
+                "must be between 1 and 604800 (7 days)",
+            ));
+        }
+        if recordings.stall_timeout_secs == 0
+            || recordings.stall_timeout_secs > recordings.download_timeout_secs
+        {
+            return Err(ConfigError::new(
+                "recordings.stall_timeout_secs",
+                "must be between 1 and recordings.download_timeout_secs",
+            ));
+        }
         let recordings = RecordingsSettings {
             enabled: recordings.enabled,
             dir: PathBuf::from(recordings.dir),
             concurrency: recordings.concurrency as usize,
             max_attempts: recordings.max_attempts as u32,
+            max_bytes: recordings.max_bytes,
+            download_timeout: Duration::from_secs(recordings.download_timeout_secs),
+            stall_timeout: Duration::from_secs(recordings.stall_timeout_secs),
             tuning: Default::default(),
         };
 

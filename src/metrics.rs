@@ -144,7 +144,17 @@ fn register() {
     ] {
         let _ = metrics::histogram!(name);
     }
-    for outcome in ["downloaded", "retried", "failed", "refused"] {
+    // `too_large`, `stalled`, `timeout`: attempts cut by a recordings limit (also counted as
+    // `retried` or `failed`, as the job went on).
+    for outcome in [
+        "downloaded",
+        "retried",
+        "failed",
+        "refused",
+        "too_large",
+        "stalled",
+        "timeout",
+    ] {
         metrics::counter!("callhook_recordings_total", "outcome" => outcome).absolute(0);
     }
     for outcome in ["ok", "forbidden", "gone", "failed"] {

@@ -446,8 +446,10 @@ impl Processor {
     /// TeleCMI names every leg and ranks its statuses itself, so there is nothing to look up:
     /// the mapping onto the table lives with the provider.
     fn apply_telecmi(&mut self, event: TelecmiEvent, received_at: DateTime<Utc>) {
-        if let Some(name) =
-            telecmi_apply::recording_name(&event).filter(|_| self.downloads.is_some())
+        // Only a CDR without `conversation_uuid` was guessed: with one, the route's call is
+        // the call, and another call's recording of the same name is not moved onto it.
+        if let Some(name) = telecmi_apply::recording_name(&event)
+            .filter(|_| self.downloads.is_some() && event.conversation_uuid.is_none())
         {
             // The route guessed the call of a CDR without `conversation_uuid` at ack time; the
             // call decided here (after every earlier event) is the one the recording joins, and

@@ -713,6 +713,10 @@ enum Reply {
     Truncated { declared: usize, sent: usize },
     /// Promises the whole recording, sends `sent` bytes, then holds the connection open.
     Stall { sent: usize },
+    /// No length; audio for as long as the client reads (at most 1 GiB, so the test ends).
+    Endless,
+    /// Promises the whole recording, then sends one byte of it every `every`.
+    Drip { every: Duration },
 }
 
 impl Reply {
@@ -854,6 +858,32 @@ async fn serve_one(mut sock: TcpStream, state: Arc<Mutex<UpstreamState>>) {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok(())
         }
+        Some(Reply::Endless) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nConnection: close\r\n\r\n";
+            let _ = sock.write_all(head.as_bytes()).await;
+            let chunk = audio(64 * 1024);
+            let mut result = Ok(());
+            for _ in 0..16 * 1024 {
+                result = sock.write_all(&chunk).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            result
+        }
+        Some(Reply::Drip { every }) => {
+            let _ = sock.write_all(audio_head(recording.len()).as_bytes()).await;
+            let mut result = Ok(());
+            for byte in recording.iter().take(200) {
+                result = sock.write_all(&[*byte]).await;
+                if result.is_err() {
+                    break;
+                }
+                let _ = sock.flush().await;
+                tokio::time::sleep(every).await;
+            }
+            result
+        }
     };
     let _ = sock.shutdown().await;
 }
@@ -945,4 +975,339 @@ async fn an_expired_client_credentials_token_is_fetched_again_once() {
     assert_eq!(sim.requests(SimRoute::Auth), auths + 1, "one new token");
     let rec = recording(&call, "2").unwrap();
     assert!(rec["error"].is_null(), "{rec}");
+}
+
+/// `TestApp::wait_call` with a longer bound, for tests that wait out a limit.
+async fn wait_call_for(
+    app: &TestApp,
+    provider: &str,
+    id: &str,
+    bound: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + bound;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(call) = app.call(provider, id).await {
+            if check(&call) {
+                return call;
+            }
+            last = Some(call);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("call {provider}/{id} never matched within {bound:?}; last seen: {last:#?}");
+}
+
+fn jas_upstream_env(dir: &Path, upstream: &Upstream) -> Env {
+    let mut env = Env::new(dir);
+    env.set("jas.api_base", &upstream.base())
+        .set("jas.token", TOKEN);
+    env
+}
+
+#[tokio::test]
+async fn two_recordings_with_one_name_keep_both_files_and_each_call_says_where() {
+    let dir = tempdir();
+    let first = audio(7000);
+    let second: Vec<u8> = audio(9000).into_iter().rev().collect();
+    let upstream = Upstream::start(second.clone()).await;
+    upstream.script([Reply::status(200, &[("Content-Type", "audio/wav")], &first)]);
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let recordings = dir.path().join("recordings");
+
+    app.post_jas(&new_recording("25", NAME, 1)).await;
+    let one = app
+        .wait_call("jas", "25", |c| in_state(c, "1", "downloaded"))
+        .await;
+    app.post_jas(&new_recording("26", NAME, 2)).await;
+    let two = app
+        .wait_call("jas", "26", |c| in_state(c, "2", "downloaded"))
+        .await;
+
+    let one = recording(&one, "1").unwrap();
+    let two = recording(&two, "2").unwrap();
+    assert_eq!(one["path"], REL);
+    let other = two["path"].as_str().unwrap();
+    assert_ne!(other, REL);
+    assert!(
+        other.starts_with(REL.trim_end_matches(".wav")) && other.ends_with(".wav"),
+        "{other}"
+    );
+    // Each call's hash is true of the file its path names.
+    assert_eq!(std::fs::read(recordings.join(REL)).unwrap(), first);
+    assert_eq!(one["sha256"], sha256(&first));
+    assert_eq!(std::fs::read(recordings.join(other)).unwrap(), second);
+    assert_eq!(two["sha256"], sha256(&second));
+    assert_eq!(files_under(&recordings).len(), 2);
+    // The same recording delivered again is still one file.
+    app.post_jas(&new_recording("26", NAME, 2)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(files_under(&recordings).len(), 2);
+    assert_eq!(upstream.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn an_endless_body_is_cut_at_max_bytes_and_nothing_is_kept() {
+    let dir = tempdir();
+    let upstream = Upstream::start(audio(1000)).await;
+    upstream.script([Reply::Endless]);
+    let mut env = jas_upstream_env(dir.path(), &upstream);
+    env.set("recordings.max_bytes", "1000000");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    let started = Instant::now();
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "failed"))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let error = recording(&call, "1").unwrap()["error"].as_str().unwrap();
+    assert!(error.contains("max_bytes"), "{error}");
+    assert_eq!(
+        files_under(&dir.path().join("recordings")),
+        Vec::<String>::new()
+    );
+    // Not retried: it would be as large next time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.hits().len(), 1);
+    assert!(
+        app.metric("callhook_recordings_total{outcome=\"too_large\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_transfer_fails_its_attempt_and_is_retried() {
+    let dir = tempdir();
+    let body = audio(600_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Stall { sent: 300_000 }]);
+    let mut env = jas_upstream_env(dir.path(), &upstream);
+    env.set("recordings.stall_timeout_secs", "1");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    let call = wait_call_for(&app, "jas", "26", Duration::from_secs(10), |c| {
+        in_state(c, "1", "downloaded")
+    })
+    .await;
+    assert_eq!(recording(&call, "1").unwrap()["sha256"], sha256(&body));
+    assert_eq!(upstream.hits().len(), 2);
+    assert!(
+        app.metric("callhook_recordings_total{outcome=\"stalled\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn four_drips_are_cut_by_the_deadline_and_do_not_stall_the_queue() {
+    let dir = tempdir();
+    let body = audio(5000);
+    let upstream = Upstream::start(body.clone()).await;
+    // One byte every 300 ms: never stalled for 1 s, never done either.
+    upstream.script((0..4).map(|_| Reply::Drip {
+        every: Duration::from_millis(300),
+    }));
+    let mut env = jas_upstream_env(dir.path(), &upstream);
+    env.set("recordings.stall_timeout_secs", "1")
+        .set("recordings.download_timeout_secs", "2")
+        .set("recordings.concurrency", "4");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    let started = Instant::now();
+    for i in 1..=4 {
+        app.post_jas(&new_recording(
+            &format!("2{i}"),
+            &format!("101/drip-{i}.wav"),
+            i,
+        ))
+        .await;
+    }
+    wait_until(Duration::from_secs(5), || async {
+        upstream.hits().len() >= 4
+    })
+    .await;
+    app.post_jas(&new_recording("30", "101/fifth.wav", 5)).await;
+    wait_call_for(&app, "jas", "30", Duration::from_secs(10), |c| {
+        in_state(c, "5", "downloaded")
+    })
+    .await;
+    for i in 1..=4 {
+        let id = i.to_string();
+        let call = wait_call_for(
+            &app,
+            "jas",
+            &format!("2{i}"),
+            Duration::from_secs(10),
+            |c| in_state(c, &id, "downloaded"),
+        )
+        .await;
+        assert_eq!(recording(&call, &id).unwrap()["sha256"], sha256(&body));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        app.metric("callhook_recordings_total{outcome=\"timeout\"}")
+            .await
+            >= 4.0
+    );
+}
+
+#[tokio::test]
+async fn a_symbolic_link_below_the_recordings_folder_is_never_followed() {
+    let dir = tempdir();
+    let upstream = Upstream::start(audio(3000)).await;
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let recordings = dir.path().join("recordings");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(recordings.join("jas")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, recordings.join("jas/101")).unwrap();
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+
+    app.post_jas(&new_recording("26", NAME, 1)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "failed"))
+        .await;
+    let error = recording(&call, "1").unwrap()["error"].as_str().unwrap();
+    assert!(error.contains("symbolic link"), "{error}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn redirects_go_to_the_same_host_but_never_to_the_admin_listener() {
+    let dir = tempdir();
+    let body = audio(4000);
+    let upstream = Upstream::start(body.clone()).await;
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let recordings = dir.path().join("recordings");
+
+    // To the admin listener (loopback, another port): refused, nothing saved, not retried.
+    let metrics = format!("{}/metrics", app.admin);
+    upstream.script([Reply::status(302, &[("Location", metrics.as_str())], b"")]);
+    app.post_jas(&new_recording("25", "101/a.wav", 1)).await;
+    let call = app
+        .wait_call("jas", "25", |c| in_state(c, "1", "failed"))
+        .await;
+    let error = recording(&call, "1").unwrap()["error"].as_str().unwrap();
+    assert!(error.contains("redirect"), "{error}");
+    assert_eq!(files_under(&recordings), Vec::<String>::new());
+
+    // To the same host and port: followed.
+    let same = format!("{}/elsewhere/b.wav", upstream.base());
+    upstream.script([Reply::status(302, &[("Location", same.as_str())], b"")]);
+    app.post_jas(&new_recording("26", "101/b.wav", 2)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "2", "downloaded"))
+        .await;
+    assert_eq!(recording(&call, "2").unwrap()["sha256"], sha256(&body));
+    assert_eq!(upstream.hits().len(), 3);
+    assert_eq!(upstream.hits()[2].target, "/v2/elsewhere/b.wav");
+}
+
+#[tokio::test]
+async fn a_255_byte_name_is_downloaded() {
+    let dir = tempdir();
+    let body = audio(2000);
+    let upstream = Upstream::start(body.clone()).await;
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let file = format!("{}.wav", "n".repeat(251));
+    assert_eq!(file.len(), 255);
+    let name = format!("101/{file}");
+
+    app.post_jas(&new_recording("26", &name, 1)).await;
+    let call = app
+        .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
+        .await;
+    assert_eq!(
+        recording(&call, "1").unwrap()["path"],
+        format!("jas/{name}")
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("recordings/jas").join(&name)).unwrap(),
+        body
+    );
+}
+
+#[tokio::test]
+async fn a_telecmi_file_name_on_two_calls_downloads_for_both_under_distinct_names() {
+    let dir = tempdir();
+    let first = audio(3000);
+    let second: Vec<u8> = audio(4000).into_iter().rev().collect();
+    let upstream = Upstream::start(second.clone()).await;
+    upstream.script([Reply::status(
+        200,
+        &[("Content-Type", "audio/mpeg")],
+        &first,
+    )]);
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.path_token", "tok-123")
+        .set("telecmi.app_id", "1111112")
+        .set("telecmi.secret", "cmi-s3cr3t")
+        .set("telecmi.api_base", &upstream.base());
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let file = "1744636800-same.mp3";
+    let cdr = |conv: &str| {
+        json!({"type": "cdr", "leg": "a", "cmiuuid": conv, "conversation_uuid": conv,
+               "status": "answered", "direction": "inbound", "user": "101_1111112",
+               "time": 1_700_000_000_000i64, "answeredsec": 5, "record": true,
+               "filename": file})
+        .to_string()
+    };
+    let post = |body: String| {
+        let http = app.http.clone();
+        let url = format!("{}/webhooks/telecmi/tok-123", app.public);
+        async move {
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+
+    post(cdr("conv-1")).await;
+    let one = app
+        .wait_call("telecmi", "conv-1", |c| in_state(c, file, "downloaded"))
+        .await;
+    post(cdr("conv-2")).await;
+    let two = app
+        .wait_call("telecmi", "conv-2", |c| in_state(c, file, "downloaded"))
+        .await;
+
+    let recordings = dir.path().join("recordings");
+    let one = recording(&one, file).unwrap();
+    let two = recording(&two, file).unwrap();
+    assert_eq!(one["path"], format!("telecmi/{file}"));
+    let other = two["path"].as_str().unwrap();
+    assert!(
+        other.starts_with("telecmi/1744636800-same.") && other.ends_with(".mp3"),
+        "{other}"
+    );
+    assert_ne!(other, one["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(recordings.join(format!("telecmi/{file}"))).unwrap(),
+        first
+    );
+    assert_eq!(one["sha256"], sha256(&first));
+    assert_eq!(std::fs::read(recordings.join(other)).unwrap(), second);
+    assert_eq!(two["sha256"], sha256(&second));
+    // The first call still shows its own file.
+    let again = app.call("telecmi", "conv-1").await.unwrap();
+    assert_eq!(
+        recording(&again, file).unwrap()["path"],
+        format!("telecmi/{file}")
+    );
 }

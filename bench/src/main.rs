@@ -450,7 +450,16 @@ async fn download(size_mib: u64, dir: &Path) {
             })
         };
         let started = Instant::now();
-        let got = download_to(req, &dest, "bench").await.expect("download");
+        let rel = std::path::PathBuf::from(format!("101/{path}.wav"));
+        let target = callhook::recordings::download::Target {
+            root: dir,
+            rel: &rel,
+            tag: "bench",
+        };
+        let limits = callhook::recordings::download::Limits::default();
+        let got = download_to(req, &target, &limits, "bench")
+            .await
+            .expect("download");
         let secs = started.elapsed().as_secs_f64();
         done.store(true, Ordering::Relaxed);
         sampler.join().unwrap();

@@ -472,6 +472,24 @@ impl Journal {
         .await
     }
 
+    /// Whether a job other than `except` has downloaded a recording to `rel_path`: then the
+    /// file there is that recording's, not a crashed attempt's of `except`.
+    pub async fn path_downloaded_by_other(
+        &self,
+        rel_path: String,
+        except: i64,
+    ) -> Result<bool, JournalError> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM jobs
+                               WHERE rel_path = ?1 AND id <> ?2 AND state = 'downloaded')",
+                params![rel_path, except],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     /// How many jobs are not finished, for the queue-depth gauge.
     pub async fn count_queued_jobs(&self) -> Result<i64, JournalError> {
         self.read(|conn| {

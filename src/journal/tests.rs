@@ -172,6 +172,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
             last_error: None,
             bytes: Some(10),
             sha256: Some("ab".into()),
+            rel_path: None,
         }],
         ..Default::default()
     })
@@ -256,6 +257,7 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
         last_error: None,
         bytes: None,
         sha256: None,
+        rel_path: None,
     };
     let later = Utc::now() + chrono::Duration::minutes(5);
     j.write_state(StateWrite {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Appended, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
@@ -62,6 +62,9 @@ pub struct JobUpdate {
     pub last_error: Option<String>,
     pub bytes: Option<u64>,
     pub sha256: Option<String>,
+    /// Where the file ended up when that is not the path the job was made with (a distinct
+    /// name beside another recording's file); `None` keeps the job's path.
+    pub rel_path: Option<String>,
 }
 
 pub(super) fn spawn(
@@ -333,6 +336,22 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
             (Some(_), _) => ("pending", None),
             (None, err) => ("failed", err.clone()),
         };
+        let mut recording_id = job.recording_id.clone();
+        // A TeleCMI recording is named by its file alone; the same name on another call's CDR
+        // is that call's recording, with a job of its own (its file gets a distinct name), not
+        // a repeat of the first call's.
+        if job.provider == "telecmi" {
+            let other: Option<String> = tx
+                .query_row(
+                    "SELECT call_id FROM jobs WHERE provider = ?1 AND recording_id = ?2",
+                    params![job.provider, job.recording_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if other.is_some_and(|c| c != job.call_id) {
+                recording_id = format!("{}@{}", job.recording_id, job.call_id);
+            }
+        }
         tx.prepare_cached(
             "INSERT INTO jobs (provider, recording_id, call_id, dn, source, rel_path, state,
                                last_error, start_ms, end_ms, event_id, created_ms, updated_ms,
@@ -342,7 +361,7 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
         )?
         .execute(params![
             job.provider,
-            job.recording_id,
+            recording_id,
             job.call_id,
             job.dn,
             job.source,
@@ -426,7 +445,7 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
         tx.prepare_cached(
             "UPDATE jobs SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_error = ?5,
                              bytes = COALESCE(?6, bytes), sha256 = COALESCE(?7, sha256),
-                             updated_ms = ?8
+                             updated_ms = ?8, rel_path = COALESCE(?9, rel_path)
              WHERE id = ?1",
         )?
         .execute(params![
@@ -438,11 +457,13 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
             job.bytes.map(|b| b as i64),
             job.sha256,
             ms(Utc::now()),
+            job.rel_path,
         ])?;
     }
     for (provider, recording_id, call_id) in &state.job_calls {
         tx.prepare_cached(
-            "UPDATE jobs SET call_id = ?3 WHERE provider = ?1 AND recording_id = ?2",
+            "UPDATE jobs SET call_id = ?3
+             WHERE provider = ?1 AND recording_id = ?2 AND state IN ('pending', 'downloading')",
         )?
         .execute(params![provider, recording_id, call_id])?;
     }

@@ -1,15 +1,21 @@
 //! Streams one recording from the provider to disk, hashing it on the way.
 //! The body lands in a hidden temp file next to the destination and is renamed into
 //! place only after every check passes, so a file under its final name is always whole.
+//! Folders and files are reached through [`Folder`], never through a symbolic link below
+//! `recordings.dir`, and the rename never replaces a file that is already there.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
+
+use super::folder::{Folder, FolderError};
 
 /// A body this small is parsed as JSON when it looks like an object; real
 /// recordings are far larger, and the cap keeps sniffing in constant memory.
@@ -27,6 +33,52 @@ pub struct Downloaded {
     pub bytes: u64,
     /// Lowercase hex SHA-256 of the file's contents.
     pub sha256: String,
+    /// Where it is, relative to `recordings.dir`: the name asked for, or a distinct one when a
+    /// different recording's file holds that name already.
+    pub rel_path: PathBuf,
+}
+
+/// What one attempt may take: `recordings.max_bytes`, `recordings.stall_timeout_secs`,
+/// `recordings.download_timeout_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: u64,
+    /// No byte for this long: the attempt fails (transient).
+    pub stall: Duration,
+    /// From sending the request to the last byte.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 4 << 30,
+            stall: Duration::from_secs(60),
+            deadline: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+impl Limits {
+    pub fn of(settings: &crate::config::RecordingsSettings) -> Limits {
+        Limits {
+            max_bytes: settings.max_bytes,
+            stall: settings.stall_timeout,
+            deadline: settings.download_timeout,
+        }
+    }
+}
+
+/// Where a recording goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// `recordings.dir`.
+    pub root: &'a Path,
+    /// Below it: the provider's folder and the recording's name, already checked.
+    pub rel: &'a Path,
+    /// Makes the name distinct (`name.<tag>.wav`) when another recording's file is already
+    /// there; the job's id, so every attempt at one job picks the same name.
+    pub tag: &'a str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +95,19 @@ pub enum DownloadError {
     /// 401: not worth retrying as it is, but a fresh token may fix it (the caller decides).
     #[error("download failed: HTTP 401 Unauthorized")]
     Unauthorized,
+    /// Declared or streamed past `recordings.max_bytes`: not retried, nothing kept.
+    #[error("download failed: larger than recordings.max_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    /// No byte for `recordings.stall_timeout_secs`: retried.
+    #[error(
+        "transient download failure: stalled, no data for {secs} s after {bytes} bytes (recordings.stall_timeout_secs)"
+    )]
+    Stalled { secs: u64, bytes: u64 },
+    /// Not done within `recordings.download_timeout_secs`: retried.
+    #[error(
+        "transient download failure: not done within {secs} s after {bytes} bytes (recordings.download_timeout_secs)"
+    )]
+    TimedOut { secs: u64, bytes: u64 },
 }
 
 impl DownloadError {
@@ -50,12 +115,25 @@ impl DownloadError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } | Self::Unauthorized => None,
+            _ => None,
         }
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient { .. })
+        matches!(
+            self,
+            Self::Transient { .. } | Self::Stalled { .. } | Self::TimedOut { .. }
+        )
+    }
+
+    /// The `callhook_recordings_total` outcome of an attempt cut by a limit.
+    pub fn limit_outcome(&self) -> Option<&'static str> {
+        match self {
+            Self::TooLarge { .. } => Some("too_large"),
+            Self::Stalled { .. } => Some("stalled"),
+            Self::TimedOut { .. } => Some("timeout"),
+            _ => None,
+        }
     }
 
     fn transient(reason: impl Into<String>) -> Self {
@@ -72,31 +150,42 @@ impl DownloadError {
     }
 }
 
-/// Sends `request` (already carrying auth), streams the body to a temp file in `dest`'s folder
-/// (creating folders), checks it, fsyncs, renames onto `dest`, fsyncs the folder.
+/// Sends `request` (already carrying auth), streams the body to a temp file in the target's
+/// folder (creating folders, refusing links below `recordings.dir`), checks it, fsyncs, renames
+/// it onto the target's name (or a distinct one when that name is taken), fsyncs the folder.
 ///
-/// On failure the temp file is removed and `dest` is left as it was, except when
-/// only the final folder fsync fails: the rename has then happened (the file is
-/// whole) but its durability is unknown, so a Permanent error is still reported.
-/// `api` labels `callhook_upstream_requests_total` (e.g. `jas_recordings`, `telecmi_play`).
+/// On failure the temp file is removed and nothing else is changed, except when only the final
+/// folder fsync fails: the rename has then happened (the file is whole) but its durability is
+/// unknown, so an error is still reported. `api` labels `callhook_upstream_requests_total`
+/// (e.g. `jas_recordings`, `telecmi_play`).
 pub async fn download_to(
     request: reqwest::RequestBuilder,
-    dest: &Path,
+    target: &Target<'_>,
+    limits: &Limits,
     api: &'static str,
 ) -> Result<Downloaded, DownloadError> {
     let started = Instant::now();
-    let final_name = dest
+    let deadline = started + limits.deadline;
+    let bad = || DownloadError::permanent(format!("bad destination {}", target.rel.display()));
+    let final_name = target
+        .rel
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| DownloadError::permanent(format!("bad destination {}", dest.display())))?;
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+        .ok_or_else(bad)?
+        .to_owned();
+    let folder_rel = target.rel.parent().unwrap_or(Path::new("")).to_path_buf();
 
     // Strip the URL: it may carry credentials in its query string and these
     // reasons end up in logs and the job table.
-    let sent = request.send().await;
+    let sent = match tokio::time::timeout_at(deadline, request.send()).await {
+        Ok(sent) => sent,
+        Err(_) => {
+            return Err(DownloadError::TimedOut {
+                secs: limits.deadline.as_secs(),
+                bytes: 0,
+            });
+        }
+    };
     let status = match &sent {
         Ok(resp) => resp.status().as_u16().to_string(),
         Err(_) => "error".to_string(),
@@ -107,33 +196,120 @@ pub async fn download_to(
         .record(started.elapsed().as_secs_f64());
     let mut resp = sent.map_err(|e| request_error(e.without_url()))?;
     check_status(&resp)?;
+    if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
+        return Err(DownloadError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
 
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| fs_error("creating folder", &dir, &e))?;
-    let tmp_path = dir.join(format!(".{final_name}.part-{:016x}", rand::random::<u64>()));
+    let root = target.root.to_path_buf();
+    let tmp_name = temp_name(&final_name);
+    let (folder, file) = {
+        let tmp_name = tmp_name.clone();
+        blocking(move || {
+            let folder = Folder::open(&root, &folder_rel, true)?.expect("a created folder exists");
+            let file = folder.create_new(&tmp_name)?;
+            Ok((folder, file))
+        })
+        .await?
+    };
     // Removes the temp file on every early return, and also if this future is
     // dropped mid-download (e.g. on shutdown).
-    let mut guard = TempGuard(Some(tmp_path.clone()));
+    let mut guard = TempGuard {
+        folder: folder.clone(),
+        name: Some(tmp_name.clone()),
+    };
+    let tmp_path = folder.path().join(&tmp_name);
+    let file = tokio::fs::File::from_std(file);
+    let (bytes, sha256) = stream_body(&mut resp, file, &tmp_path, limits, deadline).await?;
 
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp_path)
-        .await
-        .map_err(|e| fs_error("creating", &tmp_path, &e))?;
-    let downloaded = stream_body(&mut resp, file, &tmp_path).await?;
-
-    tokio::fs::rename(&tmp_path, dest)
-        .await
-        .map_err(|e| fs_error("renaming onto", dest, &e))?;
+    let alt = distinct_name(&final_name, target.tag);
+    let placed = {
+        let folder = folder.clone();
+        let tmp_name = tmp_name.clone();
+        blocking(move || {
+            if folder.rename_new(&tmp_name, &final_name)? {
+                return Ok(Some(final_name));
+            }
+            if folder.rename_new(&tmp_name, &alt)? {
+                return Ok(Some(alt));
+            }
+            Ok(None)
+        })
+        .await?
+    };
+    let Some(placed) = placed else {
+        return Err(DownloadError::permanent(format!(
+            "{} and its distinct name {} are both taken by other files",
+            target.rel.display(),
+            distinct_name(
+                target
+                    .rel
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(""),
+                target.tag
+            )
+        )));
+    };
     guard.disarm();
-    sync_dir(&dir).await?;
+    blocking(move || folder.sync()).await?;
 
     metrics::histogram!("callhook_recording_download_seconds")
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("callhook_recording_bytes_total").increment(downloaded.bytes);
-    Ok(downloaded)
+    metrics::counter!("callhook_recording_bytes_total").increment(bytes);
+    Ok(Downloaded {
+        bytes,
+        sha256,
+        rel_path: target.rel.with_file_name(placed),
+    })
+}
+
+/// The hidden temp name of a download of `final_name`: short whatever the name's length (a
+/// 255-byte name is valid, and a temp name built on it would not be), the same prefix for every
+/// attempt at one name so that a crashed attempt's file can be found.
+pub fn temp_name(final_name: &str) -> String {
+    format!("{}{:016x}", temp_prefix(final_name), rand::random::<u64>())
+}
+
+/// What every temp name of `final_name` starts with.
+pub fn temp_prefix(final_name: &str) -> String {
+    let hash = Sha256::digest(final_name.as_bytes());
+    format!(".callhook-{}.part-", hex::encode(&hash[..8]))
+}
+
+/// `name` with `.<tag>` before its extension (`a.wav` → `a.7.wav`, `a` → `a.7`), shortened to
+/// fit the 255 bytes a file name may have.
+pub fn distinct_name(name: &str, tag: &str) -> String {
+    const NAME_MAX: usize = 255;
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    let mut stem = stem.to_owned();
+    while stem.len() + 1 + tag.len() + ext.len() > NAME_MAX && !stem.is_empty() {
+        stem.pop();
+    }
+    format!("{stem}.{tag}{ext}")
+}
+
+/// Runs a few file system calls on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FolderError> + Send + 'static,
+) -> Result<T, DownloadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DownloadError::permanent(format!("file system task failed: {e}")))?
+        .map_err(folder_error)
+}
+
+/// A link below `recordings.dir` is refused; a full disk is transient; the rest is permanent.
+pub fn folder_error(e: FolderError) -> DownloadError {
+    if e.is_transient() {
+        DownloadError::transient(e.to_string())
+    } else {
+        DownloadError::permanent(e.to_string())
+    }
 }
 
 /// Parses a Retry-After header value: delta-seconds or an HTTP date. Capped at 1 hour;
@@ -182,12 +358,15 @@ fn check_status(resp: &reqwest::Response) -> Result<(), DownloadError> {
     Err(DownloadError::permanent(reason))
 }
 
-/// Copies the body into `file` chunk by chunk, then runs the body checks and fsyncs.
+/// Copies the body into `file` chunk by chunk, then runs the body checks and fsyncs. Returns
+/// the size and the hex SHA-256.
 async fn stream_body(
     resp: &mut reqwest::Response,
     file: tokio::fs::File,
     tmp_path: &Path,
-) -> Result<Downloaded, DownloadError> {
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<(u64, String), DownloadError> {
     let expected = resp.content_length();
     let json_type = json_content_type(resp.headers());
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
@@ -197,16 +376,37 @@ async fn stream_body(
     let mut head: Vec<u8> = Vec::new();
 
     loop {
-        let chunk = match resp.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
+        let now = Instant::now();
+        let timed_out = || DownloadError::TimedOut {
+            secs: limits.deadline.as_secs(),
+            bytes: total,
+        };
+        if now >= deadline {
+            return Err(timed_out());
+        }
+        let wait = limits.stall.min(deadline - now);
+        let chunk = match tokio::time::timeout(wait, resp.chunk()).await {
+            Err(_) if Instant::now() >= deadline => return Err(timed_out()),
+            Err(_) => {
+                return Err(DownloadError::Stalled {
+                    secs: limits.stall.as_secs(),
+                    bytes: total,
+                });
+            }
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 return Err(DownloadError::transient(format!(
                     "reading body after {total} bytes: {}",
                     error_chain(&e.without_url())
                 )));
             }
         };
+        if total + chunk.len() as u64 > limits.max_bytes {
+            return Err(DownloadError::TooLarge {
+                limit: limits.max_bytes,
+            });
+        }
         hasher.update(&chunk);
         if head.len() <= SNIFF_LIMIT {
             let take = (SNIFF_LIMIT + 1 - head.len()).min(chunk.len());
@@ -243,10 +443,7 @@ async fn stream_body(
         .map_err(|e| fs_error("syncing", tmp_path, &e))?;
     drop(file);
 
-    Ok(Downloaded {
-        bytes: total,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    Ok((total, hex::encode(hasher.finalize())))
 }
 
 /// The Content-Type, if it names JSON (`application/json`, `…+json`, `text/json`).
@@ -326,46 +523,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A full disk (or quota) is transient: retried with backoff like any other; the rest of our
+/// own file system's errors are permanent.
 fn fs_error(action: &str, path: &Path, e: &std::io::Error) -> DownloadError {
-    DownloadError::permanent(format!("{action} {}: {e}", path.display()))
-}
-
-/// Makes the rename itself durable: without it a crash can lose the directory entry.
-async fn sync_dir(dir: &Path) -> Result<(), DownloadError> {
-    #[cfg(unix)]
-    {
-        let handle = tokio::fs::File::open(dir)
-            .await
-            .map_err(|e| fs_error("opening folder", dir, &e))?;
-        handle
-            .sync_all()
-            .await
-            .map_err(|e| fs_error("syncing folder", dir, &e))?;
+    let reason = format!("{action} {}: {e}", path.display());
+    if super::folder::is_disk_full(e) {
+        DownloadError::transient(reason)
+    } else {
+        DownloadError::permanent(reason)
     }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// Deletes the temp file unless disarmed after a successful rename.
-struct TempGuard(Option<PathBuf>);
+struct TempGuard {
+    folder: Folder,
+    name: Option<String>,
+}
 
 impl TempGuard {
     fn disarm(&mut self) {
-        self.0 = None;
+        self.name = None;
     }
 }
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
+        if let Some(name) = self.name.take() {
             // Blocking, but a single unlink; Drop cannot await, and this must
             // also run when the download future is cancelled.
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "could not remove temp file");
-                }
-            }
+            self.folder.remove(&name);
         }
     }
 }
@@ -424,11 +610,33 @@ mod tests {
         server
     }
 
+    /// `dest` lies under a temp dir: that dir is `recordings.dir`.
+    async fn get_to(
+        request: reqwest::RequestBuilder,
+        dest: &Path,
+        limits: &Limits,
+    ) -> Result<Downloaded, DownloadError> {
+        let root = dest
+            .ancestors()
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+            })
+            .expect("under a TempDir");
+        let rel = dest.strip_prefix(root).unwrap();
+        let target = Target {
+            root,
+            rel,
+            tag: "t",
+        };
+        download_to(request, &target, limits, "test").await
+    }
+
     async fn fetch(server: &MockServer, dest: &Path) -> Result<Downloaded, DownloadError> {
-        download_to(
+        get_to(
             client().get(format!("{}/rec.wav", server.uri())),
             dest,
-            "test",
+            &Limits::default(),
         )
         .await
     }
@@ -536,17 +744,124 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replaces_existing_file() {
+    async fn never_replaces_an_existing_file_but_takes_a_distinct_name() {
         let body = audio(5000);
         let server =
             serve(ResponseTemplate::new(200).set_body_raw(body.clone(), "audio/wav")).await;
         let tmp = TempDir::new().expect("tempdir");
         let dest = tmp.path().join("a.wav");
-        std::fs::write(&dest, b"old partial junk").expect("write");
+        std::fs::write(&dest, b"another recording").expect("write");
         let got = fetch(&server, &dest).await.expect("download");
         assert_eq!(got.bytes, 5000);
-        assert_eq!(std::fs::read(&dest).expect("read"), body);
-        assert_eq!(entries(tmp.path()), vec!["a.wav".to_owned()]);
+        assert_eq!(got.rel_path, PathBuf::from("a.t.wav"));
+        assert_eq!(std::fs::read(&dest).expect("read"), b"another recording");
+        assert_eq!(std::fs::read(tmp.path().join("a.t.wav")).unwrap(), body);
+        // Both names taken: refused, nothing replaced, no temp file left.
+        std::fs::write(tmp.path().join("a.t.wav"), b"third").unwrap();
+        let err = fetch(&server, &dest).await.unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert_eq!(
+            entries(tmp.path()),
+            vec!["a.t.wav".to_owned(), "a.wav".to_owned()]
+        );
+    }
+
+    #[test]
+    fn distinct_names_keep_the_extension_and_fit_name_max() {
+        assert_eq!(distinct_name("a.wav", "7"), "a.7.wav");
+        assert_eq!(distinct_name("a", "7"), "a.7");
+        assert_eq!(distinct_name(".wav", "7"), ".wav.7");
+        let long = format!("{}.wav", "é".repeat(125));
+        let got = distinct_name(&long, "12345");
+        assert!(got.len() <= 255 && got.ends_with(".12345.wav"), "{got}");
+        assert!(temp_name(&"x".repeat(255)).len() < 64);
+        assert!(temp_name("a.wav").starts_with(&temp_prefix("a.wav")));
+        assert_ne!(temp_prefix("a.wav"), temp_prefix("b.wav"));
+    }
+
+    #[tokio::test]
+    async fn a_255_byte_name_is_downloaded() {
+        let body = audio(3000);
+        let server =
+            serve(ResponseTemplate::new(200).set_body_raw(body.clone(), "audio/wav")).await;
+        let tmp = TempDir::new().expect("tempdir");
+        let name = format!("{}.wav", "n".repeat(251));
+        assert_eq!(name.len(), 255);
+        let dest = tmp.path().join("jas/101").join(&name);
+        let got = fetch(&server, &dest).await.expect("download");
+        assert_eq!(got.rel_path, PathBuf::from("jas/101").join(&name));
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_max_bytes_is_refused_before_reading() {
+        let server = serve(ResponseTemplate::new(200).set_body_raw(audio(5000), "audio/wav")).await;
+        let tmp = TempDir::new().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 4999,
+            ..Limits::default()
+        };
+        let request = client().get(format!("{}/rec.wav", server.uri()));
+        let err = get_to(request, &tmp.path().join("a.wav"), &limits)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::TooLarge { limit: 4999 }),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+        assert_eq!(err.limit_outcome(), Some("too_large"));
+        assert!(entries(tmp.path()).is_empty());
+        // At the limit exactly: kept.
+        let limits = Limits {
+            max_bytes: 5000,
+            ..limits
+        };
+        let request = client().get(format!("{}/rec.wav", server.uri()));
+        get_to(request, &tmp.path().join("a.wav"), &limits)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_while_writing_is_transient() {
+        let server =
+            serve(ResponseTemplate::new(200).set_body_raw(audio(200_000), "audio/wav")).await;
+        let mut resp = client()
+            .get(format!("{}/rec.wav", server.uri()))
+            .send()
+            .await
+            .unwrap();
+        // /dev/full answers every write with ENOSPC.
+        let full = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .await
+            .expect("/dev/full");
+        let limits = Limits::default();
+        let err = stream_body(
+            &mut resp,
+            full,
+            Path::new("/dev/full"),
+            &limits,
+            Instant::now() + limits.deadline,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("writing"), "{err}");
+        let quota = fs_error(
+            "writing",
+            Path::new("x"),
+            &std::io::Error::from_raw_os_error(122),
+        );
+        assert!(quota.is_transient());
+        let denied = fs_error(
+            "writing",
+            Path::new("x"),
+            &std::io::Error::from_raw_os_error(13),
+        );
+        assert!(!denied.is_transient());
     }
 
     #[tokio::test]
@@ -585,9 +900,13 @@ mod tests {
 
         let tmp = TempDir::new().expect("tempdir");
         let dest = tmp.path().join("sub/a.wav");
-        let err = download_to(client().get(format!("http://{addr}/a.wav")), &dest, "test")
-            .await
-            .unwrap_err();
+        let err = get_to(
+            client().get(format!("http://{addr}/a.wav")),
+            &dest,
+            &Limits::default(),
+        )
+        .await
+        .unwrap_err();
         server.await.expect("server task");
         assert!(err.is_transient(), "{err}");
         assert!(!dest.exists());
@@ -602,10 +921,10 @@ mod tests {
             l.local_addr().expect("addr")
         };
         let tmp = TempDir::new().expect("tempdir");
-        let err = download_to(
+        let err = get_to(
             client().get(format!("http://{addr}/a.wav")),
             &tmp.path().join("a.wav"),
-            "test",
+            &Limits::default(),
         )
         .await
         .unwrap_err();

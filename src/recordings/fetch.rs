@@ -4,13 +4,13 @@
 //! never logged (errors from `download_to` are stripped of it).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::download::{DownloadError, Downloaded, download_to};
+use super::download::{DownloadError, Downloaded, Limits, Target, download_to};
 use super::path::encode_url_path;
 use crate::config::Settings;
 use crate::journal::Job;
@@ -36,6 +36,9 @@ pub struct Fetcher {
     /// `None` without `telecmi.app_id` and `telecmi.secret`.
     telecmi: Option<TelecmiPlay>,
     http: reqwest::Client,
+    /// `recordings.dir`: nothing below it is reached through a symbolic link.
+    root: PathBuf,
+    limits: Limits,
 }
 
 impl fmt::Debug for Fetcher {
@@ -63,7 +66,8 @@ impl Fetcher {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(TELECMI_READ_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(super::redirect::policy())
+            .dns_resolver(super::redirect::PublicOnly::new(t.api_base.host_str()))
             .user_agent(concat!("callhook/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("building the recordings HTTP client: {e}"))?;
@@ -71,17 +75,35 @@ impl Fetcher {
             jas: jas.filter(JasClient::has_credentials),
             telecmi,
             http,
+            root: settings.recordings.dir.clone(),
+            limits: Limits::of(&settings.recordings),
         })
     }
 
-    /// Downloads `job` onto `dest` (already checked to lie under `recordings.dir`).
+    /// Downloads `job` onto `dest` (already checked to lie under `recordings.dir`), or onto a
+    /// distinct name beside it when another recording's file is there (see
+    /// [`Downloaded::rel_path`]).
     pub async fn fetch(&self, job: &Job, dest: &Path) -> Result<Downloaded, DownloadError> {
+        let rel = dest.strip_prefix(&self.root).map_err(|_| {
+            permanent(&format!(
+                "{} is not under recordings.dir {}",
+                dest.display(),
+                self.root.display()
+            ))
+        })?;
+        let tag = job.id.to_string();
+        let target = Target {
+            root: &self.root,
+            rel,
+            tag: &tag,
+        };
+        let limits = &self.limits;
         let request = self.request(job).await?;
         let api = match job.provider.as_str() {
             "telecmi" => "telecmi_play",
             _ => crate::providers::jas::client::RECORDINGS_API_LABEL,
         };
-        match download_to(request, dest, api).await {
+        match download_to(request, &target, limits, api).await {
             // An expired token from client credentials is fetched again, once (SPEC §2).
             Err(DownloadError::Unauthorized) if job.provider == "jas" => {
                 let renewed = match &self.jas {
@@ -92,7 +114,7 @@ impl Fetcher {
                     return Err(DownloadError::Unauthorized);
                 }
                 let request = self.request(job).await?;
-                download_to(request, dest, api).await
+                download_to(request, &target, limits, api).await
             }
             other => other,
         }

@@ -15,8 +15,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::download::{DownloadError, Downloaded};
+use super::download::{Downloaded, distinct_name, temp_prefix};
 use super::fetch::Fetcher;
+use super::folder::Folder;
 use super::path::recording_relative_path;
 use super::{RecorderOptions, RecordingUpdate};
 use crate::calls::{CallKey, Provider, Recording, RecordingState};
@@ -171,6 +172,7 @@ impl Worker {
                 last_error: job.last_error.clone(),
                 bytes: None,
                 sha256: None,
+                rel_path: None,
             };
             let recording =
                 recording_of(&job, RecordingState::Pending, None, job.last_error.clone());
@@ -207,10 +209,11 @@ impl Worker {
         let attempt = job.attempts + 1;
 
         // `downloading` means the last run stopped in the middle of this job; if that was after
-        // the rename, the file under its final name is whole (nothing else is ever renamed
-        // there), so it is kept rather than fetched again.
+        // the rename, the file under its final name is whole, so it is kept rather than fetched
+        // again: under the job's distinct name it can only be this job's; under the name asked
+        // for, only when no other job has downloaded a recording there.
         if job.state == "downloading" {
-            if let Some(done) = existing_file(&dest).await {
+            if let Some(done) = self.own_file(job, &rel).await {
                 tracing::info!(provider = %job.provider, call_id = %job.call_id,
                     recording = %job.source.escape_debug(), journal_id = job.event_id,
                     "recording was already on disk");
@@ -226,6 +229,7 @@ impl Worker {
             last_error: job.last_error.clone(),
             bytes: None,
             sha256: None,
+            rel_path: None,
         };
         let recording = recording_of(
             job,
@@ -234,11 +238,25 @@ impl Worker {
             job.last_error.clone(),
         );
         self.record(job, update, recording).await?;
-        remove_stale_parts(&dest).await;
+        remove_stale_parts(&self.dir, &rel).await;
 
-        match self.fetcher.fetch(job, &dest).await {
-            Ok(done) => self.finish(job, attempt, Ok(done)).await,
-            Err(e @ DownloadError::Transient { .. }) if attempt < self.max_attempts => {
+        let result = self.fetcher.fetch(job, &dest).await;
+        if let Err(e) = &result {
+            if let Some(outcome) = e.limit_outcome() {
+                metrics::counter!("callhook_recordings_total", "outcome" => outcome).increment(1);
+            }
+        }
+        match result {
+            Ok(done) => {
+                if done.rel_path != rel {
+                    tracing::warn!(provider = %job.provider, call_id = %job.call_id,
+                        recording = %job.source.escape_debug(), journal_id = job.event_id,
+                        path = %done.rel_path.display(), taken = %rel.display(),
+                        "another recording's file has this recording's name; saved under a distinct name");
+                }
+                self.finish(job, attempt, Ok(done)).await
+            }
+            Err(e) if e.is_transient() && attempt < self.max_attempts => {
                 let delay = backoff(&self.options, attempt, e.retry_after());
                 metrics::counter!("callhook_recordings_total", "outcome" => "retried").increment(1);
                 tracing::warn!(provider = %job.provider, call_id = %job.call_id,
@@ -256,6 +274,7 @@ impl Worker {
                     last_error: Some(error.clone()),
                     bytes: None,
                     sha256: None,
+                    rel_path: None,
                 };
                 let recording = recording_of(job, RecordingState::Pending, None, Some(error));
                 self.record(job, update, recording).await
@@ -265,6 +284,24 @@ impl Worker {
                     .await
             }
         }
+    }
+
+    /// A whole file a crashed attempt at `job` left under its final name, if there is one.
+    async fn own_file(&self, job: &Job, rel: &Path) -> Option<Downloaded> {
+        let name = rel.file_name()?.to_str()?;
+        let distinct = rel.with_file_name(distinct_name(name, &job.id.to_string()));
+        if let Some(done) = existing_file(&self.dir, &distinct).await {
+            return Some(done);
+        }
+        let taken = self
+            .journal
+            .path_downloaded_by_other(rel.to_string_lossy().into_owned(), job.id)
+            .await
+            .unwrap_or(true);
+        if taken {
+            return None;
+        }
+        existing_file(&self.dir, rel).await
     }
 
     /// Writes a final outcome: `downloaded` with its size and hash, or `failed` with why.
@@ -290,6 +327,7 @@ impl Worker {
                         last_error: None,
                         bytes: Some(done.bytes),
                         sha256: Some(done.sha256.clone()),
+                        rel_path: Some(done.rel_path.to_string_lossy().into_owned()),
                     },
                     recording_of(job, RecordingState::Downloaded, Some(&done), None),
                 )
@@ -316,6 +354,7 @@ impl Worker {
                         last_error: Some(error.clone()),
                         bytes: None,
                         sha256: None,
+                        rel_path: None,
                     },
                     recording_of(job, RecordingState::Failed, None, Some(error)),
                 )
@@ -369,9 +408,18 @@ fn recording_of(
     error: Option<String>,
 ) -> Recording {
     Recording {
-        id: job.recording_id.clone(),
+        // The second call naming a TeleCMI file has a job `<name>@<call id>` (journal/writer.rs);
+        // on the call the recording is still named by the file.
+        id: job
+            .recording_id
+            .strip_suffix(&format!("@{}", job.call_id))
+            .filter(|_| job.provider == "telecmi")
+            .unwrap_or(&job.recording_id)
+            .to_string(),
         url: job.source.clone(),
-        path: job.rel_path.clone(),
+        path: done
+            .map(|d| d.rel_path.to_string_lossy().into_owned())
+            .or_else(|| job.rel_path.clone()),
         state,
         bytes: done.map(|d| d.bytes),
         sha256: done.map(|d| d.sha256.clone()),
@@ -393,19 +441,20 @@ pub fn backoff(options: &RecorderOptions, attempt: u32, retry_after: Option<Dura
     retry_after.map_or(delay, |r| r.max(delay))
 }
 
-/// Size and hash of a file already at `dest`, if there is one.
-async fn existing_file(dest: &Path) -> Option<Downloaded> {
-    let dest = dest.to_path_buf();
+/// Size and hash of the regular file at `root/rel`, if there is one, reached without following
+/// a link below `root`.
+async fn existing_file(root: &Path, rel: &Path) -> Option<Downloaded> {
+    let root = root.to_path_buf();
+    let rel = rel.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&dest).ok()?;
-        if !file.metadata().ok()?.is_file() {
-            return None;
-        }
+        let folder = Folder::open(&root, rel.parent()?, false).ok()??;
+        let mut file = folder.open_file(rel.file_name()?.to_str()?)?;
         let mut hasher = Sha256::new();
         let bytes = std::io::copy(&mut file, &mut hasher).ok()?;
         (bytes > 0).then(|| Downloaded {
             bytes,
             sha256: hex::encode(hasher.finalize()),
+            rel_path: rel.clone(),
         })
     })
     .await
@@ -413,30 +462,34 @@ async fn existing_file(dest: &Path) -> Option<Downloaded> {
     .flatten()
 }
 
-/// Removes temp files of earlier attempts at `dest` that a crash left behind (a clean failure
-/// or shutdown removes its own). Only one worker handles a job at a time, so none is in use.
-async fn remove_stale_parts(dest: &Path) {
-    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
-        return;
-    };
-    let prefix = format!(".{name}.part-");
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix))
-        {
-            let _ = tokio::fs::remove_file(entry.path()).await;
+/// Removes temp files of earlier attempts at `root/rel` that a crash left behind (a clean
+/// failure or shutdown removes its own). Only one worker handles a job at a time, so none is in
+/// use.
+async fn remove_stale_parts(root: &Path, rel: &Path) {
+    let root = root.to_path_buf();
+    let rel = rel.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name().and_then(|n| n.to_str()))
+        else {
+            return;
+        };
+        let Ok(Some(folder)) = Folder::open(&root, parent, false) else {
+            return;
+        };
+        let prefix = temp_prefix(name);
+        for entry in folder.names() {
+            if entry.starts_with(&prefix) {
+                folder.remove(&entry);
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recordings::download::temp_name;
 
     #[test]
     fn backoff_doubles_within_jitter_up_to_the_cap() {
@@ -469,23 +522,35 @@ mod tests {
     #[tokio::test]
     async fn stale_parts_of_this_file_only_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("a.wav");
+        let rel = Path::new("a.wav");
+        let other = temp_name("b.wav");
         for name in [
-            ".a.wav.part-0123",
-            ".a.wav.part-ffff",
-            ".b.wav.part-1",
-            "a.wav",
+            temp_name("a.wav"),
+            temp_name("a.wav"),
+            other.clone(),
+            "a.wav".into(),
         ] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
-        remove_stale_parts(&dest).await;
+        remove_stale_parts(dir.path(), rel).await;
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, vec![".b.wav.part-1", "a.wav"]);
-        assert_eq!(existing_file(&dest).await.map(|d| d.bytes), Some(1));
-        assert_eq!(existing_file(&dir.path().join("none")).await, None);
+        let mut want = vec![other, "a.wav".to_string()];
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(
+            existing_file(dir.path(), rel).await.map(|d| d.bytes),
+            Some(1)
+        );
+        assert_eq!(existing_file(dir.path(), Path::new("none")).await, None);
+        // Never through a link below the root.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("link")).unwrap();
+        assert_eq!(
+            existing_file(dir.path(), Path::new("link/a.wav")).await,
+            None
+        );
     }
 }

@@ -213,7 +213,19 @@ impl Api {
             Api::Auth => "jas_auth",
         }
     }
+
+    /// The largest answer read from this API; a bigger one is refused like a bad answer, so a
+    /// broken or hostile upstream cannot make every lookup slot hold megabytes. A participant,
+    /// a token or a webhook list is a few hundred bytes to a few KiB.
+    fn max_answer_bytes(self) -> usize {
+        match self {
+            Api::Participants | Api::Webhooks | Api::Auth => MAX_ANSWER_BYTES,
+        }
+    }
 }
+
+/// See [`Api::max_answer_bytes`].
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The bearer token obtained from client credentials.
 struct TokenCell {
@@ -298,7 +310,10 @@ impl JasClient {
             .connect_timeout(cfg.connect_timeout)
             // Idle-read limit only: the whole-request deadline is per call (see `request_timeout`).
             .read_timeout(cfg.request_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(crate::recordings::redirect::policy())
+            .dns_resolver(crate::recordings::redirect::PublicOnly::new(
+                base_url.host_str(),
+            ))
             .user_agent(concat!("callhook/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| JasError::Invalid(format!("building HTTP client: {}", error_chain(&e))))?;
@@ -648,13 +663,20 @@ async fn attempt(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            match resp.bytes().await {
-                Err(e) => Err(AttemptError {
+            match read_capped(resp, api.max_answer_bytes()).await {
+                Err(Capped::Read(e)) => Err(AttemptError {
                     error: JasError::Transient(format!(
                         "{}: reading body: {}",
                         api.label(),
                         describe(e)
                     )),
+                    retry_after: None,
+                }),
+                Err(Capped::TooLarge(limit)) => Err(AttemptError {
+                    error: JasError::Rejected {
+                        status: status.as_u16(),
+                        body: format!("answer larger than {limit} bytes; not read further"),
+                    },
                     retry_after: None,
                 }),
                 Ok(body) => {
@@ -666,6 +688,27 @@ async fn attempt(
     metrics::histogram!("callhook_upstream_request_seconds", "api" => api.label())
         .record(started.elapsed().as_secs_f64());
     outcome
+}
+
+enum Capped {
+    Read(reqwest::Error),
+    TooLarge(usize),
+}
+
+/// The body, read chunk by chunk and given up on as soon as it passes `limit` bytes (a
+/// `Content-Length` over it is refused before reading anything).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Capped> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Capped::TooLarge(limit));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Capped::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn classify(api: Api, status: StatusCode, body: Bytes) -> Result<(StatusCode, Bytes), JasError> {
@@ -1163,6 +1206,82 @@ mod tests {
         client.register("call_summary", "http://x").await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_millis(1000));
+    }
+
+    /// A valid participant padded to `len` bytes: parses fine when read whole.
+    fn padded_participant(len: usize) -> String {
+        let head = r#"{"id":1,"dn":"101","callid":26,"status":"Connected","pad":""#;
+        let tail = r#""}"#;
+        format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_refused_with_or_without_a_length() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        // Declared length over the cap: refused before the body is read.
+        let mock = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v2/api/callcontrol/101/participants/1"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(padded_participant(1 << 20)))
+            .mount(&mock)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v2/api/callcontrol/101/participants/2"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(padded_participant(2000)))
+            .mount(&mock)
+            .await;
+        let client = token_client(&format!("{}/v2", mock.uri()), "t");
+        let err = client.participant("101", "1").await.unwrap_err();
+        assert!(
+            matches!(&err, JasError::Rejected { status: 200, body } if body.contains("larger than 65536")),
+            "{err:?}"
+        );
+        assert_eq!(client.participant("101", "2").await.unwrap().dn, "101");
+
+        // No length, a body that never ends: reading stops at the cap.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(br#"{"dn":"101","pad":""#).await;
+                    let chunk = vec![b'x'; 16 * 1024];
+                    // Bounded so the test stops by itself: 100 MB at most.
+                    for _ in 0..6400 {
+                        if sock.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(chunk.len(), Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let client = token_client(&format!("http://{addr}/v2"), "t");
+        let started = Instant::now();
+        let err = client.participant("101", "1").await.unwrap_err();
+        assert!(
+            matches!(&err, JasError::Rejected { body, .. } if body.contains("larger than")),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // What the server got out before we hung up: the cap plus socket buffers, far from 100 MB.
+        assert!(
+            sent.load(Ordering::Relaxed) < 20 << 20,
+            "{}",
+            sent.load(Ordering::Relaxed)
+        );
     }
 
     #[tokio::test]
