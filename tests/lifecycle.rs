@@ -195,7 +195,8 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let line = accepted.expect("an info line for the accepted event");
-    assert_eq!(line["span"]["request_id"], "req-42", "{line}");
+    // Top-level, as the README says (issue #11: it was nested under `span`).
+    assert_eq!(line["request_id"], "req-42", "{line}");
     for key in [
         "provider",
         "event",
