@@ -332,8 +332,10 @@ async fn redact_numbers_keeps_the_last_four_digits_in_logs_only() {
 async fn at_debug_a_misrouted_telecmi_url_never_logs_the_path_token() {
     crypto();
     const TOKEN_SEGMENT: &str = "Tcmi-Path-9f3k2";
+    let sim = JasSim::new();
+    let server = sim.start().await.unwrap();
     let dir = tempdir();
-    let mut env = Env::new(dir.path());
+    let mut env = Env::new(dir.path()).with_sim(&server.base_url);
     env.set("telecmi.path_token", TOKEN_SEGMENT)
         .set("log.level", "debug");
     let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
@@ -356,9 +358,33 @@ async fn at_debug_a_misrouted_telecmi_url_never_logs_the_path_token() {
             assert!(r.status().is_client_error(), "{path}: {}", r.status());
         }
     }
+    // A lookup with the API token, too.
+    let body = call_status("101", "1", 0, 1);
+    let r = http
+        .post(format!("{}/webhooks/jas", daemon.public))
+        .header("x-sig", sign(SECRET.as_bytes(), body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_until(Duration::from_secs(10), || async {
+        sim.requests(callhook::sim::SimRoute::Participant) > 0
+    })
+    .await;
     daemon.signal("TERM");
     tokio::task::block_in_place(|| daemon.wait(Duration::from_secs(15)));
     let logs = daemon.logs();
+    for line in &logs {
+        assert!(
+            !line.to_string().contains(TOKEN),
+            "API token logged: {line}"
+        );
+        assert!(
+            !line.to_string().contains(SECRET),
+            "webhook secret logged: {line}"
+        );
+    }
     assert!(
         logs.iter()
             .any(|l| l["level"] == "DEBUG" && l.get("path").is_some()),
