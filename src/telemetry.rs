@@ -51,10 +51,15 @@ where
                     .with_span_list(false),
             ))
             .try_init(),
-        LogFormat::Pretty => builder
-            .compact()
-            .with_ansi(std::io::stdout().is_terminal())
-            .try_init(),
+        LogFormat::Pretty => {
+            let ansi = std::io::stdout().is_terminal();
+            builder
+                .with_ansi(ansi)
+                .event_format(RedactedPretty(
+                    tracing_subscriber::fmt::format().compact().with_ansi(ansi),
+                ))
+                .try_init()
+        }
     };
 }
 
@@ -76,7 +81,68 @@ where
     ) -> fmt::Result {
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
-        writer.write_str(&flatten_line(&line))
+        writer.write_str(&flatten_line_with(&line, redacting()))
+    }
+}
+
+/// The compact (one line) format; with `log.redact_numbers`, every run of 7 digits or more
+/// in the line shows only its last 4 (a pretty line has no field types to go by).
+struct RedactedPretty(Format<tracing_subscriber::fmt::format::Compact>);
+
+impl<S, N> FormatEvent<S, N> for RedactedPretty
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if !redacting() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        writer.write_str(&redact_digit_runs(&line))
+    }
+}
+
+/// Fields that hold one phone number; redacted wherever they appear (also inside the objects
+/// of an array such as `participants`), whichever log site wrote them.
+pub const NUMBER_FIELDS: &[&str] = &[
+    "party_number",
+    "caller_id",
+    "callerid",
+    "did",
+    "from",
+    "to",
+    "number",
+];
+
+/// Fields of free text that may embed a number (a recording's name, an error naming it): runs
+/// of 7 digits or more are redacted in them.
+pub const TEXT_FIELDS: &[&str] = &["recording", "error", "reason", "message"];
+
+fn redacting() -> bool {
+    REDACT_NUMBERS.load(Ordering::Relaxed)
+}
+
+fn redact_fields(fields: &mut serde_json::Map<String, Value>, depth: usize) {
+    for (key, value) in fields.iter_mut() {
+        match value {
+            Value::String(s) if NUMBER_FIELDS.contains(&key.as_str()) => *s = redact_number(s),
+            Value::String(s) if TEXT_FIELDS.contains(&key.as_str()) => *s = redact_digit_runs(s),
+            Value::Array(items) if depth == 0 => {
+                for item in items {
+                    if let Value::Object(inner) = item {
+                        redact_fields(inner, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -85,6 +151,11 @@ where
 /// [`JSON_FIELDS`] as JSON values; `timestamp`, `level`, `message`, `target` first. A line that
 /// is not a JSON object is passed through.
 pub fn flatten_line(line: &str) -> String {
+    flatten_line_with(line, false)
+}
+
+/// [`flatten_line`], with [`NUMBER_FIELDS`] and [`TEXT_FIELDS`] redacted when `redact`.
+pub fn flatten_line_with(line: &str, redact: bool) -> String {
     let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(line.trim_end()) else {
         return line.to_string();
     };
@@ -101,6 +172,9 @@ pub fn flatten_line(line: &str) -> String {
                 fields.insert(key.to_string(), value);
             }
         }
+    }
+    if redact {
+        redact_fields(&mut fields, 0);
     }
     let mut ordered: Vec<(String, Value)> = vec![];
     for key in ["timestamp", "level", "message", "target"] {
@@ -136,7 +210,7 @@ pub fn set_redact_numbers(on: bool) {
 /// A phone number as a log line shows it: whole, or with `log.redact_numbers` only its last
 /// four characters (`******8888`). Never used for the admin API or outbound events.
 pub fn number(n: &str) -> String {
-    if REDACT_NUMBERS.load(Ordering::Relaxed) {
+    if redacting() {
         redact_number(n)
     } else {
         n.to_string()
@@ -153,6 +227,31 @@ pub fn redact_number(n: &str) -> String {
         .collect()
 }
 
+/// Every run of 7 digits or more (a phone number inside a name or a message) with all but its
+/// last 4 digits as `*`; shorter runs (extensions, times, ids) are kept.
+pub fn redact_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 7 {
+            out.push_str(&redact_number(run));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +265,32 @@ mod tests {
         assert_eq!(redact_number("1234"), "1234");
         assert_eq!(redact_number("12345"), "*2345");
         assert_eq!(redact_number(""), "");
+    }
+
+    #[test]
+    fn digit_runs_of_phone_length_are_redacted_in_text() {
+        assert_eq!(
+            redact_digit_runs("[Bob]_5148888888-101_20250414.wav"),
+            "[Bob]_******8888-101_****0414.wav"
+        );
+        assert_eq!(redact_digit_runs("101 123456 x"), "101 123456 x");
+        assert_eq!(redact_digit_runs("+919200000000"), "+********0000");
+        assert_eq!(redact_digit_runs(""), "");
+    }
+
+    #[test]
+    fn json_lines_redact_number_fields_wherever_they_are() {
+        let line = r#"{"message":"m","from":"5148888888","caller_id":"04471000000","dn":"101","recording":"r_5148888888.wav","participants":"[{\"party_number\":\"9200000000\",\"dn\":\"101\"}]","journal_id":12345678}"#;
+        let v: Value = serde_json::from_str(&flatten_line_with(line, true)).unwrap();
+        assert_eq!(v["from"], "******8888");
+        assert_eq!(v["caller_id"], "*******0000");
+        assert_eq!(v["dn"], "101");
+        assert_eq!(v["recording"], "r_******8888.wav");
+        assert_eq!(v["participants"][0]["party_number"], "******0000");
+        assert_eq!(v["participants"][0]["dn"], "101");
+        assert_eq!(v["journal_id"], 12345678);
+        let v: Value = serde_json::from_str(&flatten_line_with(line, false)).unwrap();
+        assert_eq!(v["from"], "5148888888");
     }
 
     #[test]

@@ -243,6 +243,15 @@ async fn a_call_in_a_child(redact: bool) -> (Vec<Value>, Value) {
     tokio::task::block_in_place(|| {
         wait_log(&mut daemon, |l| l["message"] == "call started");
     });
+    // A recording whose name holds the number, as 3CX names them.
+    let recording = new_recording("26", "/recordings/101/[Bob]_5148888888-101_20250414.wav", 7);
+    assert_eq!(
+        post(recording.clone(), signed(&recording))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let remove = call_status("101", "172", 1, 2);
     assert_eq!(
         post(remove.clone(), signed(&remove))
@@ -318,6 +327,11 @@ async fn redact_numbers_keeps_the_last_four_digits_in_logs_only() {
         .find(|l| l["message"] == "call started")
         .unwrap();
     assert_eq!(started["participants"][0]["party_number"], "******8888");
+    let recording = logs.iter().find(|l| l["event"] == "new_recording").unwrap();
+    assert_eq!(
+        recording["recording"],
+        "/recordings/101/[Bob]_******8888-101_****0414.wav"
+    );
     for line in &logs {
         assert!(
             !line.to_string().contains("5148888888"),
