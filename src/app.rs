@@ -389,7 +389,7 @@ impl Registrar {
                         return Err(StartError::Credentials(e.to_string()));
                     }
                     Err(JasError::Rejected { status, body }) => {
-                        tracing::error!(event = %event, status, body = %body,
+                        tracing::error!(event = %event, http_status = status, body = %body,
                             "JAS Connect refused this webhook; skipping it");
                         break;
                     }

@@ -158,7 +158,8 @@ fn serve(c: ConfigArg) -> ExitCode {
     })
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Cancels `token` on SIGTERM or SIGINT. SIGHUP (whose default action would kill the daemon)
+/// is logged and changes nothing: the configuration is read at start only.
 async fn stop_on_signal(token: CancellationToken) {
     #[cfg(unix)]
     {
@@ -166,9 +167,25 @@ async fn stop_on_signal(token: CancellationToken) {
         let Ok(mut term) = signal(SignalKind::terminate()) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
-            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "stop requested"),
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(signal = "SIGTERM", "stop requested");
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!(signal = "SIGINT", "stop requested");
+                    break;
+                }
+                Some(()) = async { match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                } } => {
+                    tracing::warn!(signal = "SIGHUP",
+                        "configuration is read at start; restart to apply changes");
+                }
+            }
         }
     }
     #[cfg(not(unix))]

@@ -54,15 +54,22 @@ const KNOWN_KEYS: &[&str] = &[
     "storage.retention_days",
     "log.format",
     "log.level",
+    "log.redact_numbers",
 ];
 
-/// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &[
-    "server.trusted_proxies",
-    "jas.webhook_secret",
-    "jas.webhook_secret_file",
-    "jas.events",
-    "telecmi.allow_ips",
+/// Keys whose environment value is a comma-separated list (or a TOML array).
+const LIST_KEYS: &[&str] = &["server.trusted_proxies", "jas.events", "telecmi.allow_ips"];
+
+/// Secret keys that take a list (a rotation): from the environment one value, commas and all,
+/// unless it is written as a TOML array (`["a", "b"]`). A secret is never split on commas.
+const SECRET_LIST_KEYS: &[&str] = &["jas.webhook_secret", "jas.webhook_secret_file"];
+
+/// The events JAS Connect offers (SPEC §2 `jas.events`).
+pub const JAS_EVENTS: &[&str] = &[
+    "call_status",
+    "new_recording",
+    "call_summary",
+    "call_analysis",
 ];
 
 pub const DEFAULT_CONFIG_FILE: &str = "config/callhook.toml";
@@ -207,6 +214,17 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// `RUST_LOG` when set (checked like `level`); it overrides `level`.
+    pub rust_log: Option<String>,
+    /// Phone numbers in log lines show only their last 4 digits.
+    pub redact_numbers: bool,
+}
+
+impl LogSettings {
+    /// The filter directives in force: `RUST_LOG` when set, else `log.level`.
+    pub fn directives(&self) -> &str {
+        self.rust_log.as_deref().unwrap_or(&self.level)
+    }
 }
 
 /// The shape of the merged layers before validation: plain strings, so the validation pass can
@@ -374,12 +392,14 @@ impl Default for RawStorage {
 struct RawLog {
     format: String,
     level: String,
+    redact_numbers: bool,
 }
 impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: "json".into(),
             level: "info".into(),
+            redact_numbers: false,
         }
     }
 }
@@ -445,17 +465,39 @@ impl Settings {
             Some(vars) => vars.clone().into_iter().collect(),
             None => std::env::vars().collect(),
         };
+        let mut rust_log = None;
         for (var, value) in vars {
+            if var == "RUST_LOG" {
+                rust_log = Some(value);
+                continue;
+            }
             let Some(rest) = var.strip_prefix("CALLHOOK__") else {
                 continue;
             };
             let key = rest.to_lowercase().replace("__", ".");
-            let set = if LIST_KEYS.contains(&key.as_str()) {
-                let items: Vec<String> = value
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
+            let set = if SECRET_LIST_KEYS.contains(&key.as_str()) {
+                // One secret, commas and all, unless written as a TOML array.
+                let items = match value.trim_start().starts_with('[') {
+                    true => toml_string_array(&value).ok_or_else(|| {
+                        ConfigError::new(
+                            &key,
+                            "starts with `[` but is not a TOML array of strings like [\"a\", \"b\"] (value not shown)",
+                        )
+                    })?,
+                    false => vec![value],
+                };
+                builder.set_override(key.as_str(), items)
+            } else if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = match value.trim_start().starts_with('[') {
+                    true => toml_string_array(&value).ok_or_else(|| {
+                        ConfigError::new(&key, format!("`{value}` is not a TOML array of strings"))
+                    })?,
+                    false => value
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                };
                 builder.set_override(key.as_str(), items)
             } else {
                 builder.set_override(key.as_str(), value)
@@ -464,7 +506,7 @@ impl Settings {
         }
         let merged = builder
             .build()
-            .map_err(|e| ConfigError::new("config", e.to_string()))?;
+            .map_err(|e| file_error(sources.file.as_deref(), e))?;
 
         let tree: config::Map<String, config::Value> = merged
             .clone()
@@ -480,9 +522,19 @@ impl Settings {
                 .and_then(|(_, k)| k.split('`').next())
                 .unwrap_or("config")
                 .to_string();
-            ConfigError::new(key, msg)
+            if is_secret_key(&key) {
+                // The crate quotes the value it could not use; for a secret that is the secret.
+                ConfigError::new(key, "is not a string (value not shown)")
+            } else {
+                ConfigError::new(key, msg)
+            }
         })?;
-        raw.validate()
+        let mut settings = raw.validate()?;
+        if let Some(v) = rust_log.filter(|v| !v.trim().is_empty()) {
+            check_log_directives(&v).map_err(|reason| ConfigError::new("RUST_LOG", reason))?;
+            settings.log.rust_log = Some(v);
+        }
+        Ok(settings)
     }
 
     /// The effective configuration as `check-config` prints it, every secret shown as `***`.
@@ -500,12 +552,12 @@ impl Settings {
             },
             "jas": {
                 "enabled": self.jas.enabled,
-                "api_base": self.jas.api_base.as_str(),
+                "api_base": redacted_url(&self.jas.api_base),
                 "token": secret(&self.jas.token),
                 "client_id": self.jas.client_id,
                 "client_secret": secret(&self.jas.client_secret),
                 "webhook_secret": self.jas.webhook_secrets.iter().map(|_| "***").collect::<Vec<_>>(),
-                "callback_url": self.jas.callback_url.as_ref().map(Url::as_str),
+                "callback_url": self.jas.callback_url.as_ref().map(redacted_url),
                 "register": self.jas.register,
                 "events": self.jas.events,
                 "lookup_participants": self.jas.lookup_participants,
@@ -516,7 +568,7 @@ impl Settings {
                 "allow_ips": self.telecmi.allow_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "app_id": self.telecmi.app_id,
                 "secret": secret(&self.telecmi.secret),
-                "api_base": self.telecmi.api_base.as_str(),
+                "api_base": redacted_url(&self.telecmi.api_base),
             },
             "recordings": {
                 "enabled": self.recordings.enabled,
@@ -534,6 +586,7 @@ impl Settings {
             "log": {
                 "format": match self.log.format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
                 "level": self.log.level,
+                "redact_numbers": self.log.redact_numbers,
             },
         })
     }
@@ -608,6 +661,128 @@ fn check_known_keys(
     Ok(())
 }
 
+/// A secret key (or one of its list items): its value is never quoted in an error.
+fn is_secret_key(key: &str) -> bool {
+    key.contains("token") || key.contains("secret")
+}
+
+/// `["a", "b"]` from an environment variable, read as TOML would.
+fn toml_string_array(value: &str) -> Option<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        v: Vec<String>,
+    }
+    toml::from_str::<Wrapper>(&format!("v = {value}"))
+        .ok()
+        .map(|w| w.v)
+}
+
+/// A configuration file that does not parse. The TOML parser quotes the offending line, which
+/// may hold a secret: only its position and key are reported, never its text.
+fn file_error(file: Option<&Path>, e: config::ConfigError) -> ConfigError {
+    let config::ConfigError::FileParse { .. } = &e else {
+        return ConfigError::new("config", e.to_string());
+    };
+    let path = file.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let Err(err) = toml::from_str::<toml::Table>(&text) else {
+        return ConfigError::new("config", format!("{} is not valid TOML", path.display()));
+    };
+    let Some(span) = err.span() else {
+        return ConfigError::new("config", format!("{} is not valid TOML", path.display()));
+    };
+    toml_syntax_error(path, &text, span.start, err.message())
+}
+
+/// "line L, column C" of byte `at`, and the key being set on that line (its section from the
+/// last `[header]` above), so the user can find the line without it being printed.
+fn toml_syntax_error(path: &Path, text: &str, at: usize, message: &str) -> ConfigError {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    };
+    let mut section = String::new();
+    let mut key = None;
+    for (n, l) in text.lines().enumerate().take(line) {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            if bare(h.trim()) {
+                section = h.trim().to_string();
+            }
+        } else if n + 1 == line {
+            key = l
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| bare(k))
+                .map(|k| match section.is_empty() {
+                    true => k.to_string(),
+                    false => format!("{section}.{k}"),
+                });
+        }
+    }
+    // The parser's own message names what it expected, never the value.
+    let message = message.lines().next().unwrap_or("").trim();
+    ConfigError::new(
+        key.unwrap_or_else(|| "config".to_string()),
+        format!(
+            "TOML syntax error in {} at line {line}, column {column}: {message} (the line is not shown: it may hold a secret)",
+            path.display()
+        ),
+    )
+}
+
+/// A URL for messages and `check-config`: a password in it is shown as `***`.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// A `log.level` or `RUST_LOG`: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a
+/// comma-separated `EnvFilter` directive list whose every directive ends in such a level
+/// (`target=level`, `target[span{field}]=level`). `EnvFilter` itself takes a bare word such as
+/// `warning` for a target name, which then logs nothing at all.
+pub fn check_log_directives(value: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let directives: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err("is empty; give a level such as `info`".to_string());
+    }
+    for d in &directives {
+        let ok = match d.rsplit_once('=') {
+            // `target=level`; a `=` inside a span field filter (`[{x=1}]`) is not the level's.
+            Some((target, level)) if !level.contains(']') && !level.contains('}') => {
+                !target.trim().is_empty() && is_level(level)
+            }
+            _ => is_level(d),
+        };
+        if !ok {
+            return Err(format!(
+                "`{d}` is not a level (error, warn, info, debug, trace, off) or a directive like `callhook=debug`"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map(|_| ())
+        .map_err(|e| format!("`{value}` is not a filter directive: {e}"))
+}
+
 /// `x` or the contents of the file named by `x_file` (trailing newline trimmed), never both.
 fn secret_or_file(
     key: &str,
@@ -646,15 +821,29 @@ fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 fn http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
+    // A URL's user info may hold a password: it is never echoed.
+    let shown = mask_userinfo(value);
     let url = Url::parse(value)
-        .map_err(|e| ConfigError::new(key, format!("`{value}` is not a URL: {e}")))?;
+        .map_err(|e| ConfigError::new(key, format!("`{shown}` is not a URL: {e}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(ConfigError::new(
             key,
-            format!("`{value}` is not an http(s) URL"),
+            format!("`{shown}` is not an http(s) URL"),
         ));
     }
     Ok(url)
+}
+
+/// `scheme://user:pw@host/...` as `scheme://***@host/...`, for text that may not even parse.
+fn mask_userinfo(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => value.to_string(),
+    }
 }
 
 fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
@@ -702,6 +891,16 @@ impl Raw {
             listen: socket_addr("admin.listen", &admin.listen)?,
             token: secret_or_file("admin.token", admin.token, admin.token_file)?,
         };
+        // The admin API shows every call and number: off loopback it must ask for a token.
+        if !admin.listen.ip().is_loopback() && admin.token.is_none() {
+            return Err(ConfigError::new(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: set admin.token (or admin.token_file) too",
+                    admin.listen
+                ),
+            ));
+        }
 
         let mut webhook_secrets: Vec<SecretString> = jas
             .webhook_secret
@@ -731,13 +930,14 @@ impl Raw {
             .map(|e| e.trim().to_string())
             .filter(|e| !e.is_empty())
             .collect();
-        if let Some(bad) = events
-            .iter()
-            .find(|e| !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        {
+        if let Some(bad) = events.iter().find(|e| !JAS_EVENTS.contains(&e.as_str())) {
             return Err(ConfigError::new(
                 "jas.events",
-                format!("`{bad}` is not an event name"),
+                format!(
+                    "`{}` is not a JAS Connect event (one of {})",
+                    bad.escape_debug(),
+                    JAS_EVENTS.join(", ")
+                ),
             ));
         }
         let jas = JasSettings {
@@ -853,15 +1053,12 @@ impl Raw {
                 ));
             }
         };
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
-            return Err(ConfigError::new(
-                "log.level",
-                format!("`{}` is not a filter directive: {e}", log.level),
-            ));
-        }
+        check_log_directives(&log.level).map_err(|reason| ConfigError::new("log.level", reason))?;
         let log = LogSettings {
             format,
             level: log.level,
+            rust_log: None,
+            redact_numbers: log.redact_numbers,
         };
 
         Ok(Settings {
@@ -921,7 +1118,7 @@ mod tests {
     #[test]
     fn environment_overrides_and_parses_lists() {
         let s = load_env(&[
-            ("CALLHOOK__JAS__WEBHOOK_SECRET", "one,two"),
+            ("CALLHOOK__JAS__WEBHOOK_SECRET", r#"["one", "two"]"#),
             ("CALLHOOK__SERVER__MAX_BODY_BYTES", "1024"),
             ("CALLHOOK__JAS__LOOKUP_PARTICIPANTS", "false"),
             ("CALLHOOK__JAS__TOKEN", "12345"),
@@ -1001,6 +1198,181 @@ mod tests {
             let err = load_env(&[(var, value)]).unwrap_err();
             assert_eq!(err.key, key, "{var}={value}: {err}");
         }
+    }
+
+    fn secrets(s: &Settings) -> Vec<String> {
+        s.jas
+            .webhook_secrets
+            .iter()
+            .map(|s| s.expose_secret().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_environment_secret_is_one_value_commas_and_all() {
+        let s = load_env(&[
+            ("CALLHOOK__JAS__WEBHOOK_SECRET", "ab,cd"),
+            ("CALLHOOK__JAS__TOKEN", "t,k"),
+            ("CALLHOOK__ADMIN__TOKEN", "a,b"),
+            ("CALLHOOK__JAS__CLIENT_ID", "id"),
+            ("CALLHOOK__JAS__CLIENT_SECRET", "c,s"),
+            ("CALLHOOK__TELECMI__SECRET", "x,y"),
+        ])
+        .unwrap();
+        assert_eq!(secrets(&s), vec!["ab,cd"]);
+        assert_eq!(s.jas.token.unwrap().expose_secret(), "t,k");
+        assert_eq!(s.admin.token.unwrap().expose_secret(), "a,b");
+        assert_eq!(s.jas.client_secret.unwrap().expose_secret(), "c,s");
+        assert_eq!(s.telecmi.secret.unwrap().expose_secret(), "x,y");
+        // A rotation is a TOML array, in the variable too; its items may hold commas.
+        let s = load_env(&[("CALLHOOK__JAS__WEBHOOK_SECRET", r#"["a,b", 'c']"#)]).unwrap();
+        assert_eq!(secrets(&s), vec!["a,b", "c"]);
+        // An array that does not parse is an error that does not quote it.
+        let err = load_env(&[("CALLHOOK__JAS__WEBHOOK_SECRET", r#"["hunter2""#)]).unwrap_err();
+        assert_eq!(err.key, "jas.webhook_secret");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Lists that are not secrets still split on commas, or take an array.
+        let s = load_env(&[("CALLHOOK__JAS__EVENTS", r#"["call_status"]"#)]).unwrap();
+        assert_eq!(s.jas.events, vec!["call_status"]);
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_directives() {
+        for ok in [
+            "error",
+            "warn",
+            "info",
+            "debug",
+            "trace",
+            "off",
+            "INFO",
+            "info,callhook=debug",
+            "callhook::processor=trace",
+            "warn,tower_http=debug,hyper=off",
+            "callhook[request{path}]=debug",
+        ] {
+            assert!(check_log_directives(ok).is_ok(), "{ok} refused");
+            let s = load_env(&[("CALLHOOK__LOG__LEVEL", ok)]).unwrap();
+            assert_eq!(s.log.directives(), ok);
+        }
+        for bad in [
+            "warning",
+            "verbose",
+            "",
+            " , ",
+            "info,warning",
+            "callhook=loud",
+            "callhook=",
+            "=debug",
+            "callhook",
+        ] {
+            let err = load_env(&[("CALLHOOK__LOG__LEVEL", bad)]).unwrap_err();
+            assert_eq!(err.key, "log.level", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn rust_log_overrides_and_is_checked_the_same_way() {
+        let s = load_env(&[("RUST_LOG", "debug"), ("CALLHOOK__LOG__LEVEL", "warn")]).unwrap();
+        assert_eq!(s.log.directives(), "debug");
+        assert_eq!(s.log.level, "warn");
+        let err = load_env(&[("RUST_LOG", "warning")]).unwrap_err();
+        assert_eq!(err.key, "RUST_LOG");
+        assert_eq!(
+            load_env(&[("RUST_LOG", "")]).unwrap().log.directives(),
+            "info"
+        );
+    }
+
+    #[test]
+    fn jas_events_are_the_four_jas_offers() {
+        let s = load_env(&[(
+            "CALLHOOK__JAS__EVENTS",
+            "call_status,new_recording,call_summary,call_analysis",
+        )])
+        .unwrap();
+        assert_eq!(s.jas.events.len(), 4);
+        for bad in ["call_stauts", "callStatus", "call_status,new_recordings"] {
+            let err = load_env(&[("CALLHOOK__JAS__EVENTS", bad)]).unwrap_err();
+            assert_eq!(err.key, "jas.events", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let err = load_env(&[("CALLHOOK__ADMIN__LISTEN", "0.0.0.0:9998")]).unwrap_err();
+        assert_eq!(err.key, "admin.listen");
+        let err = load_env(&[("CALLHOOK__ADMIN__LISTEN", "[::]:9998")]).unwrap_err();
+        assert_eq!(err.key, "admin.listen");
+        let s = load_env(&[
+            ("CALLHOOK__ADMIN__LISTEN", "0.0.0.0:9998"),
+            ("CALLHOOK__ADMIN__TOKEN", "t"),
+        ])
+        .unwrap();
+        assert!(!s.admin.listen.ip().is_loopback());
+        for loopback in ["127.0.0.1:9998", "127.0.0.2:1", "[::1]:9998"] {
+            load_env(&[("CALLHOOK__ADMIN__LISTEN", loopback)]).unwrap();
+        }
+    }
+
+    #[test]
+    fn url_passwords_are_never_echoed() {
+        for value in ["ftp://u:pw-secret@host/x", "https://u:pw-secret@ho st/"] {
+            let err = load_env(&[("CALLHOOK__JAS__API_BASE", value)]).unwrap_err();
+            assert_eq!(err.key, "jas.api_base");
+            assert!(!err.to_string().contains("pw-secret"), "{err}");
+        }
+        let s = load_env(&[("CALLHOOK__JAS__API_BASE", "https://u:pw-secret@host/v2")]).unwrap();
+        let text = s.redacted_toml();
+        assert!(!text.contains("pw-secret"), "{text}");
+        assert!(text.contains("https://u:***@host/v2"), "{text}");
+        assert_eq!(mask_userinfo("a://u:p@h/x@y"), "a://***@h/x@y");
+        assert_eq!(mask_userinfo("not a url"), "not a url");
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_the_line_and_key_not_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key, line) in [
+            (
+                "[jas]\nwebhook_secret = \"hunter2\n",
+                "jas.webhook_secret",
+                2,
+            ),
+            (
+                "[jas]\nregister = false\n\n[admin]\ntoken = hunter2\n",
+                "admin.token",
+                5,
+            ),
+            ("token = 'hunter2\n", "token", 1),
+            ("[jas]\nhunter2\n", "config", 2),
+        ] {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Settings::load(&Sources {
+                file: Some(path),
+                env: Some(BTreeMap::new()),
+            })
+            .unwrap_err();
+            let shown = err.to_string();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert_eq!(err.key, key, "{shown}");
+            assert!(shown.contains(&format!("line {line}, column")), "{shown}");
+        }
+    }
+
+    #[test]
+    fn secret_values_of_the_wrong_type_are_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[jas]\ntoken = [\"hunter2\"]\n").unwrap();
+        let err = Settings::load(&Sources {
+            file: Some(path),
+            env: Some(BTreeMap::new()),
+        })
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.key.starts_with("jas.token"), "{err}");
     }
 
     #[test]

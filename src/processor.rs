@@ -618,10 +618,18 @@ impl Processor {
         let Some(call) = self.table.call(key) else {
             return;
         };
-        let participants: Vec<String> = call
+        // An array in the JSON line (telemetry::JSON_FIELDS); numbers as log.redact_numbers says.
+        let participants: Vec<serde_json::Value> = call
             .participants
             .iter()
-            .map(|p| format!("{}<->{} ({})", p.dn, p.party_number, p.status))
+            .map(|p| {
+                serde_json::json!({
+                    "dn": p.dn,
+                    "participant_id": p.participant_id,
+                    "party_number": crate::telemetry::number(&p.party_number),
+                    "status": p.status,
+                })
+            })
             .collect();
         tracing::info!(
             provider = %key.provider,
@@ -629,7 +637,7 @@ impl Processor {
             direction = call.direction.as_str(),
             state = call.state.as_str(),
             reason = call.end_reason.as_deref().unwrap_or(""),
-            participants = ?participants,
+            participants = crate::telemetry::json_field(&serde_json::Value::Array(participants)),
             "{what}"
         );
     }

@@ -132,7 +132,10 @@ async fn no_secret_configured_answers_401() {
 async fn secret_rotation_accepts_both() {
     let dir = tempdir();
     let mut env = Env::new(dir.path());
-    env.set("jas.webhook_secret", &format!("old-secret,{SECRET}"));
+    env.set(
+        "jas.webhook_secret",
+        &format!(r#"["old-secret", "{SECRET}"]"#),
+    );
     let app = TestApp::spawn(&env, dir.path()).await;
     let a = call_status("101", "1", 0, 1);
     let b = call_status("101", "1", 0, 2);

@@ -97,7 +97,10 @@ async fn an_event_the_account_does_not_offer_is_skipped() {
     let server = sim.start().await.unwrap();
     let dir = tempdir();
     let mut env = registering_env(dir.path(), &server.base_url);
-    env.set("jas.events", "call_status,not_offered,new_recording");
+    // An unknown name is refused by the configuration now (exit 2), so the account "does not
+    // offer" the first event: the simulator answers its registration 404.
+    env.set("jas.events", "call_analysis,call_status,new_recording");
+    sim.fail_next(SimRoute::Register, &[404]);
     let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
     let mut events: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
     events.sort();
@@ -105,7 +108,7 @@ async fn an_event_the_account_does_not_offer_is_skipped() {
     let logs = daemon.logs();
     assert!(
         logs.iter()
-            .any(|l| l["level"] == "ERROR" && l["event"] == "not_offered"),
+            .any(|l| l["level"] == "ERROR" && l["event"] == "call_analysis"),
         "{logs:#?}"
     );
     daemon.signal("TERM");
@@ -192,7 +195,8 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let line = accepted.expect("an info line for the accepted event");
-    assert_eq!(line["span"]["request_id"], "req-42", "{line}");
+    // Top-level, as the README says (issue #11: it was nested under `span`).
+    assert_eq!(line["request_id"], "req-42", "{line}");
     for key in [
         "provider",
         "event",

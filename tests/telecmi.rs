@@ -812,16 +812,17 @@ async fn logs_name_the_event_but_never_the_path_token() {
         .expect("an accepted line");
     assert_eq!(accepted["level"], "INFO");
     assert_eq!(accepted["event"], "event");
-    assert_eq!(accepted["status"], "accepted");
+    // The outcome and the HTTP status are separate fields of one type each (issue #11).
+    assert_eq!(accepted["outcome"], "accepted");
     assert_eq!(accepted["call_id"], "log-call");
     assert_eq!(accepted["participant_id"], "log-a");
     assert!(accepted["journal_id"].is_number(), "{accepted}");
-    assert_eq!(accepted["span"]["path"], "/webhooks/telecmi/{path_token}");
+    assert_eq!(accepted["path"], "/webhooks/telecmi/{path_token}");
     let refused = logs
         .iter()
         .find(|l| l["message"] == "event refused" && l["provider"] == "telecmi")
         .expect("a refused line");
-    assert_eq!(refused["status"], 404);
+    assert_eq!(refused["http_status"], 404);
 }
 
 #[tokio::test]

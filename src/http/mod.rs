@@ -14,6 +14,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -58,21 +59,32 @@ impl Readiness {
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request ids (honoured when sent, generated otherwise, returned in the reply) and one span per
-/// request carrying it, so every log line of a request can be found by it.
-fn traced(router: Router) -> Router {
+/// request carrying it, so every log line of a request can be found by it. The HTTP status of
+/// the reply is logged (at `debug`) as `http_status`, an integer, never as `status`.
+fn traced(router: Router, path_token: Option<SecretString>) -> Router {
     router.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
             .layer(
-                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                    let id = req
-                        .headers()
-                        .get(&X_REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    let path = loggable_path(req);
-                    tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
-                }),
+                TraceLayer::new_for_http()
+                    .make_span_with(move |req: &Request<_>| {
+                        let id = req
+                            .headers()
+                            .get(&X_REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        let path = loggable_path(req, path_token.as_ref());
+                        tracing::info_span!("request", method = %req.method(), path = %path, request_id = %id)
+                    })
+                    .on_response(
+                        |res: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
+                            tracing::debug!(
+                                http_status = res.status().as_u16(),
+                                latency_ms = latency.as_millis() as u64,
+                                "finished processing request"
+                            );
+                        },
+                    ),
             )
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone())),
     )
@@ -84,13 +96,33 @@ const SECRET_PARAM: &str = "{path_token}";
 /// The request path for logs: as sent, except that a route with a secret segment is logged as
 /// its template, so the token never reaches a log line.
 /// A path under a secret route's prefix that matched no route (a trailing slash, a typo) is
-/// cut at the prefix too: what follows may still be the token.
-fn loggable_path<B>(req: &Request<B>) -> &str {
+/// cut at the prefix too: what follows may still be the token. Any other path that matched
+/// no route and holds the token anywhere (`/webhook/telecmi/<token>`, `//webhooks/...`,
+/// percent-encoded or not) is not shown at all.
+fn loggable_path<'r, B>(req: &'r Request<B>, path_token: Option<&SecretString>) -> &'r str {
+    let path = req.uri().path();
     match req.extensions().get::<MatchedPath>() {
         Some(route) if route.as_str().contains(SECRET_PARAM) => route.as_str(),
-        _ if req.uri().path().starts_with(SECRET_PREFIX) => SECRET_PREFIX_LOGGED,
-        _ => req.uri().path(),
+        _ if path.starts_with(SECRET_PREFIX) => SECRET_PREFIX_LOGGED,
+        None if holds_token(
+            req.uri().path_and_query().map_or(path, |p| p.as_str()),
+            path_token,
+        ) =>
+        {
+            WITHHELD
+        }
+        _ => path,
     }
+}
+
+const WITHHELD: &str = "(not shown: it holds telecmi.path_token)";
+
+fn holds_token(text: &str, token: Option<&SecretString>) -> bool {
+    let Some(token) = token.map(|t| t.expose_secret().to_ascii_lowercase()) else {
+        return false;
+    };
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    !token.is_empty() && decoded.to_ascii_lowercase().contains(&token)
 }
 
 /// The static part of the TeleCMI route, before its token.
@@ -100,6 +132,7 @@ const SECRET_PREFIX_LOGGED: &str = "/webhooks/telecmi/{path_token}";
 /// `server.listen`: the webhook endpoints and `/healthz`.
 pub fn public_router(state: AppState) -> Router {
     let limit = state.settings.server.max_body_bytes;
+    let state_token = state.settings.telecmi.path_token.clone();
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::providers::jas::routes::router())
@@ -112,12 +145,13 @@ pub fn public_router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .with_state(state);
-    traced(router)
+    traced(router, state_token)
 }
 
 /// `admin.listen`: calls API, metrics, health; loopback by default.
 pub fn admin_router(state: AppState) -> Router {
-    traced(admin::router(state))
+    let token = state.settings.telecmi.path_token.clone();
+    traced(admin::router(state), token)
 }
 
 pub async fn healthz() -> &'static str {
@@ -146,9 +180,32 @@ mod tests {
             "/webhooks/telecmi/s3cret",
         ] {
             let req = Request::builder().uri(path).body(()).unwrap();
-            assert_eq!(loggable_path(&req), "/webhooks/telecmi/{path_token}");
+            assert_eq!(loggable_path(&req, None), "/webhooks/telecmi/{path_token}");
         }
         let req = Request::builder().uri("/webhooks/jas").body(()).unwrap();
-        assert_eq!(loggable_path(&req), "/webhooks/jas");
+        assert_eq!(loggable_path(&req, None), "/webhooks/jas");
+    }
+
+    #[test]
+    fn a_misrouted_path_holding_the_token_is_never_logged() {
+        let token = SecretString::from("S3cret-Tok");
+        for path in [
+            "/webhook/telecmi/S3cret-Tok",
+            "//webhooks/telecmi/S3cret-Tok",
+            "/WEBHOOKS/telecmi/S3cret-Tok",
+            "/webhooks/telecmi%2FS3cret-Tok",
+            "/x/%53%33cret-Tok",
+            "/x?t=S3cret-Tok",
+            "/s3cret-tok",
+        ] {
+            let req = Request::builder().uri(path).body(()).unwrap();
+            let logged = loggable_path(&req, Some(&token));
+            assert!(
+                !logged.to_lowercase().contains("s3cret"),
+                "{path} logged as {logged}"
+            );
+        }
+        let req = Request::builder().uri("/webhooks/nope").body(()).unwrap();
+        assert_eq!(loggable_path(&req, Some(&token)), "/webhooks/nope");
     }
 }

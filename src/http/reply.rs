@@ -52,8 +52,8 @@ pub fn finish(
     };
     if let Err(e) = &result {
         if !matches!(e, ApiError::Internal(_)) {
-            tracing::info!(provider, status = e.status().as_u16(), error = %e,
-                client_ip = client_ip.map(|ip| ip.to_string()), "event refused");
+            tracing::info!(provider, outcome = e.outcome(), http_status = e.status().as_u16(),
+                error = %e, client_ip = client_ip.map(|ip| ip.to_string()), "event refused");
         }
     }
     metrics::counter!("callhook_events_total", "provider" => provider, "event" => event, "outcome" => outcome)

@@ -109,22 +109,22 @@ fn log_event(event: &JasEvent, appended: Appended, outcome: &str) {
         JasEvent::CallStatus(cs) => tracing::info!(
             provider = "jas", event = "call_status", sequence = cs.sequence, dn = %cs.dn,
             participant_id = %cs.participant_id, event_type = cs.change.code(),
-            journal_id, status = outcome, "event {outcome}"
+            journal_id, outcome, "event {outcome}"
         ),
         JasEvent::NewRecording(r) => tracing::info!(
             provider = "jas", event = "new_recording", call_id = %r.call_id,
-            recording = %r.recording_url.escape_debug(), journal_id, status = outcome, "event {outcome}"
+            recording = %r.recording_url.escape_debug(), journal_id, outcome, "event {outcome}"
         ),
         JasEvent::CallSummary(s) => tracing::info!(
             provider = "jas",
             event = "call_summary",
             call_id = s.call_id.as_deref().unwrap_or(""),
             journal_id,
-            status = outcome,
+            outcome,
             "event {outcome}"
         ),
         JasEvent::Unknown(name) => tracing::info!(
-            provider = "jas", event = %name.escape_debug(), journal_id, status = outcome, "event {outcome}"
+            provider = "jas", event = %name.escape_debug(), journal_id, outcome, "event {outcome}"
         ),
     }
 }

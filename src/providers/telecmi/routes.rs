@@ -115,7 +115,7 @@ async fn accept(
         dn = event.user.as_deref().map(|s| s.escape_debug().to_string()),
         client_ip = client.map(|ip| ip.to_string()),
         journal_id,
-        status = outcome.label(),
+        outcome = outcome.label(),
         "event {}",
         outcome.label()
     );
