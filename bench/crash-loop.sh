@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The crash test (tests/crash.rs) for more rounds: each round posts signed events from 4
+# The crash test (tests/it/crash.rs) for more rounds: each round posts signed events from 4
 # concurrent clients for ~2 s, SIGKILLs the daemon during a burst of redeliveries, restarts it
 # on the same database and checks that every acknowledged event is a duplicate and the call
 # table is unchanged. Usage: bench/crash-loop.sh [ROUNDS]   (default 20; ~6 s a round)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-20}"
-CALLHOOK_CRASH_ROUNDS="$ROUNDS" cargo test --release --test crash -- --nocapture 2>&1 \
+CALLHOOK_CRASH_ROUNDS="$ROUNDS" cargo test --release --test it crash:: -- --nocapture 2>&1 \
     | grep -E '^round |test result|panicked|FAILED'

@@ -3,6 +3,7 @@
 //! the slots allow, with no event or timer needed to move it. A file of its own because the
 //! metrics registry is per process, and other tests' processors would set the same gauge.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

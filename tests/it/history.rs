@@ -1,11 +1,9 @@
 //! History and summaries as an operator sees them (§4): `/api/history` paging over ended calls,
 //! and `call_summary`/`call_analysis` kept verbatim on the call they name.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn ids(body: &Value) -> Vec<String> {

@@ -3,21 +3,19 @@
 //! against the JAS simulator, or against `Upstream`, a raw HTTP server that can misbehave in
 //! ways a framework would not let it (lying about lengths, stalling mid-body).
 
-mod common;
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use callhook::config::Settings;
 use callhook::journal::{Job, Journal, NewEvent, NewJob};
 use callhook::recordings::RecorderOptions;
 use callhook::recordings::fetch::Fetcher;
 use callhook::sim::{JasSim, SimRoute};
 use chrono::Utc;
-use common::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,12 +2,10 @@
 //! SIGTERM with exit 0 after unregistering, exits 1 when its credentials are refused, and after
 //! SIGKILL restarts on the same database with nothing acknowledged lost.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use callhook::sim::{JasSim, SimRoute};
-use common::*;
 use serde_json::{Value, json};
 
 async fn post(url: &str, body: &str) -> (u16, Value) {

@@ -1,9 +1,7 @@
 //! The TeleCMI endpoint as TeleCMI sees it (§3) and its calls as an operator sees them (§4, §5):
 //! the real daemon on port 0, events posted from 127.0.0.1.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const PATH_TOKEN: &str = "tcmi-path-token-7f3a9c";

@@ -1,12 +1,10 @@
 //! The JAS endpoint as a provider sees it (§3) and the call table as an operator sees it (§4, §5):
 //! the real daemon on port 0 against the simulated JAS API.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use callhook::sim::{JasSim, SimRoute};
-use common::*;
 use serde_json::{Value, json};
 
 #[tokio::test]

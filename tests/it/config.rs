@@ -2,15 +2,13 @@
 //! a secret), environment secrets are one value, SIGHUP changes nothing, and the log lines are
 //! typed the same way on every line (issue #11, "Configuration" and "Logs").
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use callhook::providers::jas::verify::sign;
 use callhook::sim::JasSim;
-use common::*;
 use serde_json::Value;
 
 fn callhook(args: &[&str], env: &[(&str, &str)]) -> Output {

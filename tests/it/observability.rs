@@ -1,8 +1,6 @@
 //! What an operator watches: /metrics from start-up, /readyz, request ids.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn every_series_is_exported_from_start_and_labels_carry_no_numbers() {

@@ -7,14 +7,12 @@
 //! `CALLHOOK_CRASH_ROUNDS` (default 1) repeats the round on the same database;
 //! `bench/crash-loop.sh` runs 20.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use callhook::providers::jas::verify::sign;
 use callhook::sim::JasSim;
-use common::*;
 use serde_json::Value;
 
 const CLIENTS: usize = 4;

@@ -4,15 +4,13 @@
 //! off the ack path), failed lookups are retried, and the participant shows up in `/api/calls`
 //! once the API answers.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use callhook::config::Settings;
 use callhook::sim::{JasSim, SimRoute};
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An acknowledgement slower than this means the ack path waited for the API.

@@ -1,11 +1,9 @@
 //! The command line as a user meets it (§1): help, version, check-config, sign, send, and exit
 //! codes 0 / 1 / 2.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn callhook(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_callhook"));

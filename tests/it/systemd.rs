@@ -1,12 +1,10 @@
 //! `Type=notify`: READY=1, WATCHDOG=1 pings while healthy, STOPPING=1 on SIGTERM, over a real
 //! notify socket.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn ready_watchdog_and_stopping_are_sent() {
@@ -62,7 +60,7 @@ fn the_unit_file_verifies() {
         return;
     };
     assert!(probe.status.success());
-    let unit = include_str!("../deploy/callhook.service")
+    let unit = include_str!("../../deploy/callhook.service")
         .replace("/usr/local/bin/callhook", env!("CARGO_BIN_EXE_callhook"));
     let dir = tempdir();
     let path = dir.path().join("callhook.service");

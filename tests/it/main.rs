@@ -1,0 +1,19 @@
+//! Every integration test in one binary (one link instead of one per file, so touching a source
+//! file rebuilds the suite in a fraction of the time). `tests/lookup_backlog.rs` stays apart: it
+//! asserts on process-wide metrics that other tests in this process would move.
+
+mod common;
+
+mod cli;
+mod config;
+mod crash;
+mod faults;
+mod history;
+mod jas_webhooks;
+mod lifecycle;
+mod observability;
+mod properties;
+mod readme;
+mod recordings;
+mod systemd;
+mod telecmi;
