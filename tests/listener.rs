@@ -199,11 +199,17 @@ async fn half_a_header_is_closed_after_the_header_timeout_and_an_idle_keep_alive
 async fn a_declared_length_over_the_limit_is_413_before_any_body_is_sent() {
     let dir = tempdir();
     let mut env = Env::new(dir.path());
-    env.set("server.max_body_bytes", "2048");
+    env.set("server.max_body_bytes", "2048")
+        .set("telecmi.path_token", "tcmi-listener-token");
     let app = TestApp::spawn(&env, dir.path()).await;
     let public = host_port(&app.public);
 
-    for path in ["/webhooks/jas", "/webhooks/telecmi/anything"] {
+    for (path, status) in [
+        ("/webhooks/jas", "413"),
+        ("/webhooks/telecmi/tcmi-listener-token", "413"),
+        // A wrong token is still the 404 of no route, whatever the body.
+        ("/webhooks/telecmi/wrong-token", "404"),
+    ] {
         let mut conn = TcpStream::connect(&public).await.unwrap();
         let head = signed_head("{}", 10_000_000).replace("/webhooks/jas", path);
         conn.write_all(head.as_bytes()).await.unwrap();
@@ -211,7 +217,10 @@ async fn a_declared_length_over_the_limit_is_413_before_any_body_is_sent() {
         let (reply, took) = read_head(&mut conn, Duration::from_secs(5))
             .await
             .expect("a reply before the body");
-        assert!(reply.starts_with("HTTP/1.1 413"), "{path}: {reply}");
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {reply}"
+        );
         assert!(took < Duration::from_secs(2), "{path}: {took:?}");
     }
     // Counted like any other refusal.

@@ -55,13 +55,20 @@ impl ApiError {
         }
     }
 
-    /// Maps a failure to read the body: over the limit is 413, anything else 400.
+    /// Maps a failure to read the body: over the limit is 413, past its deadline
+    /// (`http::body`) 408, anything else 400.
     pub fn from_body(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::BadRequest(format!("cannot read the body: {rejection}"))
+            return ApiError::TooLarge(limit);
         }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+        while let Some(e) = source {
+            if let Some(late) = e.downcast_ref::<super::body::BodyTimedOut>() {
+                return ApiError::Timeout(late.to_string());
+            }
+            source = e.source();
+        }
+        ApiError::BadRequest(format!("cannot read the body: {rejection}"))
     }
 }
 

@@ -113,7 +113,7 @@ pub fn public_router(state: AppState) -> Router {
                 max_bytes: limit,
                 timeout: state.settings.server.body_read_timeout,
             },
-            body::read_whole,
+            body::bound,
         ))
         // A client that trickles its body cannot hold a connection (and a journal slot) forever.
         .layer(TimeoutLayer::with_status_code(
