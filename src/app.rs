@@ -309,10 +309,23 @@ impl Application {
     }
 }
 
+/// Connections the kernel completes and queues for a listener at its connection cap. Tokio's
+/// `TcpListener::bind` asks for 128, so a flood past the cap made every later SYN wait for a
+/// retransmit; a queued connection costs no descriptor.
+const BACKLOG: u32 = 1024;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As TcpListener::bind does: a restart can bind while the old sockets are in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)
 }
 
 /// Periodic chores: the daily retention sweep and the metrics exporter's upkeep.
