@@ -337,3 +337,76 @@ async fn half_sent_bodies_hold_a_bounded_amount_of_memory() {
     let http = client();
     assert_eq!(health_of(&http, &daemon.admin).await, 200);
 }
+
+/// The soft open-file limit of a running process.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one_at_start() {
+    let hard = rlimit::Resource::NOFILE.get().unwrap().1;
+    if hard <= 512 {
+        eprintln!("hard open-file limit {hard}: nothing to raise here");
+        return;
+    }
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    // Started with a soft limit of 512, as a unit without LimitNOFILE= might give it.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -Sn 512 && exec "$0" serve --config "$1""#)
+        .arg(env!("CARGO_BIN_EXE_callhook"))
+        .arg(&empty)
+        .envs(&env.0)
+        .env("CALLHOOK__LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut logged = None;
+    let ready = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break false;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["message"] == "open-file limit" {
+            logged = Some(v.clone());
+        }
+        if v["message"] == "ready" {
+            break true;
+        }
+    };
+    let soft = soft_nofile(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the daemon did not become ready");
+    assert_eq!(soft, hard);
+    let logged = logged.expect("the limit is logged");
+    assert_eq!(logged["was"], 512, "{logged}");
+    assert_eq!(logged["soft"], hard, "{logged}");
+}
