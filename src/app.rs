@@ -216,14 +216,28 @@ impl Application {
         // after in-flight requests have had their chance to finish.
         let stop_serving = CancellationToken::new();
         let stop_work = CancellationToken::new();
-        let public_server = tokio::spawn(serve(
+        // Each listener has its own accept loop and connection cap, so a flood of the public
+        // one never locks the admin one out (http/listener.rs).
+        let nofile = http::listener::raise_fd_limit();
+        let public_limits = http::listener::Limits::public(&state.settings.server, nofile);
+        if public_limits.max_connections < state.settings.server.max_connections {
+            tracing::warn!(
+                configured = state.settings.server.max_connections,
+                used = public_limits.max_connections,
+                open_file_limit = nofile,
+                "server.max_connections lowered to fit the open-file limit"
+            );
+        }
+        let public_server = tokio::spawn(http::listener::serve(
             public,
             http::public_router(state.clone()),
+            public_limits,
             stop_serving.clone(),
         ));
-        let admin_server = tokio::spawn(serve(
+        let admin_server = tokio::spawn(http::listener::serve(
             admin,
             http::admin_router(state.clone()),
+            http::listener::Limits::admin(&state.settings.server),
             stop_serving.clone(),
         ));
         let processor_task = tokio::spawn(processor.run(stop_work.clone()));
@@ -298,20 +312,23 @@ impl Application {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
-}
+/// Connections the kernel completes and queues for a listener at its connection cap. Tokio's
+/// `TcpListener::bind` asks for 128, so a flood past the cap made every later SYN wait for a
+/// retransmit; a queued connection costs no descriptor.
+const BACKLOG: u32 = 1024;
 
-async fn serve(listener: TcpListener, router: axum::Router, stop: CancellationToken) {
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "listener failed");
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
     }
+    .map_err(err)?;
+    // As TcpListener::bind does: a restart can bind while the old sockets are in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)
 }
 
 /// Periodic chores: the daily retention sweep and the metrics exporter's upkeep.

@@ -19,6 +19,10 @@ const KNOWN_KEYS: &[&str] = &[
     "server.listen",
     "server.max_body_bytes",
     "server.trusted_proxies",
+    "server.header_read_timeout_secs",
+    "server.idle_timeout_secs",
+    "server.body_read_timeout_secs",
+    "server.max_connections",
     "admin.listen",
     "admin.token",
     "admin.token_file",
@@ -107,6 +111,14 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// From a connection's first byte of a request (or its accept) to the end of the headers.
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// From the end of the headers to the end of the body.
+    pub body_read_timeout: Duration,
+    /// Open connections on the public listener; lowered at start to fit the fd limit.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +259,10 @@ struct RawServer {
     listen: String,
     max_body_bytes: u64,
     trusted_proxies: Vec<String>,
+    header_read_timeout_secs: u64,
+    idle_timeout_secs: u64,
+    body_read_timeout_secs: u64,
+    max_connections: u64,
 }
 impl Default for RawServer {
     fn default() -> Self {
@@ -254,6 +270,10 @@ impl Default for RawServer {
             listen: "0.0.0.0:9999".into(),
             max_body_bytes: 65536,
             trusted_proxies: vec![],
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            body_read_timeout_secs: 10,
+            max_connections: 512,
         }
     }
 }
@@ -545,6 +565,10 @@ impl Settings {
                 "listen": self.server.listen.to_string(),
                 "max_body_bytes": self.server.max_body_bytes,
                 "trusted_proxies": self.server.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "header_read_timeout_secs": self.server.header_read_timeout.as_secs(),
+                "idle_timeout_secs": self.server.idle_timeout.as_secs(),
+                "body_read_timeout_secs": self.server.body_read_timeout.as_secs(),
+                "max_connections": self.server.max_connections,
             },
             "admin": {
                 "listen": self.admin.listen.to_string(),
@@ -881,11 +905,34 @@ impl Raw {
                 "must be at least 1",
             ));
         }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_secs",
+                server.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", server.idle_timeout_secs),
+            (
+                "server.body_read_timeout_secs",
+                server.body_read_timeout_secs,
+            ),
+            ("server.max_connections", server.max_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+            if value > 1_000_000 {
+                return Err(ConfigError::new(key, "must be at most 1000000"));
+            }
+        }
         let server = ServerSettings {
             listen: socket_addr("server.listen", &server.listen)?,
             max_body_bytes: usize::try_from(server.max_body_bytes)
                 .map_err(|_| ConfigError::new("server.max_body_bytes", "too large"))?,
             trusted_proxies: cidrs("server.trusted_proxies", &server.trusted_proxies)?,
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(server.idle_timeout_secs),
+            body_read_timeout: Duration::from_secs(server.body_read_timeout_secs),
+            max_connections: server.max_connections as usize,
         };
         let admin = AdminSettings {
             listen: socket_addr("admin.listen", &admin.listen)?,
@@ -1094,6 +1141,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty.toml"), "").unwrap();
         dir
+    }
+
+    #[test]
+    fn listener_limits_default_and_refuse_zero() {
+        let s = load_env(&[]).unwrap();
+        assert_eq!(s.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.server.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.server.max_connections, 512);
+        let s = load_env(&[("CALLHOOK__SERVER__MAX_CONNECTIONS", "8")]).unwrap();
+        assert_eq!(s.server.max_connections, 8);
+        for key in [
+            "header_read_timeout_secs",
+            "idle_timeout_secs",
+            "body_read_timeout_secs",
+            "max_connections",
+        ] {
+            let var = format!("CALLHOOK__SERVER__{}", key.to_uppercase());
+            let err = load_env(&[(var.as_str(), "0")]).unwrap_err();
+            assert_eq!(err.key, format!("server.{key}"));
+        }
     }
 
     #[test]

@@ -53,6 +53,7 @@ const OUTCOMES: &[&str] = &[
     "bad_request",
     "not_found",
     "too_large",
+    "timeout",
     "error",
 ];
 
@@ -165,4 +166,18 @@ fn register() {
     }
     metrics::gauge!("callhook_recording_queue_depth").set(0.0);
     metrics::counter!("callhook_recording_bytes_total").absolute(0);
+    describe_gauge!(
+        "callhook_http_connections",
+        "Open connections by listener (public, admin)"
+    );
+    describe_counter!(
+        "callhook_http_connections_closed_total",
+        "Connections the daemon closed: header_timeout, idle_timeout, or crowded (idle while the listener was at server.max_connections)"
+    );
+    for listener in ["public", "admin"] {
+        metrics::gauge!("callhook_http_connections", "listener" => listener).set(0.0);
+        for reason in ["header_timeout", "idle_timeout", "crowded"] {
+            metrics::counter!("callhook_http_connections_closed_total", "listener" => listener, "reason" => reason).absolute(0);
+        }
+    }
 }

@@ -20,6 +20,9 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// The request did not arrive in time (its body, on the public listener).
+    #[error("{0}")]
+    Timeout(String),
     /// Our fault: the detail goes to the log, not to the caller.
     #[error("internal error")]
     Internal(String),
@@ -34,6 +37,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,17 +50,25 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound => "not_found",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "error",
         }
     }
 
-    /// Maps a failure to read the body: over the limit is 413, anything else 400.
+    /// Maps a failure to read the body: over the limit is 413, past its deadline
+    /// (`http::body`) 408, anything else 400.
     pub fn from_body(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::BadRequest(format!("cannot read the body: {rejection}"))
+            return ApiError::TooLarge(limit);
         }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+        while let Some(e) = source {
+            if let Some(late) = e.downcast_ref::<super::body::BodyTimedOut>() {
+                return ApiError::Timeout(late.to_string());
+            }
+            source = e.source();
+        }
+        ApiError::BadRequest(format!("cannot read the body: {rejection}"))
     }
 }
 

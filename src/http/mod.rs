@@ -2,8 +2,10 @@
 //! in each provider's `routes.rs`, the state in `calls` and `journal`.
 
 pub mod admin;
+pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod listener;
 pub mod reply;
 
 use std::sync::{Arc, RwLock};
@@ -139,6 +141,13 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::providers::telecmi::routes::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            body::BodyLimits {
+                max_bytes: limit,
+                timeout: state.settings.server.body_read_timeout,
+            },
+            body::bound,
+        ))
         // A client that trickles its body cannot hold a connection (and a journal slot) forever.
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
