@@ -11,6 +11,7 @@ mod faults;
 mod history;
 mod jas_webhooks;
 mod lifecycle;
+mod listener;
 mod observability;
 mod properties;
 mod readme;

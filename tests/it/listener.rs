@@ -3,12 +3,10 @@
 //! length over the limit, and an admin listener that stays up whatever the public one suffers.
 //! Raw TCP on loopback, every wait bounded.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use callhook::providers::jas::verify::sign;
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
