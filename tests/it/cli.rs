@@ -274,7 +274,12 @@ async fn healthcheck_exits_0_against_a_running_daemon_and_1_with_nothing_listeni
         tokio::task::block_in_place(move || {
             callhook(
                 &["healthcheck", "--config", &config],
-                &[("CALLHOOK__ADMIN__LISTEN", &admin)],
+                // A token, since an admin listener off loopback is refused without one;
+                // /healthz needs none.
+                &[
+                    ("CALLHOOK__ADMIN__LISTEN", &admin),
+                    ("CALLHOOK__ADMIN__TOKEN", "t"),
+                ],
             )
         })
     };
