@@ -474,8 +474,11 @@ fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
               AND c.call_id = participants.call_id AND c.state = 'active')",
         params![before],
     )?;
+    // By callhook's own clock (`activity_ms`: when it last changed the call, at or after it
+    // ended), never `ended_ms`, the provider's: a call whose events are dated years ago was
+    // still received today and is kept `retention_days` from now.
     n += tx.execute(
-        "DELETE FROM calls WHERE state = 'ended' AND COALESCE(ended_ms, activity_ms) < ?1",
+        "DELETE FROM calls WHERE state = 'ended' AND activity_ms < ?1",
         params![before],
     )?;
     n += tx.execute(

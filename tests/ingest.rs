@@ -1,0 +1,120 @@
+//! Ingest and storage (issue #11): an authentic event is never refused for a field callhook can
+//! do without, retention counts callhook's own clock, the journal says when it cannot commit
+//! (503 on webhooks and `/readyz`), one daemon per database, and readiness that does not wait
+//! for webhook registration.
+
+mod common;
+
+use std::time::Duration;
+
+use callhook::sim::JasSim;
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn an_authentic_event_with_unreadable_times_is_accepted_with_the_receive_time() {
+    let dir = tempdir();
+    let mut env = Env::new(dir.path());
+    env.set("recordings.enabled", "false");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let series = |field: &str| {
+        format!("callhook_event_field_warnings_total{{provider=\"jas\",field=\"{field}\"}}")
+    };
+    // Exported from start-up, at zero.
+    for field in ["timestamp", "start_time", "end_time"] {
+        assert_eq!(app.metric(&series(field)).await, 0.0);
+    }
+    assert_eq!(
+        app.metric("callhook_event_field_warnings_total{provider=\"telecmi\",field=\"time\"}")
+            .await,
+        0.0
+    );
+    let before = chrono::Utc::now();
+    let recording = json!({
+        "eventName": "new_recording",
+        "timestamp": "14/04/2025 15:04",
+        "data": {"call_id": "77", "start_time": 1744643063, "recording_url": "101/x.wav",
+                 "id_recording": 9, "end_time": ""}
+    })
+    .to_string();
+    let (status, reply) = app.post_jas(&recording).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+    let summary = json!({"eventName": "call_summary", "data": {"call_id": "77", "summary": "hi"}});
+    let (status, reply) = app.post_jas(&summary.to_string()).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+    let status_event = json!({
+        "eventName": "call_status", "timestamp": "not a time",
+        "data": {"event": {"entity": "/callcontrol/101/participants/5", "event_type": 0}, "sequence": 1}
+    });
+    let (status, reply) = app.post_jas(&status_event.to_string()).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+
+    assert_eq!(app.metric(&series("timestamp")).await, 3.0);
+    assert_eq!(app.metric(&series("start_time")).await, 1.0);
+    assert_eq!(app.metric(&series("end_time")).await, 1.0);
+    // The participant's times are the receive time, not a 400 nor the epoch.
+    let call = app.wait_call("jas", "101:5", |c| c["state"] == "active").await;
+    let joined = chrono::DateTime::parse_from_rfc3339(
+        call["participants"][0]["joined_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(joined >= before && joined <= chrono::Utc::now(), "{call}");
+    // The recording's call was created from it, and the summary attached.
+    app.wait_call("jas", "77", |c| c["summary"].is_object()).await;
+    // A field the event cannot be acted on without is still a 400 naming it.
+    let (status, reply) = app
+        .post_jas(&json!({"eventName": "new_recording", "data": {"call_id": "77"}}).to_string())
+        .await;
+    assert_eq!(status, 400);
+    assert!(reply["error"].as_str().unwrap().contains("recording_url"), "{reply}");
+}
+
+/// The integration guide's own samples, dated 2025-04-14 (well past 90 days).
+const SEED_INSERT: &str = r#"{"eventName":"call_status","timestamp":"2025-04-14T15:04:23.161Z","data":{"event":{"entity":"/callcontrol/101/participants/172","event_type":0},"sequence":518}}"#;
+const SEED_REMOVE: &str = r#"{"eventName":"call_status","timestamp":"2025-04-14T15:04:43.161Z","data":{"event":{"entity":"/callcontrol/101/participants/172","event_type":1},"sequence":519}}"#;
+const SEED_RECORDING: &str = r#"{"eventName":"new_recording","timestamp":"2025-04-14T15:04:23.161Z","data":{"call_id":"26","start_time":"2025-04-14T15:04:23.161Z","end_time":"2025-04-14T15:04:23.161Z","recording_url":"101/[John Doe]_101-5148888888_20250603153720(26).wav","id_recording":1,"cdr_id":"61f450de-8b46-4326-a306-32eb6ad5e534"}}"#;
+
+fn history_ids(body: &Value) -> Vec<String> {
+    body["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_counts_from_when_callhook_received_the_call_not_the_provider_clock() {
+    let sim = JasSim::with_token(TOKEN);
+    sim.set_participant(
+        "101",
+        "172",
+        participant("101", "172", "26", "Dialing", "10000", "Wexternalline"),
+    );
+    let server = sim.start().await.unwrap();
+    let dir = tempdir();
+    let mut env = Env::new(dir.path()).with_sim(&server.base_url);
+    env.set("recordings.enabled", "false");
+
+    let app = TestApp::spawn(&env, dir.path()).await;
+    for body in [SEED_INSERT, SEED_REMOVE, SEED_RECORDING] {
+        let (status, reply) = app.post_jas(body).await;
+        assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+    }
+    app.wait_call("jas", "26", |c| c["state"] == "ended").await;
+    wait_until(Duration::from_secs(5), || async {
+        history_ids(&app.get_admin("/api/history").await.1) == ["26"]
+    })
+    .await;
+    app.stop().await.unwrap();
+
+    // The restart runs the retention sweep at once; give it its moment, then look.
+    let app = TestApp::spawn(&env, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let call = app.call("jas", "26").await.expect("the ended call is kept");
+    assert_eq!(call["state"], "ended", "{call}");
+    assert!(same_time(&call["ended_at"], "2025-04-14T15:04:43.161Z"), "{call}");
+    let (_, history) = app.get_admin("/api/history").await;
+    assert_eq!(history_ids(&history), ["26"]);
+    app.stop().await.unwrap();
+}
