@@ -463,7 +463,10 @@ mod tests {
             assert_eq!(err.field(), Some(field), "{body}: {err}");
             assert!(err.to_string().contains(field));
         }
-        assert!(matches!(decode(b"not json", now()), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            decode(b"not json", now()),
+            Err(DecodeError::NotJson(_))
+        ));
         assert_eq!(decode(b"[1]", now()), Err(DecodeError::NotObject));
     }
 
@@ -473,7 +476,7 @@ mod tests {
             br#"{"eventName":"call_analysis","data":{"call_id":26,"summary":"hi"}}"#,
             now(),
         )
-            .unwrap();
+        .unwrap();
         let JasEvent::CallSummary(s) = &d.event else {
             panic!()
         };
@@ -502,7 +505,10 @@ mod tests {
         let JasEvent::NewRecording(r) = d.event else {
             panic!()
         };
-        assert_eq!((r.start_time, r.end_time, r.timestamp), (Some(at), Some(at), Some(at)));
+        assert_eq!(
+            (r.start_time, r.end_time, r.timestamp),
+            (Some(at), Some(at), Some(at))
+        );
 
         let body = r#"{"eventName":"call_summary","timestamp":null,"data":{"call_id":26}}"#;
         let d = decode(body.as_bytes(), at).unwrap();

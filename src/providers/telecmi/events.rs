@@ -674,7 +674,11 @@ mod tests {
         // `time` can be done without: unreadable, it is missing and says so.
         let e = json_ok(r#"{"cmiuuid":"u","time":"abc"}"#);
         assert_eq!((e.time_ms, e.repaired), (None, vec!["time"]));
-        assert!(json_ok(r#"{"cmiuuid":"u","time":"1571122196059"}"#).repaired.is_empty());
+        assert!(
+            json_ok(r#"{"cmiuuid":"u","time":"1571122196059"}"#)
+                .repaired
+                .is_empty()
+        );
         assert_eq!(
             json_err(r#"{"cmiuuid":"u","from":-5}"#).field(),
             Some("from")
