@@ -38,35 +38,53 @@ async fn an_authentic_event_with_unreadable_times_is_accepted_with_the_receive_t
     })
     .to_string();
     let (status, reply) = app.post_jas(&recording).await;
-    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
     let summary = json!({"eventName": "call_summary", "data": {"call_id": "77", "summary": "hi"}});
     let (status, reply) = app.post_jas(&summary.to_string()).await;
-    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
     let status_event = json!({
         "eventName": "call_status", "timestamp": "not a time",
         "data": {"event": {"entity": "/callcontrol/101/participants/5", "event_type": 0}, "sequence": 1}
     });
     let (status, reply) = app.post_jas(&status_event.to_string()).await;
-    assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
 
     assert_eq!(app.metric(&series("timestamp")).await, 3.0);
     assert_eq!(app.metric(&series("start_time")).await, 1.0);
     assert_eq!(app.metric(&series("end_time")).await, 1.0);
     // The participant's times are the receive time, not a 400 nor the epoch.
-    let call = app.wait_call("jas", "101:5", |c| c["state"] == "active").await;
+    let call = app
+        .wait_call("jas", "101:5", |c| c["state"] == "active")
+        .await;
     let joined = chrono::DateTime::parse_from_rfc3339(
         call["participants"][0]["joined_at"].as_str().unwrap(),
     )
     .unwrap();
     assert!(joined >= before && joined <= chrono::Utc::now(), "{call}");
     // The recording's call was created from it, and the summary attached.
-    app.wait_call("jas", "77", |c| c["summary"].is_object()).await;
+    app.wait_call("jas", "77", |c| c["summary"].is_object())
+        .await;
     // A field the event cannot be acted on without is still a 400 naming it.
     let (status, reply) = app
         .post_jas(&json!({"eventName": "new_recording", "data": {"call_id": "77"}}).to_string())
         .await;
     assert_eq!(status, 400);
-    assert!(reply["error"].as_str().unwrap().contains("recording_url"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("recording_url"),
+        "{reply}"
+    );
 }
 
 /// The integration guide's own samples, dated 2025-04-14 (well past 90 days).
@@ -99,7 +117,11 @@ async fn retention_counts_from_when_callhook_received_the_call_not_the_provider_
     let app = TestApp::spawn(&env, dir.path()).await;
     for body in [SEED_INSERT, SEED_REMOVE, SEED_RECORDING] {
         let (status, reply) = app.post_jas(body).await;
-        assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("accepted")),
+            "{reply}"
+        );
     }
     app.wait_call("jas", "26", |c| c["state"] == "ended").await;
     wait_until(Duration::from_secs(5), || async {
@@ -113,8 +135,145 @@ async fn retention_counts_from_when_callhook_received_the_call_not_the_provider_
     tokio::time::sleep(Duration::from_millis(500)).await;
     let call = app.call("jas", "26").await.expect("the ended call is kept");
     assert_eq!(call["state"], "ended", "{call}");
-    assert!(same_time(&call["ended_at"], "2025-04-14T15:04:43.161Z"), "{call}");
+    assert!(
+        same_time(&call["ended_at"], "2025-04-14T15:04:43.161Z"),
+        "{call}"
+    );
     let (_, history) = app.get_admin("/api/history").await;
     assert_eq!(history_ids(&history), ["26"]);
     app.stop().await.unwrap();
+}
+
+async fn post_signed(http: &reqwest::Client, public: &str, body: &str) -> (u16, Value) {
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = http
+        .post(format!("{public}/webhooks/jas"))
+        .header("X-SIG", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_database_under_the_daemon_gets_503_and_an_error_not_200() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let http = reqwest::Client::new();
+    let (status, _) = post_signed(&http, &daemon.public, &call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
+    std::fs::remove_file(data_dir(dir.path()).join("callhook.db")).unwrap();
+
+    let started = std::time::Instant::now();
+    let (status, reply) = post_signed(&http, &daemon.public, &call_status("101", "1", 2, 2)).await;
+    assert_eq!(status, 503, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("callhook.db"),
+        "{reply}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ready = http
+        .get(format!("{}/readyz", daemon.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], false, "{ready}");
+    assert!(
+        ready["journal"].as_str().unwrap().contains("is gone"),
+        "{ready}"
+    );
+    // Still refused a moment later: nothing it stores now would survive a restart.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = post_signed(&http, &daemon.public, &call_status("101", "1", 2, 3)).await;
+    assert_eq!(status, 503);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = daemon.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "ERROR" && l.to_string().contains("callhook.db")),
+        "{logs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_locked_by_another_program_is_503_on_webhooks_and_readyz_then_recovers() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let (status, _) = app.post_jas(&call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
+
+    // Another program takes the write lock and keeps it.
+    let other = rusqlite::Connection::open(data_dir(dir.path()).join("callhook.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let (status, reply) = app.post_jas(&call_status("101", "1", 2, 2)).await;
+    assert_eq!(status, 503, "{reply}");
+    assert!(reply["error"].is_string(), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, ready) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["journal"].as_str().unwrap().contains("locked"),
+        "{ready}"
+    );
+
+    // Released: ready again by itself, and the refused event is taken when the provider retries.
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    wait_until(Duration::from_secs(10), || async {
+        app.get_admin("/readyz").await.0 == 200
+    })
+    .await;
+    let (_, ready) = app.get_admin("/readyz").await;
+    assert_eq!(ready["journal"], "ok", "{ready}");
+    let (status, reply) = app.post_jas(&call_status("101", "1", 2, 2)).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_database_exits_1_naming_the_path_and_the_first() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let first = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let empty = dir.path().join("empty.toml");
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .args(["serve", "--config"])
+            .arg(&empty)
+            .envs(&env.0)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let db = data_dir(dir.path()).join("callhook.db");
+    assert!(stderr.contains(&path_str(&db)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    let http = reqwest::Client::new();
+    let (status, _) = post_signed(&http, &first.public, &call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
 }

@@ -70,7 +70,17 @@ impl IntoResponse for ApiError {
 }
 
 impl From<crate::journal::JournalError> for ApiError {
+    /// The journal cannot commit (disk full, database locked or deleted, failed sync) or is
+    /// closing: 503 with the reason, so the provider retries; never a 200 for what was not
+    /// stored. A stored document that no longer decodes is our fault: 500.
     fn from(e: crate::journal::JournalError) -> Self {
-        ApiError::Internal(e.to_string())
+        use crate::journal::JournalError;
+        match e {
+            JournalError::Corrupt(_) => ApiError::Internal(e.to_string()),
+            e => {
+                tracing::error!(error = %e, "the journal cannot store or read; answering 503");
+                ApiError::Unavailable(format!("cannot store the event now: {e}"))
+            }
+        }
     }
 }
