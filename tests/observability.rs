@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn every_series_is_exported_from_start_and_labels_carry_no_numbers() {
@@ -66,10 +67,11 @@ async fn request_ids_are_honoured_or_generated() {
 }
 
 #[tokio::test]
-async fn readyz_is_503_until_webhooks_are_registered() {
+async fn readyz_does_not_wait_for_webhook_registration() {
+    // SPEC §4/§5 changed: readiness used to wait for registration; now it is reported beside it.
     let sim = callhook::sim::JasSim::with_token(TOKEN);
-    // Registration fails three times (503) before it succeeds.
-    sim.fail_next(callhook::sim::SimRoute::Register, &[503; 3]);
+    // Registration is answered 503 a few times (more than one request's own retries) first.
+    sim.fail_next(callhook::sim::SimRoute::Register, &[503; 6]);
     let server = sim.start().await.unwrap();
     let dir = tempdir();
     let mut env = Env::new(dir.path()).with_sim(&server.base_url);
@@ -84,20 +86,39 @@ async fn readyz_is_503_until_webhooks_are_registered() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let http = reqwest::Client::new();
-    // While registration is being retried the webhook endpoints already answer, but not ready.
-    let mut saw_503 = false;
-    for _ in 0..100 {
+    // Ready at once, while registration is being retried: it says what it waits for.
+    let mut seen = vec![];
+    let mut pending_after_503 = false;
+    for _ in 0..200 {
         let r = http.get(format!("{admin}/readyz")).send().await.unwrap();
-        if r.status() == 503 {
-            saw_503 = true;
-            assert!(r.text().await.unwrap().contains("registering"));
-        } else {
-            assert_eq!(r.status(), 200);
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            (&body["ready"], &body["journal"]),
+            (&json!(true), &json!("ok")),
+            "{body}"
+        );
+        let registration = body["registration"].as_str().unwrap().to_string();
+        if registration.starts_with("pending: ")
+            && sim.requests(callhook::sim::SimRoute::Register) > 0
+        {
+            pending_after_503 = true;
+        }
+        if seen.last() != Some(&registration) {
+            seen.push(registration.clone());
+        }
+        if registration == "registered" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(saw_503);
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("registered"),
+        "{seen:?}"
+    );
+    assert!(pending_after_503, "{seen:?}");
+    assert!(sim.requests(callhook::sim::SimRoute::Register) > 6);
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
