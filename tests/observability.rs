@@ -25,11 +25,24 @@ async fn every_series_is_exported_from_start_and_labels_carry_no_numbers() {
         "callhook_journal_sync_seconds",
         "callhook_lookups_total{",
         "callhook_lookups_waiting{",
+        "callhook_event_field_warnings_total{",
     ] {
         assert!(
             text.contains(series),
             "{series} missing from /metrics:\n{text}"
         );
+    }
+    // Every provider/field an event may be repaired in, at zero before the first event.
+    for (provider, field) in [
+        ("jas", "timestamp"),
+        ("jas", "start_time"),
+        ("jas", "end_time"),
+        ("telecmi", "time"),
+    ] {
+        let series = format!(
+            "callhook_event_field_warnings_total{{provider=\"{provider}\",field=\"{field}\"}}"
+        );
+        assert_eq!(metric_in(&text, &series), 0.0, "{series}");
     }
 
     app.post_jas(&call_status("5148888888", "172", 0, 1)).await;
