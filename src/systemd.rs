@@ -54,6 +54,10 @@ async fn healthy(
         Ok(Err(_)) => return Err("the journal cannot commit"),
         Err(_) => return Err("the journal did not answer in time"),
     }
+    // The state `/readyz` reports: an event batch may have failed since the ping.
+    if journal.problem().is_some() {
+        return Err("the journal cannot commit");
+    }
     // A wildcard listen address is reached through loopback.
     let target = match public {
         SocketAddr::V4(a) if a.ip().is_unspecified() => {

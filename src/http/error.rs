@@ -78,8 +78,12 @@ impl From<crate::journal::JournalError> for ApiError {
         match e {
             JournalError::Corrupt(_) => ApiError::Internal(e.to_string()),
             e => {
+                // The detail (paths, SQLite's words) goes to the log and the admin `/readyz`,
+                // not to a peer on the public listener.
                 tracing::error!(error = %e, "the journal cannot store or read; answering 503");
-                ApiError::Unavailable(format!("cannot store the event now: {e}"))
+                ApiError::Unavailable(
+                    "the journal cannot store events now; retry later (see /readyz)".into(),
+                )
             }
         }
     }

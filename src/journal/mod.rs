@@ -140,29 +140,32 @@ const JOB_COLUMNS: &str =
      next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms, event_id";
 
 /// Why the journal cannot commit now (`None` while it can): set by a failed commit, sync or
-/// file check, cleared by the next batch made durable. `/readyz` and the webhooks read it.
+/// file check, cleared by a later batch made durable. `/readyz` and the watchdog read it.
+/// Updates carry the writer's batch number, so the sync of an older batch, finishing after a
+/// newer one failed, does not clear that failure.
 #[derive(Clone, Default)]
-pub struct Health(Arc<Mutex<Option<String>>>);
+pub struct Health(Arc<Mutex<(Option<String>, u64)>>);
 
 impl Health {
     pub fn problem(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
-    pub(crate) fn fail(&self, why: &str) {
+    pub(crate) fn fail(&self, batch: u64, why: &str) {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
+        if slot.0.is_none() {
             tracing::error!(
                 reason = why,
                 "the journal cannot commit; refusing events with 503"
             );
         }
-        *slot = Some(why.to_string());
+        *slot = (Some(why.to_string()), slot.1.max(batch));
     }
 
-    pub(crate) fn ok(&self) {
+    pub(crate) fn ok(&self, batch: u64) {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.take().is_some() {
+        if slot.0.is_some() && batch > slot.1 {
+            slot.0 = None;
             tracing::info!("the journal commits again");
         }
     }

@@ -195,6 +195,8 @@ struct Unsynced {
     /// A command of the batch failed to store (its caller was refused): the sync does not
     /// prove the journal healthy.
     failed: bool,
+    /// The writer's count of batches, for `Health`.
+    number: u64,
 }
 
 fn run(
@@ -239,6 +241,7 @@ fn run(
         .expect("spawn the journal sync thread");
 
     let mut close: Option<Reply<()>> = None;
+    let mut number = 0u64;
     while close.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -252,6 +255,7 @@ fn run(
         }
         let started = Instant::now();
         let size = batch.len();
+        number += 1;
         let mut done = Vec::with_capacity(size);
         let mut max_id = None;
         // Only an acknowledgement (or a ping, which proves the path) waits for the sync.
@@ -322,7 +326,7 @@ fn run(
         metrics::histogram!("callhook_journal_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         if let Some(why) = &failed {
-            health.fail(&format!("cannot store in the journal: {why}"));
+            health.fail(number, &format!("cannot store in the journal: {why}"));
         }
         match outcome {
             Ok(()) if durable => {
@@ -332,12 +336,13 @@ fn run(
                     done,
                     max_id,
                     failed,
+                    number,
                 });
             }
             Ok(()) => done.into_iter().for_each(Done::answer),
             Err(e) => {
                 tracing::error!(error = %e, batch = size, "journal commit failed");
-                health.fail(&format!("the journal cannot commit: {e}"));
+                health.fail(number, &format!("the journal cannot commit: {e}"));
                 // Nothing of the batch is durable, so no caller may be told otherwise.
                 let why = e.to_string();
                 done.into_iter().for_each(|d| d.fail(&why));
@@ -394,10 +399,11 @@ fn sync_loop(
         };
         metrics::histogram!("callhook_journal_sync_seconds")
             .record(started.elapsed().as_secs_f64());
+        let newest = batches.iter().map(|b| b.number).max().unwrap_or(0);
         match &synced {
-            Ok(()) if batches.iter().all(|b| !b.failed) => health.ok(),
+            Ok(()) if batches.iter().all(|b| !b.failed) => health.ok(newest),
             Ok(()) => {}
-            Err(why) => health.fail(why),
+            Err(why) => health.fail(newest, why),
         }
         match synced {
             Ok(()) => {
