@@ -365,6 +365,7 @@ async fn nothing_is_acknowledged_unless_the_wal_sync_succeeds() {
     let refused = j.append(event("a")).await.unwrap_err();
     assert!(refused.to_string().contains("sync"), "{refused}");
     assert!(j.ping().await.is_err(), "the watchdog must see it");
+    assert!(j.problem().unwrap().contains("sync"), "/readyz must see it");
     // A failed sync poisons the journal: the kernel may have dropped the pages it could not
     // write, so a later sync that "succeeds" proves nothing.
     assert!(j.append(event("b")).await.is_err());
