@@ -424,7 +424,7 @@ impl Registrar {
                     }
                     Err(e) => {
                         // The API is down or slow: keep trying, the webhook endpoints already
-                        // accept events meanwhile; readiness says why it is not ready.
+                        // accept events meanwhile; `/readyz` and STATUS= say what it waits for.
                         tracing::warn!(event = %event, error = %e, retry_in = ?delay,
                             "webhook registration failed; retrying");
                         self.report(&format!("pending: registering {event}: {e}"));

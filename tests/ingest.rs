@@ -304,3 +304,54 @@ async fn a_telecmi_event_with_an_unreadable_time_is_accepted_and_counted() {
         .await;
     assert!(call["started_at"].is_string(), "{call}");
 }
+
+#[test]
+fn status_says_registration_is_pending_and_the_watchdog_stops_while_the_journal_cannot_commit() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+    let dir = tempdir();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    // A JAS API with nothing listening: registration stays pending, callhook is ready anyway.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut env = Env::new(dir.path()).with_sim(&format!("http://{closed}/v2"));
+    env.set("jas.register", "true")
+        .set("jas.callback_url", "https://example.invalid/webhooks/jas")
+        .set("jas.lookup_participants", "false");
+    env.0
+        .insert("NOTIFY_SOCKET".into(), socket_path.to_str().unwrap().into());
+    env.0.insert("WATCHDOG_USEC".into(), "200000".into());
+    let _daemon = ChildDaemon::spawn(&env, dir.path());
+
+    let mut buf = [0u8; 512];
+    let mut read_for = |d: Duration| {
+        let mut got = vec![];
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let seen = read_for(Duration::from_millis(1500));
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=") && m.contains("registration pending")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
+
+    std::fs::remove_file(data_dir(dir.path()).join("callhook.db")).unwrap();
+    // The next ping's sync sees it; from then on no ping at all.
+    let _ = read_for(Duration::from_millis(500));
+    let after = read_for(Duration::from_millis(1000));
+    assert!(!after.iter().any(|m| m.contains("WATCHDOG=1")), "{after:?}");
+}
