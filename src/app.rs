@@ -210,7 +210,6 @@ impl Application {
             public_addr,
             admin_addr,
         } = self;
-        state.readiness.set(Some("starting: registering webhooks"));
 
         // Listeners stop accepting on `stop_serving`; the processor and workers stop later,
         // after in-flight requests have had their chance to finish.
@@ -246,31 +245,34 @@ impl Application {
         let recorder_task = recorder.map(|r| tokio::spawn(r.run(stop_downloads.clone())));
         tasks.spawn(upkeep(state.clone(), stop_work.clone()));
 
-        let registrar = Registrar::new(&state.settings, jas.clone());
-        let registered = tokio::select! {
-            r = registrar.register_all() => r,
-            _ = shutdown.cancelled() => Ok(()),
-        };
-        let result = match registered {
-            Ok(()) => {
-                if !shutdown.is_cancelled() {
-                    state.readiness.set(None);
-                    crate::systemd::ready();
-                    tasks.spawn(crate::systemd::watchdog(
-                        state.journal.clone(),
-                        public_addr,
-                        stop_work.clone(),
-                    ));
-                    tracing::info!(
-                        public_addr = %public_addr,
-                        admin_addr = %admin_addr,
-                        "ready"
-                    );
+        // Ready once it can receive and journal: registration runs beside serving (JAS may be
+        // down for hours while webhooks are journaled fine) and shows in `/readyz` and STATUS=.
+        let registrar = Registrar::new(&state.settings, jas.clone(), state.readiness.clone());
+        if !shutdown.is_cancelled() {
+            state.readiness.set(None);
+            crate::systemd::ready();
+            tasks.spawn(crate::systemd::watchdog(
+                state.journal.clone(),
+                public_addr,
+                stop_work.clone(),
+            ));
+            tracing::info!(
+                public_addr = %public_addr,
+                admin_addr = %admin_addr,
+                registration = %state.readiness.registration(),
+                "ready"
+            );
+        }
+        // Refused credentials end the daemon (exit 1); anything else waits for the stop.
+        let result = tokio::select! {
+            r = registrar.register_all() => match r {
+                Ok(()) => {
                     shutdown.cancelled().await;
+                    Ok(())
                 }
-                Ok(())
-            }
-            Err(e) => Err(e),
+                Err(e) => Err(e),
+            },
+            _ = shutdown.cancelled() => Ok(()),
         };
 
         tracing::info!("shutting down");
@@ -351,24 +353,43 @@ async fn upkeep(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// Registers `jas.events` at `jas.callback_url` at start and removes them at shutdown.
+/// Registers `jas.events` at `jas.callback_url` at start and removes them at shutdown; says
+/// how far it got in `/readyz` (`registration`) and systemd's STATUS=.
 struct Registrar {
     client: Option<JasClient>,
     callback: Option<String>,
     events: Vec<String>,
     registered: std::sync::Mutex<Vec<String>>,
+    status: Readiness,
 }
 
 impl Registrar {
-    fn new(settings: &Settings, client: Option<JasClient>) -> Self {
+    fn new(settings: &Settings, client: Option<JasClient>, status: Readiness) -> Self {
         let jas = &settings.jas;
         let active = jas.enabled && jas.register && jas.callback_url.is_some();
-        Self {
+        let registrar = Self {
             client: client.filter(|_| active),
             callback: jas.callback_url.as_ref().map(|u| u.to_string()),
             events: jas.events.clone(),
             registered: std::sync::Mutex::new(vec![]),
-        }
+            status,
+        };
+        registrar.report(if registrar.client.is_some() {
+            "pending: registering webhooks"
+        } else {
+            "off"
+        });
+        registrar
+    }
+
+    fn report(&self, status: &str) {
+        self.status.set_registration(status);
+        let line = match status {
+            "off" => "receiving webhooks; registration off".to_string(),
+            "registered" => "receiving webhooks; webhooks registered".to_string(),
+            other => format!("receiving webhooks; registration {other}"),
+        };
+        crate::systemd::status(&line);
     }
 
     async fn register_all(&self) -> Result<(), StartError> {
@@ -381,7 +402,10 @@ impl Registrar {
                 return Err(StartError::Credentials(e.to_string()));
             }
             // Fetched again lazily by the first request that needs it.
-            Err(e) => tracing::warn!(error = %e, "JAS authentication failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "JAS authentication failed; will retry");
+                self.report(&format!("pending: authenticating: {e}"));
+            }
         }
         for event in &self.events {
             // Unregister first so a previous run's registration (maybe at another URL) goes.
@@ -392,6 +416,7 @@ impl Registrar {
                 tracing::warn!(event = %event, error = %e, "could not unregister the old webhook");
             }
             let mut delay = Duration::from_secs(1);
+            self.report(&format!("pending: registering {event}"));
             loop {
                 match client.register(event, callback).await {
                     Ok(()) => {
@@ -419,15 +444,17 @@ impl Registrar {
                     }
                     Err(e) => {
                         // The API is down or slow: keep trying, the webhook endpoints already
-                        // accept events meanwhile; readiness says why it is not ready.
+                        // accept events meanwhile; `/readyz` and STATUS= say what it waits for.
                         tracing::warn!(event = %event, error = %e, retry_in = ?delay,
                             "webhook registration failed; retrying");
+                        self.report(&format!("pending: registering {event}: {e}"));
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(60));
                     }
                 }
             }
         }
+        self.report("registered");
         Ok(())
     }
 

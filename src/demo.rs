@@ -216,7 +216,16 @@ async fn demo(dir: &Path) -> Result<(), String> {
     let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let ready = format!("{}/readyz", driver.admin);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !matches!(driver.http.get(&ready).send().await, Ok(r) if r.status() == 200) {
+    // Ready comes before the background registration is done: wait for both.
+    loop {
+        if let Ok(r) = driver.http.get(&ready).send().await {
+            if r.status() == 200 {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                if body["registration"] == "registered" || body["registration"] == "off" {
+                    break;
+                }
+            }
+        }
         if Instant::now() > deadline {
             return Err("the daemon did not become ready".into());
         }

@@ -57,6 +57,25 @@ const OUTCOMES: &[&str] = &[
     "error",
 ];
 
+/// The fields an event may be accepted without, per provider (`field` label values).
+const FIELD_WARNINGS: &[(&str, &[&str])] = &[
+    ("jas", crate::providers::jas::events::REPAIRABLE),
+    ("telecmi", crate::providers::telecmi::events::REPAIRABLE),
+];
+
+/// A field of an accepted event was missing or unreadable and holds the receive time instead:
+/// one `warn` line and one count. `field` is one of `FIELD_WARNINGS`, never request text.
+pub fn field_warning(provider: &'static str, field: &'static str, event: &str) {
+    tracing::warn!(
+        provider,
+        event,
+        field,
+        "event field missing or unreadable; using the time it was received"
+    );
+    metrics::counter!("callhook_event_field_warnings_total", "provider" => provider, "field" => field)
+        .increment(1);
+}
+
 fn register() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -111,6 +130,10 @@ fn register() {
         "Time of one fdatasync of the journal's WAL (covers every batch committed before it)"
     );
     describe_counter!("callhook_lookups_total", "Participant lookups by outcome");
+    describe_counter!(
+        "callhook_event_field_warnings_total",
+        "Authentic events accepted with a field missing or unreadable, replaced by the receive time"
+    );
     describe_gauge!(
         "callhook_lookups_waiting",
         "Participant lookups waiting: for one of the slots (slot), or to be asked again after the API was unavailable (retry); lookups in flight are not counted"
@@ -163,6 +186,11 @@ fn register() {
     }
     for reason in ["slot", "retry"] {
         metrics::gauge!("callhook_lookups_waiting", "reason" => reason).set(0.0);
+    }
+    for (provider, fields) in FIELD_WARNINGS {
+        for field in *fields {
+            metrics::counter!("callhook_event_field_warnings_total", "provider" => *provider, "field" => *field).absolute(0);
+        }
     }
     metrics::gauge!("callhook_recording_queue_depth").set(0.0);
     metrics::counter!("callhook_recording_bytes_total").absolute(0);

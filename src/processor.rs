@@ -701,7 +701,7 @@ fn decode_row(row: &StoredEvent) -> Option<Decoded> {
         tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes");
     };
     match row.provider.as_str() {
-        "jas" => match jas_events::decode(&row.body) {
+        "jas" => match jas_events::decode(&row.body, row.received_at) {
             Ok(d) => Some(Decoded::Jas(d.event)),
             Err(e) => {
                 undecodable(&e);

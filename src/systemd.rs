@@ -14,6 +14,11 @@ pub fn ready() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
+/// `STATUS=`: one line saying what the daemon is doing or waiting for.
+pub fn status(text: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
+}
+
 pub fn stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
@@ -48,6 +53,10 @@ async fn healthy(
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err("the journal cannot commit"),
         Err(_) => return Err("the journal did not answer in time"),
+    }
+    // The state `/readyz` reports: an event batch may have failed since the ping.
+    if journal.problem().is_some() {
+        return Err("the journal cannot commit");
     }
     // A wildcard listen address is reached through loopback.
     let target = match public {

@@ -220,8 +220,8 @@ async fn durable_floor(listen: SocketAddr, db: &Path) {
             .verifier
             .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
             .map_err(|_| StatusCode::UNAUTHORIZED)?;
-        let decoded =
-            callhook::providers::jas::events::decode(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let decoded = callhook::providers::jas::events::decode(&body, chrono::Utc::now())
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
         floor
             .journal
             .append(journal_entry(
@@ -265,7 +265,8 @@ async fn file_floor(
             .verifier
             .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
             .map_err(|_| StatusCode::UNAUTHORIZED)?;
-        callhook::providers::jas::events::decode(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        callhook::providers::jas::events::decode(&body, chrono::Utc::now())
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
         let (done, synced) = tokio::sync::oneshot::channel();
         floor
             .appends
@@ -923,7 +924,8 @@ async fn fill_journal(db: &Path, events: usize) {
     let started = Instant::now();
     for chunk in all.chunks(8192) {
         let appends = chunk.iter().map(|b| {
-            let decoded = callhook::providers::jas::events::decode(b.as_bytes()).unwrap();
+            let decoded =
+                callhook::providers::jas::events::decode(b.as_bytes(), chrono::Utc::now()).unwrap();
             journal.append(journal_entry(
                 &decoded.event,
                 decoded.dedupe_key,

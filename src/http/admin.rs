@@ -119,9 +119,21 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// 200 once started and while the journal commits; 503 with the reason otherwise (SPEC §4).
+/// Registration is reported, never waited for.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.readiness.reason() {
-        None => (StatusCode::OK, "ready").into_response(),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    let journal = state.journal.problem();
+    let reason = state.readiness.reason().or_else(|| journal.clone());
+    let mut body = json!({
+        "ready": reason.is_none(),
+        "registration": state.readiness.registration(),
+        "journal": journal.as_deref().unwrap_or("ok"),
+    });
+    match reason {
+        None => (StatusCode::OK, Json(body)).into_response(),
+        Some(reason) => {
+            body["reason"] = json!(reason);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }

@@ -82,7 +82,21 @@ impl IntoResponse for ApiError {
 }
 
 impl From<crate::journal::JournalError> for ApiError {
+    /// The journal cannot commit (disk full, database locked or deleted, failed sync) or is
+    /// closing: 503 with the reason, so the provider retries; never a 200 for what was not
+    /// stored. A stored document that no longer decodes is our fault: 500.
     fn from(e: crate::journal::JournalError) -> Self {
-        ApiError::Internal(e.to_string())
+        use crate::journal::JournalError;
+        match e {
+            JournalError::Corrupt(_) => ApiError::Internal(e.to_string()),
+            e => {
+                // The detail (paths, SQLite's words) goes to the log and the admin `/readyz`,
+                // not to a peer on the public listener.
+                tracing::error!(error = %e, "the journal cannot store or read; answering 503");
+                ApiError::Unavailable(
+                    "the journal cannot store events now; retry later (see /readyz)".into(),
+                )
+            }
+        }
     }
 }

@@ -43,18 +43,29 @@ pub struct AppState {
 }
 
 /// `None` once ready; otherwise why not yet. A std RwLock: held for a copy, never across await.
+/// Beside it, what webhook registration is doing (`registered`, `pending: <reason>`, `off`),
+/// which `/readyz` reports but which never holds readiness back.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<RwLock<Option<String>>>);
+pub struct Readiness(Arc<RwLock<Option<String>>>, Arc<RwLock<String>>);
 
 impl Readiness {
     pub fn not_ready(reason: &str) -> Self {
-        Self(Arc::new(RwLock::new(Some(reason.to_string()))))
+        Self(
+            Arc::new(RwLock::new(Some(reason.to_string()))),
+            Arc::new(RwLock::new("off".to_string())),
+        )
     }
     pub fn set(&self, reason: Option<&str>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = reason.map(str::to_string);
     }
     pub fn reason(&self) -> Option<String> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set_registration(&self, status: &str) {
+        *self.1.write().unwrap_or_else(|e| e.into_inner()) = status.to_string();
+    }
+    pub fn registration(&self) -> String {
+        self.1.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

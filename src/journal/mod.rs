@@ -31,6 +31,17 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the database {path} is in use by another callhook ({holder}; lock file {lock})")]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("cannot lock the database with {lock}: {source}")]
+    Lock {
+        lock: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the journal is closed")]
     Closed,
     #[error("commit failed: {0}")]
@@ -128,6 +139,86 @@ const JOB_COLUMNS: &str =
     "id, provider, recording_id, call_id, dn, source, rel_path, state, attempts,
      next_attempt_ms, last_error, bytes, sha256, start_ms, end_ms, event_id";
 
+/// Why the journal cannot commit now (`None` while it can): set by a failed commit, sync or
+/// file check, cleared by a later batch made durable. `/readyz` and the watchdog read it.
+/// Updates carry the writer's batch number, so the sync of an older batch, finishing after a
+/// newer one failed, does not clear that failure.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Mutex<(Option<String>, u64)>>);
+
+impl Health {
+    pub fn problem(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    pub(crate) fn fail(&self, batch: u64, why: &str) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.0.is_none() {
+            tracing::error!(
+                reason = why,
+                "the journal cannot commit; refusing events with 503"
+            );
+        }
+        *slot = (Some(why.to_string()), slot.1.max(batch));
+    }
+
+    pub(crate) fn ok(&self, batch: u64) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.0.is_some() && batch > slot.1 {
+            slot.0 = None;
+            tracing::info!("the journal commits again");
+        }
+    }
+}
+
+/// How often the journal proves it can commit (a one-row write, synced), so `/readyz` turns
+/// 503 and back while no event arrives.
+pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes `<path>.lock` with `flock` (released when the writer thread ends, or by the kernel when
+/// the process dies) and writes our pid into it; a second daemon reads the holder's pid there.
+fn lock_database(path: &Path) -> Result<std::fs::File, JournalError> {
+    use std::io::{Read, Seek, Write};
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let io = |source| JournalError::Lock {
+        lock: lock.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(io)?;
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            file.set_len(0).map_err(io)?;
+            file.rewind().map_err(io)?;
+            writeln!(file, "{}", std::process::id()).map_err(io)?;
+            Ok(file)
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) if pid == std::process::id() => format!("this process, pid {pid}"),
+                Ok(pid) => format!("pid {pid}"),
+                Err(_) => "pid unknown".to_string(),
+            };
+            Err(JournalError::Locked {
+                path: path.to_path_buf(),
+                lock,
+                holder,
+            })
+        }
+        Err(e) => Err(io(e.into())),
+    }
+}
+
 /// Cheap to clone; every clone talks to the same writer thread.
 #[derive(Clone)]
 pub struct Journal {
@@ -139,6 +230,7 @@ pub struct Journal {
     /// The highest journal id committed so far; the processor waits on it.
     committed: watch::Receiver<i64>,
     path: PathBuf,
+    health: Health,
 }
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
@@ -163,13 +255,35 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Pings the writer every `PROBE_EVERY` while the journal is open, so its health is known
+/// without events (a lock taken by another program, a deleted file, a disk that clears).
+async fn probe(commands: mpsc::WeakSender<writer::Command>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(commands) = commands.upgrade() else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        if commands.send(writer::Command::Ping(reply)).await.is_err() {
+            return;
+        }
+        drop(commands);
+        // The writer records the outcome in `Health`; only a closed journal ends the probe.
+        if let Ok(Err(JournalError::Closed)) | Err(_) = answer.await {
+            return;
+        }
+    }
+}
+
 impl Journal {
     /// Opens (creating the folder and schema on first start) and starts the writer thread.
     pub async fn open(path: &Path) -> Result<Journal, JournalError> {
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+        let journal = tokio::task::spawn_blocking(move || Self::open_blocking(path))
             .await
-            .map_err(|_| JournalError::Closed)?
+            .map_err(|_| JournalError::Closed)??;
+        tokio::spawn(probe(journal.commands.downgrade()));
+        Ok(journal)
     }
 
     fn open_blocking(path: PathBuf) -> Result<Journal, JournalError> {
@@ -186,6 +300,7 @@ impl Journal {
                 source,
             })?;
         }
+        let lock = lock_database(&path)?;
         let mut conn = open_connection(&path)?;
         schema::migrate(&mut conn)?;
         let last_id: i64 =
@@ -202,22 +317,26 @@ impl Journal {
         };
         // Opened now, so a start-up that cannot sync fails here, with the path, instead of
         // refusing every event later. The file exists: reading in WAL mode (above) made it.
-        let wal = std::fs::File::open(&wal).map_err(|source| JournalError::Wal {
-            path: wal.clone(),
-            source,
-        })?;
+        let files = writer::Files::open(PathBuf::from(conn.path().unwrap_or_default()), wal, lock)?;
         let (committed_tx, committed) = watch::channel(last_id);
-        let commands = writer::spawn(conn, checkpointer, wal, committed_tx);
+        let health = Health::default();
+        let commands = writer::spawn(conn, checkpointer, files, committed_tx, health.clone());
         Ok(Journal {
             commands,
             reader: Arc::new(Mutex::new(reader)),
             committed,
             path,
+            health,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the journal cannot commit now, `None` while it can.
+    pub fn problem(&self) -> Option<String> {
+        self.health.problem()
     }
 
     /// Journals one event; returns once it is committed and synced (with whatever else was
@@ -244,8 +363,9 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Round trip through the writer and sync threads (an empty, synced batch): proves both
-    /// are alive, for the systemd watchdog.
+    /// Round trip through the writer and sync threads (a one-row write, synced, the files
+    /// checked): proves both are alive and the database takes writes, for the systemd watchdog
+    /// and the health probe.
     pub async fn ping(&self) -> Result<(), JournalError> {
         let (reply, answer) = oneshot::channel();
         self.commands

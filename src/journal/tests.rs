@@ -367,6 +367,7 @@ async fn nothing_is_acknowledged_unless_the_wal_sync_succeeds() {
     let refused = j.append(event("a")).await.unwrap_err();
     assert!(refused.to_string().contains("sync"), "{refused}");
     assert!(j.ping().await.is_err(), "the watchdog must see it");
+    assert!(j.problem().unwrap().contains("sync"), "/readyz must see it");
     // A failed sync poisons the journal: the kernel may have dropped the pages it could not
     // write, so a later sync that "succeeds" proves nothing.
     assert!(j.append(event("b")).await.is_err());
@@ -381,4 +382,52 @@ async fn nothing_is_acknowledged_unless_the_wal_sync_succeeds() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_deleted_under_the_daemon_is_refused_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let j = Journal::open(&path).await.unwrap();
+    assert!(matches!(
+        j.append(event("a")).await,
+        Ok(Appended::Accepted(_))
+    ));
+    assert_eq!(j.problem(), None);
+    std::fs::remove_file(&path).unwrap();
+    let refused = j.append(event("b")).await.unwrap_err();
+    assert!(refused.to_string().contains("is gone"), "{refused}");
+    assert!(j.problem().unwrap().contains("j.db"), "{:?}", j.problem());
+    assert!(j.ping().await.is_err(), "the watchdog must see it");
+
+    // The WAL alone, replaced by another file under its name, is caught the same way.
+    let path = dir.path().join("k.db");
+    let k = Journal::open(&path).await.unwrap();
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::write(&wal, b"").unwrap();
+    let refused = k.append(event("c")).await.unwrap_err();
+    assert!(refused.to_string().contains("replaced"), "{refused}");
+}
+
+#[tokio::test]
+async fn one_journal_per_database_and_the_lock_names_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let first = Journal::open(&path).await.unwrap();
+    let second = Journal::open(&path)
+        .await
+        .err()
+        .expect("the second open is refused");
+    let message = second.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    first.close().await.unwrap();
+    // Released with the writer, so a restart in the same process opens it.
+    let again = Journal::open(&path).await.unwrap();
+    again.close().await.unwrap();
 }

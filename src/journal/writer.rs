@@ -3,15 +3,17 @@
 //! thread after the WAL is on disk (one `fdatasync` for every batch committed before it), the
 //! rest at once. A checkpoint thread copies the WAL back into the database.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Appended, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
+use super::{Appended, Health, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
 
 /// Upper bound on commands per transaction: enough to amortise the sync, small enough that the
 /// first caller in a batch does not wait long for the last.
@@ -22,6 +24,9 @@ const WAL_BACKSTOP_PAGES: i64 = 4096;
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// How long the writer waits for a write lock another program holds.
+const WRITER_BUSY: Duration = Duration::from_secs(3);
 
 /// Bound on queued commands: beyond it, callers wait (backpressure) instead of growing memory.
 const QUEUE: usize = 16 * 1024;
@@ -67,16 +72,86 @@ pub struct JobUpdate {
     pub rel_path: Option<String>,
 }
 
+/// The files behind the journal as they were opened: the WAL the sync thread makes durable, the
+/// identity (device, inode) of it and of the database, and the lock held for the writer's life.
+pub(super) struct Files {
+    wal: std::fs::File,
+    wal_path: PathBuf,
+    wal_id: (u64, u64),
+    db_path: PathBuf,
+    db_id: (u64, u64),
+    _lock: std::fs::File,
+}
+
+impl Files {
+    pub(super) fn open(
+        db_path: PathBuf,
+        wal_path: PathBuf,
+        lock: std::fs::File,
+    ) -> Result<Files, JournalError> {
+        let wal_err = |source| JournalError::Wal {
+            path: wal_path.clone(),
+            source,
+        };
+        let wal = std::fs::File::open(&wal_path).map_err(wal_err)?;
+        let wal_id = wal
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(wal_err)?;
+        let db_id = std::fs::metadata(&db_path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|source| JournalError::Wal {
+                path: db_path.clone(),
+                source,
+            })?;
+        Ok(Files {
+            wal,
+            wal_path,
+            wal_id,
+            db_path,
+            db_id,
+            _lock: lock,
+        })
+    }
+
+    /// Whether the paths still name the files that were opened: a database or WAL deleted or
+    /// replaced under a running daemon takes writes that no restart would find.
+    fn check(&self) -> Result<(), String> {
+        for (what, path, id) in [
+            ("database", &self.db_path, self.db_id),
+            ("WAL", &self.wal_path, self.wal_id),
+        ] {
+            match std::fs::metadata(path) {
+                Ok(m) if (m.dev(), m.ino()) == id => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "the journal's {what} file {} was replaced while open; nothing stored now would survive a restart",
+                        path.display()
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the journal's {what} file {} is gone ({e}); nothing stored now would survive a restart",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn spawn(
     conn: Connection,
     checkpointer: Connection,
-    wal: std::fs::File,
+    files: Files,
     committed: watch::Sender<i64>,
+    health: Health,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name("callhook-journal".into())
-        .spawn(move || run(conn, checkpointer, wal, rx, committed))
+        .spawn(move || run(conn, checkpointer, files, rx, committed, health))
         .expect("spawn the journal writer thread");
     tx
 }
@@ -106,18 +181,34 @@ impl Done {
     }
 }
 
+/// Answers a command that was never run.
+fn refuse(cmd: Command, why: &str) {
+    let failed = || JournalError::Commit(why.to_string());
+    match cmd {
+        Command::Append(_, r) => drop(r.send(Err(failed()))),
+        Command::State(_, r) | Command::Ping(r) | Command::Close(r) => drop(r.send(Err(failed()))),
+        Command::Sweep(_, r) => drop(r.send(Err(failed()))),
+    }
+}
+
 /// A committed batch whose answers wait for the WAL to reach the disk.
 struct Unsynced {
     done: Vec<Done>,
     max_id: Option<i64>,
+    /// A command of the batch failed to store (its caller was refused): the sync does not
+    /// prove the journal healthy.
+    failed: bool,
+    /// The writer's count of batches, for `Health`.
+    number: u64,
 }
 
 fn run(
     mut conn: Connection,
     checkpointer: Connection,
-    wal: std::fs::File,
+    files: Files,
     mut rx: mpsc::Receiver<Command>,
     committed: watch::Sender<i64>,
+    health: Health,
 ) {
     // Commits only write the WAL; the syncer thread makes them durable. While it waits for the
     // disk, this thread already commits the next batch (a pipelined group commit): SQLite's own
@@ -128,8 +219,11 @@ fn run(
     // over when a checkpoint has copied every frame back as a write begins, which a checkpoint
     // on another thread seldom manages while this one commits without pause, so under steady
     // load the WAL would grow without bound. Most frames are copied by then, so it is short.
+    // A database locked by another program fails a batch after WRITER_BUSY; two batches in a
+    // row (the health probe's and an event's) still answer within 10 s.
     let prepared = conn
-        .pragma_update(None, "synchronous", "NORMAL")
+        .busy_timeout(WRITER_BUSY)
+        .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
         .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES));
     if let Err(e) = prepared {
         tracing::error!(error = %e, "journal writer could not be set up");
@@ -143,12 +237,14 @@ fn run(
             .expect("spawn the journal checkpoint thread")
     };
     let (to_sync, unsynced) = std::sync::mpsc::channel::<Unsynced>();
+    let sync_health = health.clone();
     let syncer = std::thread::Builder::new()
         .name("callhook-sync".into())
-        .spawn(move || sync_loop(wal, unsynced, committed))
+        .spawn(move || sync_loop(files, unsynced, committed, sync_health))
         .expect("spawn the journal sync thread");
 
     let mut close: Option<Reply<()>> = None;
+    let mut number = 0u64;
     while close.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -162,6 +258,7 @@ fn run(
         }
         let started = Instant::now();
         let size = batch.len();
+        number += 1;
         let mut done = Vec::with_capacity(size);
         let mut max_id = None;
         // Only an acknowledgement (or a ping, which proves the path) waits for the sync.
@@ -170,8 +267,23 @@ fn run(
         // crash comes first the state and its cursor are lost together and rebuilt from the
         // journal after the older cursor.
         let mut durable = false;
+        let mut failed: Option<String> = None;
         let outcome = (|| -> rusqlite::Result<()> {
-            let mut tx = conn.transaction()?;
+            // IMMEDIATE: the write lock is taken once, at the start, so a database locked by
+            // another program fails the batch after one busy timeout (5 s), not one per command.
+            let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    let why = e.to_string();
+                    for cmd in batch {
+                        match cmd {
+                            Command::Close(reply) => close = Some(reply),
+                            other => refuse(other, &why),
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             for cmd in batch {
                 match cmd {
                     Command::Append(event, reply) => {
@@ -183,8 +295,10 @@ fn run(
                         } else {
                             append(&tx, &event).map_err(JournalError::from)
                         };
-                        if let Ok(Appended::Accepted(id)) = result {
-                            max_id = Some(id);
+                        match &result {
+                            Ok(Appended::Accepted(id)) => max_id = Some(*id),
+                            Ok(Appended::Duplicate) => {}
+                            Err(e) => failed = Some(e.to_string()),
                         }
                         done.push(Done::Appended(reply, result));
                     }
@@ -194,7 +308,13 @@ fn run(
                     }
                     Command::Ping(reply) => {
                         durable = true;
-                        done.push(Done::State(reply, Ok(())));
+                        // A real write: an empty transaction takes no lock and needs no disk
+                        // space, so it would pass while another program holds the database.
+                        let result = ping(&tx).map_err(JournalError::from);
+                        if let Err(e) = &result {
+                            failed = Some(e.to_string());
+                        }
+                        done.push(Done::State(reply, result));
                     }
                     Command::Sweep(before, reply) => {
                         let result = atomically(&mut tx, |c| sweep(c, before));
@@ -208,14 +328,24 @@ fn run(
         metrics::histogram!("callhook_journal_batch_size").record(size as f64);
         metrics::histogram!("callhook_journal_commit_seconds")
             .record(started.elapsed().as_secs_f64());
+        if let Some(why) = &failed {
+            health.fail(number, &format!("cannot store in the journal: {why}"));
+        }
         match outcome {
             Ok(()) if durable => {
                 // The syncer only stops after this thread drops `to_sync`.
-                let _ = to_sync.send(Unsynced { done, max_id });
+                let failed = failed.is_some();
+                let _ = to_sync.send(Unsynced {
+                    done,
+                    max_id,
+                    failed,
+                    number,
+                });
             }
             Ok(()) => done.into_iter().for_each(Done::answer),
             Err(e) => {
                 tracing::error!(error = %e, batch = size, "journal commit failed");
+                health.fail(number, &format!("the journal cannot commit: {e}"));
                 // Nothing of the batch is durable, so no caller may be told otherwise.
                 let why = e.to_string();
                 done.into_iter().for_each(|d| d.fail(&why));
@@ -244,9 +374,10 @@ fn run(
 /// Makes committed batches durable: one `fdatasync` of the WAL covers every batch committed
 /// before it began, so batches that queued up while the disk was busy share the next one.
 fn sync_loop(
-    wal: std::fs::File,
+    files: Files,
     unsynced: std::sync::mpsc::Receiver<Unsynced>,
     committed: watch::Sender<i64>,
+    health: Health,
 ) {
     // After a failed sync the kernel may have dropped the unwritten pages and a later sync
     // can succeed without them, so nothing is acknowledged again until a restart.
@@ -257,8 +388,10 @@ fn sync_loop(
         let started = Instant::now();
         let synced = match &poisoned {
             Some(why) => Err(why.clone()),
-            None => match wal.sync_data() {
-                Ok(()) => Ok(()),
+            // Checked after the sync, so a file deleted while it ran is caught too.
+            None => match files.wal.sync_data().map(|()| files.check()) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(why),
                 Err(e) => {
                     let why = format!("syncing the journal's WAL failed: {e}");
                     tracing::error!(error = %why, "journal sync failed; refusing events until restart");
@@ -269,6 +402,12 @@ fn sync_loop(
         };
         metrics::histogram!("callhook_journal_sync_seconds")
             .record(started.elapsed().as_secs_f64());
+        let newest = batches.iter().map(|b| b.number).max().unwrap_or(0);
+        match &synced {
+            Ok(()) if batches.iter().all(|b| !b.failed) => health.ok(newest),
+            Ok(()) => {}
+            Err(why) => health.fail(newest, why),
+        }
         match synced {
             Ok(()) => {
                 if let Some(id) = batches.iter().filter_map(|b| b.max_id).max() {
@@ -375,6 +514,16 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
         ])?;
     }
     Ok(Appended::Accepted(id))
+}
+
+/// The health probe's write: one small row, so a commit needs the write lock and a page.
+fn ping(tx: &Connection) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('alive', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![ms(Utc::now()).to_string()])?;
+    Ok(())
 }
 
 fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Error> {
@@ -495,8 +644,11 @@ fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
               AND c.call_id = participants.call_id AND c.state = 'active')",
         params![before],
     )?;
+    // By callhook's own clock (`activity_ms`: when it last changed the call, at or after it
+    // ended), never `ended_ms`, the provider's: a call whose events are dated years ago was
+    // still received today and is kept `retention_days` from now.
     n += tx.execute(
-        "DELETE FROM calls WHERE state = 'ended' AND COALESCE(ended_ms, activity_ms) < ?1",
+        "DELETE FROM calls WHERE state = 'ended' AND activity_ms < ?1",
         params![before],
     )?;
     n += tx.execute(

@@ -25,6 +25,15 @@ async fn get(url: &str) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
+/// Registration runs in the background after `ready` (SPEC §5): waits, bounded, until `n` webhooks
+/// are registered.
+fn wait_registered(sim: &JasSim, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.registrations().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn registering_env(dir: &std::path::Path, base_url: &str) -> Env {
     let mut env = Env::new(dir).with_sim(base_url);
     env.set("jas.register", "true")
@@ -39,6 +48,7 @@ async fn registers_at_start_unregisters_on_sigterm_and_exits_0() {
     let dir = tempdir();
     let env = registering_env(dir.path(), &server.base_url);
     let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    tokio::task::block_in_place(|| wait_registered(&sim, 3));
     let mut registered = sim.registrations();
     registered.sort();
     assert_eq!(
@@ -100,6 +110,9 @@ async fn an_event_the_account_does_not_offer_is_skipped() {
     env.set("jas.events", "call_analysis,call_status,new_recording");
     sim.fail_next(SimRoute::Register, &[404]);
     let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    tokio::task::block_in_place(|| wait_registered(&sim, 2));
+    // The refusal is logged before the next event is registered; give the line its moment.
+    std::thread::sleep(Duration::from_millis(200));
     let mut events: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
     events.sort();
     assert_eq!(events, ["call_status", "new_recording"]);
@@ -216,6 +229,10 @@ async fn a_404_at_registration_skips_that_event_and_still_becomes_ready() {
     let dir = tempdir();
     let env = registering_env(dir.path(), &server.base_url);
     let app = TestApp::spawn(&env, dir.path()).await;
+    wait_until(Duration::from_secs(10), || async {
+        app.get_admin("/readyz").await.1["registration"] == "registered"
+    })
+    .await;
     let mut events: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
     events.sort();
     assert_eq!(events, ["call_summary", "new_recording"]);

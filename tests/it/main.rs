@@ -9,6 +9,7 @@ mod config;
 mod crash;
 mod faults;
 mod history;
+mod ingest;
 mod jas_webhooks;
 mod lifecycle;
 mod listener;

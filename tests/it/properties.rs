@@ -190,11 +190,12 @@ proptest! {
     fn jas_decode_never_panics_and_errors_name_a_field(
         body in prop_oneof![jas_body(), any::<Vec<u8>>()],
     ) {
-        match decode(&body) {
+        let at = chrono::Utc::now();
+        match decode(&body, at) {
             Ok(d) => {
                 prop_assert!(d.dedupe_key.starts_with("jas:"));
                 // Deterministic, so a redelivery gets the same key and is a duplicate.
-                prop_assert_eq!(decode(&body).unwrap(), d);
+                prop_assert_eq!(decode(&body, at).unwrap(), d);
             }
             Err(e) => {
                 let message = e.to_string();

@@ -148,9 +148,18 @@ impl JasEvent {
 pub struct Decoded {
     pub event: JasEvent,
     pub dedupe_key: String,
+    /// Time fields that were missing or unreadable and now hold the receive time, for the
+    /// route's `warn` line and `callhook_event_field_warnings_total` (named as in `REPAIRABLE`).
+    pub repaired: Vec<&'static str>,
 }
 
-pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
+/// The fields an authentic event can do without: a missing or unreadable one is replaced by the
+/// time callhook received the event (SPEC §3), never a 400.
+pub const REPAIRABLE: &[&str] = &["timestamp", "start_time", "end_time"];
+
+/// Decodes a verified body received at `received_at`. Only what the event cannot be acted on
+/// without (`entity`, `event_type`, `sequence`, `recording_url`, `call_id`) makes it an error.
+pub fn decode(body: &[u8], received_at: DateTime<Utc>) -> Result<Decoded, DecodeError> {
     let root: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let root = root.as_object().ok_or(DecodeError::NotObject)?;
@@ -164,17 +173,15 @@ pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
         }
         None => return Err(DecodeError::Missing("eventName")),
     };
-    let timestamp = match root.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(parse_time(s).ok_or(DecodeError::Invalid {
-            field: "timestamp",
-            reason: "expected an RFC 3339 time",
-        })?),
-        Some(_) => {
-            return Err(DecodeError::Invalid {
-                field: "timestamp",
-                reason: "expected an RFC 3339 time",
-            });
+    let mut repaired = vec![];
+    let mut time = |value: Option<&Value>, field: &'static str| match value
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+    {
+        Some(t) => Some(t),
+        None => {
+            repaired.push(field);
+            Some(received_at)
         }
     };
     let data = root.get("data");
@@ -201,7 +208,7 @@ pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
                 participant_id,
                 change: ParticipantChange::from_code(code),
                 sequence,
-                timestamp,
+                timestamp: time(root.get("timestamp"), "timestamp"),
             })
         }
         "new_recording" => {
@@ -223,9 +230,9 @@ pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
                 recording_url,
                 id_recording: id_text(data.get("id_recording"), "data.id_recording")?,
                 cdr_id: id_text(data.get("cdr_id"), "data.cdr_id")?,
-                start_time: optional_time(data.get("start_time"), "data.start_time")?,
-                end_time: optional_time(data.get("end_time"), "data.end_time")?,
-                timestamp,
+                start_time: time(data.get("start_time"), "start_time"),
+                end_time: time(data.get("end_time"), "end_time"),
+                timestamp: time(root.get("timestamp"), "timestamp"),
             })
         }
         "call_summary" | "call_analysis" => {
@@ -241,8 +248,8 @@ pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
             };
             JasEvent::CallSummary(CallSummary {
                 call_id,
+                timestamp: time(root.get("timestamp"), "timestamp"),
                 data,
-                timestamp,
             })
         }
         other => JasEvent::Unknown(other.to_string()),
@@ -259,7 +266,11 @@ pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
         JasEvent::NewRecording(r) => format!("jas:new_recording:{}", r.id()),
         _ => format!("jas:sha256:{}", hex::encode(Sha256::digest(body))),
     };
-    Ok(Decoded { event, dedupe_key })
+    Ok(Decoded {
+        event,
+        dedupe_key,
+        repaired,
+    })
 }
 
 /// `/callcontrol/{dn}/participants/{id}` → (dn, id). Anything else is a 400 naming the field.
@@ -325,24 +336,6 @@ fn id_text(value: Option<&Value>, field: &'static str) -> Result<Option<String>,
     }
 }
 
-fn optional_time(
-    value: Option<&Value>,
-    field: &'static str,
-) -> Result<Option<DateTime<Utc>>, DecodeError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => parse_time(s).map(Some).ok_or(DecodeError::Invalid {
-            field,
-            reason: "expected an RFC 3339 time",
-        }),
-        Some(_) => Err(DecodeError::Invalid {
-            field,
-            reason: "expected an RFC 3339 time",
-        }),
-    }
-}
-
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
@@ -353,12 +346,18 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
 
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
     const CALL_STATUS: &str = r#"{"eventName":"call_status","timestamp":"2025-04-14T15:04:23.161Z","data":{"event":{"entity":"/callcontrol/101/participants/172","event_type":0},"sequence":518}}"#;
     const NEW_RECORDING: &str = r#"{"eventName":"new_recording","timestamp":"2025-04-14T15:04:23.161Z","data":{"call_id":"26","start_time":"2025-04-14T15:04:23.161Z","end_time":"2025-04-14T15:04:23.161Z","recording_url":"101/[John Doe]_101-5148888888_20250603153720(26).wav","id_recording":1,"cdr_id":"61f450de-8b46-4326-a306-32eb6ad5e534"}}"#;
 
     #[test]
     fn decodes_the_guide_call_status() {
-        let d = decode(CALL_STATUS.as_bytes()).unwrap();
+        let d = decode(CALL_STATUS.as_bytes(), now()).unwrap();
         let JasEvent::CallStatus(cs) = d.event else {
             panic!("not call_status")
         };
@@ -374,7 +373,7 @@ mod tests {
 
     #[test]
     fn decodes_the_guide_new_recording() {
-        let d = decode(NEW_RECORDING.as_bytes()).unwrap();
+        let d = decode(NEW_RECORDING.as_bytes(), now()).unwrap();
         let JasEvent::NewRecording(r) = d.event else {
             panic!("not new_recording")
         };
@@ -388,13 +387,13 @@ mod tests {
     fn recording_dedupe_falls_back_to_cdr_then_url() {
         let body = r#"{"eventName":"new_recording","data":{"call_id":26,"recording_url":"101/a.wav","cdr_id":"c-1"}}"#;
         assert_eq!(
-            decode(body.as_bytes()).unwrap().dedupe_key,
+            decode(body.as_bytes(), now()).unwrap().dedupe_key,
             "jas:new_recording:c-1"
         );
         let body =
             r#"{"eventName":"new_recording","data":{"call_id":26,"recording_url":"101/a.wav"}}"#;
         assert_eq!(
-            decode(body.as_bytes()).unwrap().dedupe_key,
+            decode(body.as_bytes(), now()).unwrap().dedupe_key,
             "jas:new_recording:101/a.wav"
         );
     }
@@ -458,28 +457,71 @@ mod tests {
                 r#"{"eventName":"new_recording","data":{"call_id":1}}"#,
                 "data.recording_url",
             ),
-            (r#"{"eventName":"x","timestamp":"yesterday"}"#, "timestamp"),
         ];
         for (body, field) in cases {
-            let err = decode(body.as_bytes()).unwrap_err();
+            let err = decode(body.as_bytes(), now()).unwrap_err();
             assert_eq!(err.field(), Some(field), "{body}: {err}");
             assert!(err.to_string().contains(field));
         }
-        assert!(matches!(decode(b"not json"), Err(DecodeError::NotJson(_))));
-        assert_eq!(decode(b"[1]"), Err(DecodeError::NotObject));
+        assert!(matches!(
+            decode(b"not json", now()),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert_eq!(decode(b"[1]", now()), Err(DecodeError::NotObject));
     }
 
     #[test]
     fn summary_and_analysis_and_unknown() {
-        let d = decode(br#"{"eventName":"call_analysis","data":{"call_id":26,"summary":"hi"}}"#)
-            .unwrap();
+        let d = decode(
+            br#"{"eventName":"call_analysis","data":{"call_id":26,"summary":"hi"}}"#,
+            now(),
+        )
+        .unwrap();
         let JasEvent::CallSummary(s) = &d.event else {
             panic!()
         };
         assert_eq!(s.call_id.as_deref(), Some("26"));
         assert!(d.dedupe_key.starts_with("jas:sha256:"));
-        let d = decode(br#"{"eventName":"something_new"}"#).unwrap();
+        let d = decode(br#"{"eventName":"something_new"}"#, now()).unwrap();
         assert_eq!(d.event, JasEvent::Unknown("something_new".into()));
         assert_eq!(d.event.metric_name(), "unknown");
+    }
+
+    #[test]
+    fn missing_or_unreadable_times_are_repaired_with_the_receive_time() {
+        let at = now();
+        // The guide's sample keeps its own times, nothing repaired.
+        let d = decode(NEW_RECORDING.as_bytes(), at).unwrap();
+        assert!(d.repaired.is_empty());
+        let JasEvent::NewRecording(r) = d.event else {
+            panic!()
+        };
+        assert_eq!(r.start_time, parse_time("2025-04-14T15:04:23.161Z"));
+
+        let body = r#"{"eventName":"new_recording","timestamp":"yesterday","data":{"call_id":"26","start_time":17,"end_time":"2025-13-01","recording_url":"101/a.wav","id_recording":1}}"#;
+        let d = decode(body.as_bytes(), at).unwrap();
+        assert_eq!(d.repaired, ["start_time", "end_time", "timestamp"]);
+        assert_eq!(d.dedupe_key, "jas:new_recording:1");
+        let JasEvent::NewRecording(r) = d.event else {
+            panic!()
+        };
+        assert_eq!(
+            (r.start_time, r.end_time, r.timestamp),
+            (Some(at), Some(at), Some(at))
+        );
+
+        let body = r#"{"eventName":"call_summary","timestamp":null,"data":{"call_id":26}}"#;
+        let d = decode(body.as_bytes(), at).unwrap();
+        assert_eq!(d.repaired, ["timestamp"]);
+        let body = r#"{"eventName":"call_status","data":{"event":{"entity":"/callcontrol/1/participants/2","event_type":1},"sequence":3}}"#;
+        let d = decode(body.as_bytes(), at).unwrap();
+        assert_eq!(d.repaired, ["timestamp"]);
+        let JasEvent::CallStatus(cs) = d.event else {
+            panic!()
+        };
+        assert_eq!(cs.timestamp, Some(at));
+        // An unknown event's times are never looked at.
+        let d = decode(br#"{"eventName":"x","timestamp":"yesterday"}"#, at).unwrap();
+        assert!(d.repaired.is_empty());
     }
 }

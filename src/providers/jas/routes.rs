@@ -66,8 +66,12 @@ async fn accept(
         .jas_verifier
         .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let decoded = events::decode(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let decoded =
+        events::decode(&body, Utc::now()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let name = decoded.event.metric_name();
+    for field in &decoded.repaired {
+        crate::metrics::field_warning("jas", field, name);
+    }
     let job = match &decoded.event {
         JasEvent::NewRecording(r) if state.settings.recordings.enabled => Some(recording_job(r)),
         _ => None,

@@ -62,8 +62,11 @@ pub struct TelecmiEvent {
     pub virtual_number: Option<String>,
     /// From `app_id`, else `appid`.
     pub app_id: Option<String>,
-    /// `time`, epoch milliseconds.
+    /// `time`, epoch milliseconds; `None` when missing or unreadable (the receive time is used).
     pub time_ms: Option<i64>,
+    /// Fields that were present but unreadable and are treated as missing (`REPAIRABLE`), for
+    /// the route's `warn` line and `callhook_event_field_warnings_total`.
+    pub repaired: Vec<&'static str>,
     pub answeredsec: Option<i64>,
     pub waitedsec: Option<i64>,
     pub record: Option<bool>,
@@ -265,7 +268,16 @@ fn quote_leading_zero_numbers(input: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// Fields an event can do without: unreadable, they count as missing instead of a 400.
+pub const REPAIRABLE: &[&str] = &["time"];
+
 fn from_raw(raw: Map<String, Value>) -> Result<TelecmiEvent, DecodeError> {
+    let mut repaired = vec![];
+    // An event time TeleCMI garbled: the receive time stands in for it, as for a missing one.
+    let time_ms = integer(&raw, "time").unwrap_or_else(|_| {
+        repaired.push("time");
+        None
+    });
     let cmiuuid = text(&raw, "cmiuuid")?.ok_or(DecodeError::MissingField("cmiuuid"))?;
     let kind = match text(&raw, "type")? {
         None => Kind::Other(String::new()),
@@ -305,7 +317,8 @@ fn from_raw(raw: Map<String, Value>) -> Result<TelecmiEvent, DecodeError> {
         callerid: digits_text(&raw, "callerid", "a phone number")?,
         virtual_number: digits_text(&raw, "virtual_number", "a phone number").unwrap_or(None),
         app_id: digits_text(&raw, app_id_field, "a string or integer id")?,
-        time_ms: integer(&raw, "time")?,
+        time_ms,
+        repaired,
         answeredsec: integer(&raw, "answeredsec")?,
         waitedsec: integer(&raw, "waitedsec")?,
         record: boolean(&raw, "record")?,
@@ -671,8 +684,14 @@ mod tests {
             "invalid field `to`: expected a phone number"
         );
         assert_eq!(err.field(), Some("to"));
-        let err = json_err(r#"{"cmiuuid":"u","time":"abc"}"#);
-        assert_eq!(err.to_string(), "invalid field `time`: expected an integer");
+        // `time` can be done without: unreadable, it is missing and says so.
+        let e = json_ok(r#"{"cmiuuid":"u","time":"abc"}"#);
+        assert_eq!((e.time_ms, e.repaired), (None, vec!["time"]));
+        assert!(
+            json_ok(r#"{"cmiuuid":"u","time":"1571122196059"}"#)
+                .repaired
+                .is_empty()
+        );
         assert_eq!(
             json_err(r#"{"cmiuuid":"u","from":-5}"#).field(),
             Some("from")

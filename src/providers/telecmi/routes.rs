@@ -77,6 +77,9 @@ async fn accept(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let action = apply::classify(&event).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let name = apply::metric_name(&event);
+    for field in &event.repaired {
+        crate::metrics::field_warning("telecmi", field, name);
+    }
     // Read-only: usually already applied, the leg's call names the call of a CDR without one.
     let call = apply::call_key(&state.table, &event);
     let job = match action {

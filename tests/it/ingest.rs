@@ -1,0 +1,355 @@
+//! Ingest and storage (issue #11): an authentic event is never refused for a field callhook can
+//! do without, retention counts callhook's own clock, the journal says when it cannot commit
+//! (503 on webhooks and `/readyz`), one daemon per database, and readiness that does not wait
+//! for webhook registration.
+
+use std::time::Duration;
+
+use crate::common::*;
+use callhook::sim::JasSim;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn an_authentic_event_with_unreadable_times_is_accepted_with_the_receive_time() {
+    let dir = tempdir();
+    let mut env = Env::new(dir.path());
+    env.set("recordings.enabled", "false");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let series = |field: &str| {
+        format!("callhook_event_field_warnings_total{{provider=\"jas\",field=\"{field}\"}}")
+    };
+    // Counters are process-wide and tests run side by side: compare with the values before.
+    let mut counts = vec![];
+    for field in ["timestamp", "start_time", "end_time"] {
+        counts.push(app.metric(&series(field)).await);
+    }
+    let before = chrono::Utc::now();
+    let recording = json!({
+        "eventName": "new_recording",
+        "timestamp": "14/04/2025 15:04",
+        "data": {"call_id": "77", "start_time": 1744643063, "recording_url": "101/x.wav",
+                 "id_recording": 9, "end_time": ""}
+    })
+    .to_string();
+    let (status, reply) = app.post_jas(&recording).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+    let summary = json!({"eventName": "call_summary", "data": {"call_id": "77", "summary": "hi"}});
+    let (status, reply) = app.post_jas(&summary.to_string()).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+    let status_event = json!({
+        "eventName": "call_status", "timestamp": "not a time",
+        "data": {"event": {"entity": "/callcontrol/101/participants/5", "event_type": 0}, "sequence": 1}
+    });
+    let (status, reply) = app.post_jas(&status_event.to_string()).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+
+    assert_eq!(app.metric(&series("timestamp")).await, counts[0] + 3.0);
+    assert_eq!(app.metric(&series("start_time")).await, counts[1] + 1.0);
+    assert_eq!(app.metric(&series("end_time")).await, counts[2] + 1.0);
+    // The participant's times are the receive time, not a 400 nor the epoch.
+    let call = app
+        .wait_call("jas", "101:5", |c| c["state"] == "active")
+        .await;
+    let joined = chrono::DateTime::parse_from_rfc3339(
+        call["participants"][0]["joined_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(joined >= before && joined <= chrono::Utc::now(), "{call}");
+    // The recording's call was created from it, and the summary attached.
+    app.wait_call("jas", "77", |c| c["summary"].is_object())
+        .await;
+    // A field the event cannot be acted on without is still a 400 naming it.
+    let (status, reply) = app
+        .post_jas(&json!({"eventName": "new_recording", "data": {"call_id": "77"}}).to_string())
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("recording_url"),
+        "{reply}"
+    );
+}
+
+/// The integration guide's own samples, dated 2025-04-14 (well past 90 days).
+const SEED_INSERT: &str = r#"{"eventName":"call_status","timestamp":"2025-04-14T15:04:23.161Z","data":{"event":{"entity":"/callcontrol/101/participants/172","event_type":0},"sequence":518}}"#;
+const SEED_REMOVE: &str = r#"{"eventName":"call_status","timestamp":"2025-04-14T15:04:43.161Z","data":{"event":{"entity":"/callcontrol/101/participants/172","event_type":1},"sequence":519}}"#;
+const SEED_RECORDING: &str = r#"{"eventName":"new_recording","timestamp":"2025-04-14T15:04:23.161Z","data":{"call_id":"26","start_time":"2025-04-14T15:04:23.161Z","end_time":"2025-04-14T15:04:23.161Z","recording_url":"101/[John Doe]_101-5148888888_20250603153720(26).wav","id_recording":1,"cdr_id":"61f450de-8b46-4326-a306-32eb6ad5e534"}}"#;
+
+fn history_ids(body: &Value) -> Vec<String> {
+    body["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_counts_from_when_callhook_received_the_call_not_the_provider_clock() {
+    let sim = JasSim::with_token(TOKEN);
+    sim.set_participant(
+        "101",
+        "172",
+        participant("101", "172", "26", "Dialing", "10000", "Wexternalline"),
+    );
+    let server = sim.start().await.unwrap();
+    let dir = tempdir();
+    let mut env = Env::new(dir.path()).with_sim(&server.base_url);
+    env.set("recordings.enabled", "false");
+
+    let app = TestApp::spawn(&env, dir.path()).await;
+    for body in [SEED_INSERT, SEED_REMOVE, SEED_RECORDING] {
+        let (status, reply) = app.post_jas(body).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("accepted")),
+            "{reply}"
+        );
+    }
+    app.wait_call("jas", "26", |c| c["state"] == "ended").await;
+    wait_until(Duration::from_secs(5), || async {
+        history_ids(&app.get_admin("/api/history").await.1) == ["26"]
+    })
+    .await;
+    app.stop().await.unwrap();
+
+    // The restart runs the retention sweep at once; give it its moment, then look.
+    let app = TestApp::spawn(&env, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let call = app.call("jas", "26").await.expect("the ended call is kept");
+    assert_eq!(call["state"], "ended", "{call}");
+    assert!(
+        same_time(&call["ended_at"], "2025-04-14T15:04:43.161Z"),
+        "{call}"
+    );
+    let (_, history) = app.get_admin("/api/history").await;
+    assert_eq!(history_ids(&history), ["26"]);
+    app.stop().await.unwrap();
+}
+
+async fn post_signed(http: &reqwest::Client, public: &str, body: &str) -> (u16, Value) {
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = http
+        .post(format!("{public}/webhooks/jas"))
+        .header("X-SIG", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_database_under_the_daemon_gets_503_and_an_error_not_200() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let http = reqwest::Client::new();
+    let (status, _) = post_signed(&http, &daemon.public, &call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
+    std::fs::remove_file(data_dir(dir.path()).join("callhook.db")).unwrap();
+
+    let started = std::time::Instant::now();
+    let (status, reply) = post_signed(&http, &daemon.public, &call_status("101", "1", 2, 2)).await;
+    assert_eq!(status, 503, "{reply}");
+    // The public reply says to retry; the path is for the operator (admin /readyz, the log).
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains("retry") && !error.contains("callhook.db"),
+        "{reply}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ready = http
+        .get(format!("{}/readyz", daemon.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], false, "{ready}");
+    let journal = ready["journal"].as_str().unwrap();
+    assert!(
+        journal.contains("is gone") && journal.contains("callhook.db"),
+        "{ready}"
+    );
+    // Still refused a moment later: nothing it stores now would survive a restart.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = post_signed(&http, &daemon.public, &call_status("101", "1", 2, 3)).await;
+    assert_eq!(status, 503);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = daemon.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "ERROR" && l.to_string().contains("callhook.db")),
+        "{logs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_locked_by_another_program_is_503_on_webhooks_and_readyz_then_recovers() {
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    let (status, _) = app.post_jas(&call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
+
+    // Another program takes the write lock and keeps it.
+    let other = rusqlite::Connection::open(data_dir(dir.path()).join("callhook.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let (status, reply) = app.post_jas(&call_status("101", "1", 2, 2)).await;
+    assert_eq!(status, 503, "{reply}");
+    assert!(reply["error"].is_string(), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, ready) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["journal"].as_str().unwrap().contains("locked"),
+        "{ready}"
+    );
+
+    // Released: ready again by itself, and the refused event is taken when the provider retries.
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    wait_until(Duration::from_secs(10), || async {
+        app.get_admin("/readyz").await.0 == 200
+    })
+    .await;
+    let (_, ready) = app.get_admin("/readyz").await;
+    assert_eq!(ready["journal"], "ok", "{ready}");
+    let (status, reply) = app.post_jas(&call_status("101", "1", 2, 2)).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_database_exits_1_naming_the_path_and_the_first() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let first = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let empty = dir.path().join("empty.toml");
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .args(["serve", "--config"])
+            .arg(&empty)
+            .envs(&env.0)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let db = data_dir(dir.path()).join("callhook.db");
+    assert!(stderr.contains(&path_str(&db)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    let http = reqwest::Client::new();
+    let (status, _) = post_signed(&http, &first.public, &call_status("101", "1", 0, 1)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_telecmi_event_with_an_unreadable_time_is_accepted_and_counted() {
+    let dir = tempdir();
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.path_token", "ingest-path-token");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let series = "callhook_event_field_warnings_total{provider=\"telecmi\",field=\"time\"}";
+    let before = app.metric(series).await;
+    let body = json!({"cmiuuid": "u1", "conversation_uuid": "c1", "type": "event", "leg": "a",
+                      "status": "started", "direction": "inbound", "time": "soon"});
+    let resp = app
+        .http
+        .post(format!("{}/webhooks/telecmi/ingest-path-token", app.public))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reply: Value = resp.json().await.unwrap();
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    assert_eq!(app.metric(series).await, before + 1.0);
+    let call = app
+        .wait_call("telecmi", "c1", |c| c["state"] == "active")
+        .await;
+    assert!(call["started_at"].is_string(), "{call}");
+}
+
+#[test]
+fn status_says_registration_is_pending_and_the_watchdog_stops_while_the_journal_cannot_commit() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+    let dir = tempdir();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    // A JAS API with nothing listening: registration stays pending, callhook is ready anyway.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut env = Env::new(dir.path()).with_sim(&format!("http://{closed}/v2"));
+    env.set("jas.register", "true")
+        .set("jas.callback_url", "https://example.invalid/webhooks/jas")
+        .set("jas.lookup_participants", "false");
+    env.0
+        .insert("NOTIFY_SOCKET".into(), socket_path.to_str().unwrap().into());
+    env.0.insert("WATCHDOG_USEC".into(), "200000".into());
+    let _daemon = ChildDaemon::spawn(&env, dir.path());
+
+    let mut buf = [0u8; 512];
+    let mut read_for = |d: Duration| {
+        let mut got = vec![];
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let seen = read_for(Duration::from_millis(1500));
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=") && m.contains("registration pending")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
+
+    std::fs::remove_file(data_dir(dir.path()).join("callhook.db")).unwrap();
+    // The next ping's sync sees it; from then on no ping at all.
+    let _ = read_for(Duration::from_millis(500));
+    let after = read_for(Duration::from_millis(1000));
+    assert!(!after.iter().any(|m| m.contains("WATCHDOG=1")), "{after:?}");
+}
