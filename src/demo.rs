@@ -203,7 +203,8 @@ async fn demo(dir: &Path) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let driver = Driver {
-        http: reqwest::Client::new(),
+        http: crate::outbound::client(crate::outbound::Options::own(false))
+            .map_err(|e| e.to_string())?,
         webhook: format!("http://{}/webhooks/jas", app.public_addr()),
         admin: format!("http://{}", app.admin_addr()),
     };
