@@ -279,7 +279,8 @@ async fn send(url: String, c: ConfigArg, file: String) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("callhook: request failed: {e}");
+            // Not the URL: a TeleCMI webhook URL carries its path token.
+            eprintln!("callhook: {}", crate::outbound::describe(e));
             ExitCode::from(1)
         }
     }
@@ -401,7 +402,7 @@ async fn healthcheck(c: ConfigArg) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("callhook: {url}: {e}");
+            eprintln!("callhook: {url}: {}", crate::outbound::describe(e));
             ExitCode::from(1)
         }
     }

@@ -108,7 +108,7 @@ impl Driver {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| format!("posting {what}: {e}"))?;
+            .map_err(|e| format!("posting {what}: {}", crate::outbound::describe(e)))?;
         let status = resp.status().as_u16();
         let reply = resp.text().await.unwrap_or_default();
         println!("  POST {what:<44} -> {status} {reply}");
