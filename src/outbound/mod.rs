@@ -1,5 +1,5 @@
-//! Every HTTP request callhook sends goes through a client built here: provider APIs (JAS
-//! Connect), recording downloads, and the daemon's own tools (`callhook send`, `healthcheck`,
+//! Every HTTP request callhook sends goes through a client built here: provider APIs,
+//! recording downloads, and the daemon's own tools (`callhook send`, `healthcheck`,
 //! `demo`). One place installs the rustls crypto provider, sets the user agent, and — for a
 //! request to an upstream — the redirect policy and the public-only resolver
 //! ([`redirect`]); one place turns a `reqwest::Error` into a reason fit for a log line or a
@@ -24,7 +24,7 @@ pub const UPSTREAM_REQUEST_SECONDS: &str = "callhook_upstream_request_seconds";
 pub const STATUS_ERROR: &str = "error";
 
 /// The `api` label of an upstream request. Each provider names its own APIs (as constants in
-/// its folder, e.g. `providers::jas::client::Api`), so a new provider adds labels without
+/// its folder, under `providers/`), so a new provider adds labels without
 /// touching this module; never a phone number or anything from a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Api(&'static str);
@@ -174,7 +174,7 @@ pub fn describe(e: reqwest::Error) -> String {
 
 /// The error and every source below it, joined by `: ` (reqwest's own Display hides the cause,
 /// "error sending request", which is the useful part), without the request's URL: it may carry
-/// user info or a secret in its query (TeleCMI's `/play?secret=`), and these reasons end up in
+/// user info or a secret in its query (`?secret=`), and these reasons end up in
 /// logs and the job table.
 pub fn error_chain(e: reqwest::Error) -> String {
     chain(&e.without_url())

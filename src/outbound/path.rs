@@ -1,5 +1,5 @@
 //! Percent-encoding of URL path segments, for every request built from names a provider or a
-//! webhook chose (a JAS dn or participant id, a recording name): nothing in them can add a `/`,
+//! webhook chose (an extension or participant id, a recording name): nothing in them can add a `/`,
 //! `?`, `#` or `..` to the path.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
