@@ -160,8 +160,8 @@ impl Application {
             source,
         })?;
         // No upstream redirect is followed to our own listeners (recordings/redirect.rs).
-        crate::recordings::redirect::register_own_listener(public_addr);
-        crate::recordings::redirect::register_own_listener(admin_addr);
+        crate::outbound::redirect::register_own_listener(public_addr);
+        crate::outbound::redirect::register_own_listener(admin_addr);
 
         let state = AppState {
             jas_verifier: Arc::new(Verifier::new(settings.jas.webhook_secrets.clone())),

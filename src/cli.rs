@@ -93,7 +93,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::outbound::install_crypto();
     match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
         Command::Serve(c) => serve(c),
         Command::Demo { dir } => runtime(crate::demo::run(dir)),
@@ -251,10 +251,8 @@ async fn send(url: String, c: ConfigArg, file: String) -> ExitCode {
         }
     };
     let sig = sign(secret.expose_secret().as_bytes(), &body);
-    let client = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-    {
+    let own = crate::outbound::Options::own(false).timeout(std::time::Duration::from_secs(30));
+    let client = match crate::outbound::client(own) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("callhook: {e}");
@@ -281,7 +279,8 @@ async fn send(url: String, c: ConfigArg, file: String) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("callhook: request failed: {e}");
+            // Not the URL: a TeleCMI webhook URL carries its path token.
+            eprintln!("callhook: {}", crate::outbound::describe(e));
             ExitCode::from(1)
         }
     }
@@ -380,11 +379,8 @@ async fn healthcheck(c: ConfigArg) -> ExitCode {
         return ExitCode::from(1);
     }
     let url = format!("http://{addr}/healthz");
-    let client = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(3))
-        .no_proxy()
-        .build()
-    {
+    let own = crate::outbound::Options::own(true).timeout(std::time::Duration::from_secs(3));
+    let client = match crate::outbound::client(own) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("callhook: {e}");
@@ -406,7 +402,7 @@ async fn healthcheck(c: ConfigArg) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("callhook: {url}: {e}");
+            eprintln!("callhook: {url}: {}", crate::outbound::describe(e));
             ExitCode::from(1)
         }
     }

@@ -108,7 +108,7 @@ impl Driver {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| format!("posting {what}: {e}"))?;
+            .map_err(|e| format!("posting {what}: {}", crate::outbound::describe(e)))?;
         let status = resp.status().as_u16();
         let reply = resp.text().await.unwrap_or_default();
         println!("  POST {what:<44} -> {status} {reply}");
@@ -203,7 +203,8 @@ async fn demo(dir: &Path) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let driver = Driver {
-        http: reqwest::Client::new(),
+        http: crate::outbound::client(crate::outbound::Options::own(false))
+            .map_err(|e| e.to_string())?,
         webhook: format!("http://{}/webhooks/jas", app.public_addr()),
         admin: format!("http://{}", app.admin_addr()),
     };

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod outbound;
 pub mod processor;
 pub mod providers;
 pub mod recordings;

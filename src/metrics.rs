@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::outbound;
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0, 60.0,
@@ -84,11 +86,11 @@ fn register() {
     );
     describe_gauge!("callhook_active_calls", "Calls in progress");
     describe_counter!(
-        "callhook_upstream_requests_total",
+        outbound::UPSTREAM_REQUESTS,
         "Requests to provider APIs by api and HTTP status"
     );
     describe_histogram!(
-        "callhook_upstream_request_seconds",
+        outbound::UPSTREAM_REQUEST_SECONDS,
         Unit::Seconds,
         "Time of provider API requests"
     );
@@ -147,17 +149,15 @@ fn register() {
         }
         metrics::gauge!("callhook_active_calls", "provider" => *provider).set(0.0);
     }
-    for api in [
-        "jas_participants",
-        "jas_webhooks",
-        "jas_auth",
-        "jas_recordings",
-        "telecmi_play",
-    ] {
-        metrics::counter!("callhook_upstream_requests_total", "api" => api, "status" => "200")
-            .absolute(0);
+    let apis = [
+        crate::providers::jas::client::api::ALL,
+        crate::providers::telecmi::API_LABELS,
+    ];
+    for api in apis.concat() {
+        let api = api.as_label();
+        metrics::counter!(outbound::UPSTREAM_REQUESTS, "api" => api, "status" => "200").absolute(0);
         // A histogram handle, once created, is exported (with zero counts) before any sample.
-        let _ = metrics::histogram!("callhook_upstream_request_seconds", "api" => api);
+        let _ = metrics::histogram!(outbound::UPSTREAM_REQUEST_SECONDS, "api" => api);
     }
     for name in [
         "callhook_ack_seconds",

@@ -2,6 +2,8 @@
 //! rest wait in a queue that `callhook_lookups_waiting` shows, and the queue drains as fast as
 //! the slots allow, with no event or timer needed to move it. A file of its own because the
 //! metrics registry is per process, and other tests' processors would set the same gauge.
+// Test clients build reqwest clients directly (see tests/it/main.rs).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "it/common/mod.rs"]
 mod common;

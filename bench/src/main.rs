@@ -3,6 +3,9 @@
 //! reports in one run, on loopback only, bounded in time, and prints the table.
 //! The other subcommands are the pieces `all` starts as child processes: the ceiling server,
 //! the mock JAS API, and the 1 GiB download whose RSS is measured in a process of its own.
+// Test and benchmark clients talk to loopback servers of their own and build reqwest clients
+// directly; the daemon's own go through `callhook::outbound` (clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -458,7 +461,7 @@ async fn download(size_mib: u64, dir: &Path) {
             tag: "bench",
         };
         let limits = callhook::recordings::download::Limits::default();
-        let got = download_to(req, &target, &limits, "bench")
+        let got = download_to(req, &target, &limits, callhook::outbound::Api::new("bench"))
             .await
             .expect("download");
         let secs = started.elapsed().as_secs_f64();

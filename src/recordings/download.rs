@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::folder::{Folder, FolderError};
+use crate::outbound::{self, Api, error_chain};
 
 /// A body this small is parsed as JSON when it looks like an object; real
 /// recordings are far larger, and the cap keeps sniffing in constant memory.
@@ -157,12 +158,12 @@ impl DownloadError {
 /// On failure the temp file is removed and nothing else is changed, except when only the final
 /// folder fsync fails: the rename has then happened (the file is whole) but its durability is
 /// unknown, so an error is still reported. `api` labels `callhook_upstream_requests_total`
-/// (e.g. `jas_recordings`, `telecmi_play`).
+/// (the provider's, e.g. `jas_recordings`, `telecmi_play`).
 pub async fn download_to(
     request: reqwest::RequestBuilder,
     target: &Target<'_>,
     limits: &Limits,
-    api: &'static str,
+    api: Api,
 ) -> Result<Downloaded, DownloadError> {
     let started = Instant::now();
     let deadline = started + limits.deadline;
@@ -175,8 +176,8 @@ pub async fn download_to(
         .to_owned();
     let folder_rel = target.rel.parent().unwrap_or(Path::new("")).to_path_buf();
 
-    // Strip the URL: it may carry credentials in its query string and these
-    // reasons end up in logs and the job table.
+    // Errors are told without the URL (`outbound::error_chain`): it may carry credentials in
+    // its query string and these reasons end up in logs and the job table.
     let sent = match tokio::time::timeout_at(deadline, request.send()).await {
         Ok(sent) => sent,
         Err(_) => {
@@ -186,15 +187,9 @@ pub async fn download_to(
             });
         }
     };
-    let status = match &sent {
-        Ok(resp) => resp.status().as_u16().to_string(),
-        Err(_) => "error".to_string(),
-    };
-    metrics::counter!("callhook_upstream_requests_total", "api" => api, "status" => status)
-        .increment(1);
-    metrics::histogram!("callhook_upstream_request_seconds", "api" => api)
-        .record(started.elapsed().as_secs_f64());
-    let mut resp = sent.map_err(|e| request_error(e.without_url()))?;
+    outbound::count(api, sent.as_ref().ok().map(|resp| resp.status().as_u16()));
+    outbound::time(api, started.elapsed());
+    let mut resp = sent.map_err(request_error)?;
     check_status(&resp)?;
     if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
         return Err(DownloadError::TooLarge {
@@ -398,7 +393,7 @@ async fn stream_body(
             Ok(Err(e)) => {
                 return Err(DownloadError::transient(format!(
                     "reading body after {total} bytes: {}",
-                    error_chain(&e.without_url())
+                    error_chain(e)
                 )));
             }
         };
@@ -502,25 +497,14 @@ fn describe_json_error(map: &serde_json::Map<String, serde_json::Value>) -> Stri
 }
 
 fn request_error(e: reqwest::Error) -> DownloadError {
-    let reason = format!("sending request: {}", error_chain(&e));
     // A request that cannot even be built, or a redirect loop, fails the same way next time.
-    if e.is_builder() || e.is_redirect() {
+    let permanent = e.is_builder() || e.is_redirect();
+    let reason = format!("sending request: {}", error_chain(e));
+    if permanent {
         DownloadError::permanent(reason)
     } else {
         DownloadError::transient(reason)
     }
-}
-
-/// reqwest's Display hides the cause ("error sending request"), which is the useful part.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A full disk (or quota) is transient: retried with backoff like any other; the rest of our
@@ -567,12 +551,7 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     fn client() -> reqwest::Client {
-        // reqwest is built with `rustls-no-provider`; building a client needs one installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client")
+        outbound::client(outbound::Options::own(true)).expect("client")
     }
 
     fn audio(len: usize) -> Vec<u8> {
@@ -629,7 +608,7 @@ mod tests {
             rel,
             tag: "t",
         };
-        download_to(request, &target, limits, "test").await
+        download_to(request, &target, limits, Api::new("test")).await
     }
 
     async fn fetch(server: &MockServer, dest: &Path) -> Result<Downloaded, DownloadError> {

@@ -11,10 +11,11 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::download::{DownloadError, Downloaded, Limits, Target, download_to};
-use super::path::encode_url_path;
 use crate::config::Settings;
 use crate::journal::Job;
-use crate::providers::jas::client::{JasClient, JasError};
+use crate::outbound::{self, Api, path::encode_url_path};
+use crate::providers::jas::client::{self as jas, JasClient, JasError};
+use crate::providers::telecmi;
 
 /// Idle-read limit for TeleCMI downloads: a stalled stream fails (and is retried) instead of
 /// holding a worker forever; a long recording still streams as long as bytes keep coming.
@@ -61,16 +62,12 @@ impl Fetcher {
             }),
             _ => None,
         };
-        // reqwest is built without a default crypto provider; whoever installs first wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(TELECMI_READ_TIMEOUT)
-            .redirect(super::redirect::policy())
-            .dns_resolver(super::redirect::PublicOnly::new(t.api_base.host_str()))
-            .user_agent(concat!("callhook/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the recordings HTTP client: {e}"))?;
+        let http = outbound::client(
+            outbound::Options::upstream(t.api_base.host_str())
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(TELECMI_READ_TIMEOUT),
+        )
+        .map_err(|e| format!("building the recordings HTTP client: {e}"))?;
         Ok(Fetcher {
             jas: jas.filter(JasClient::has_credentials),
             telecmi,
@@ -98,11 +95,7 @@ impl Fetcher {
             tag: &tag,
         };
         let limits = &self.limits;
-        let request = self.request(job).await?;
-        let api = match job.provider.as_str() {
-            "telecmi" => "telecmi_play",
-            _ => crate::providers::jas::client::RECORDINGS_API_LABEL,
-        };
+        let (request, api) = self.request(&job.provider, &job.source).await?;
         match download_to(request, &target, limits, api).await {
             // An expired token from client credentials is fetched again, once (SPEC §2).
             Err(DownloadError::Unauthorized) if job.provider == "jas" => {
@@ -113,21 +106,27 @@ impl Fetcher {
                 if !renewed {
                     return Err(DownloadError::Unauthorized);
                 }
-                let request = self.request(job).await?;
+                let (request, api) = self.request(&job.provider, &job.source).await?;
                 download_to(request, &target, limits, api).await
             }
             other => other,
         }
     }
 
-    async fn request(&self, job: &Job) -> Result<reqwest::RequestBuilder, DownloadError> {
-        match job.provider.as_str() {
+    /// The provider's request for `job`, and the `api` label it is counted under: both from
+    /// the provider, so a request is never counted under another provider's label.
+    async fn request(
+        &self,
+        provider: &str,
+        source: &str,
+    ) -> Result<(reqwest::RequestBuilder, Api), DownloadError> {
+        match provider {
             "jas" => {
                 let client = self.jas.as_ref().ok_or_else(|| {
                     permanent("no JAS credentials (jas.token or jas.client_id/client_secret)")
                 })?;
                 client
-                    .recording_request(&encode_url_path(&job.source))
+                    .recording_request(&encode_url_path(source))
                     .await
                     .map_err(|e| match e {
                         // The token could not be fetched now; it may be next time.
@@ -137,6 +136,7 @@ impl Fetcher {
                         },
                         other => permanent(&other.to_string()),
                     })
+                    .map(|request| (request, jas::api::RECORDINGS))
             }
             "telecmi" => {
                 let play = self.telecmi.as_ref().ok_or_else(|| {
@@ -146,9 +146,9 @@ impl Fetcher {
                     &play.api_base,
                     &play.app_id,
                     play.secret.expose_secret(),
-                    &job.source,
+                    source,
                 );
-                Ok(self.http.get(url))
+                Ok((self.http.get(url), telecmi::PLAY_API))
             }
             other => Err(permanent(&format!(
                 "no downloader for provider {:?}",
@@ -183,6 +183,45 @@ fn permanent(reason: &str) -> DownloadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::jas::client::{JasAuth, JasClientConfig};
+
+    #[tokio::test]
+    async fn each_request_is_counted_under_its_own_providers_label() {
+        let api_base = Url::parse("https://rest.telecmi.invalid/v2").unwrap();
+        let mut fetcher = Fetcher {
+            jas: None,
+            telecmi: Some(TelecmiPlay {
+                api_base,
+                app_id: "1".into(),
+                secret: "s".into(),
+            }),
+            http: outbound::client(outbound::Options::own(true)).unwrap(),
+            root: PathBuf::from("/nonexistent"),
+            limits: Limits::default(),
+        };
+        let (request, api) = fetcher.request("telecmi", "a.mp3").await.unwrap();
+        assert_eq!(api.as_label(), "telecmi_play");
+        assert_eq!(request.build().unwrap().url().path(), "/v2/play");
+
+        // A static token: no request is sent to build the download's.
+        let base = Url::parse("http://jas.invalid/v2").unwrap();
+        let jas = JasClient::new(JasClientConfig::new(base, JasAuth::Token("t".into()))).unwrap();
+        fetcher.jas = Some(jas);
+        let (request, api) = fetcher.request("jas", "101/a b.wav").await.unwrap();
+        assert_eq!(api.as_label(), "jas_recordings");
+        assert_eq!(
+            request.build().unwrap().url().path(),
+            "/v2/api/recordings/101/a%20b.wav"
+        );
+
+        // A provider with no downloader is refused, not counted under another's label.
+        match fetcher.request("third", "x.wav").await {
+            Err(DownloadError::Permanent { reason }) => {
+                assert!(reason.contains("no downloader"), "{reason}")
+            }
+            other => panic!("{:?}", other.map(|(_, api)| api)),
+        }
+    }
 
     #[test]
     fn play_url_appends_to_the_base_path_and_encodes_every_value() {

@@ -5,7 +5,6 @@ pub mod download;
 pub mod fetch;
 pub mod folder;
 pub mod path;
-pub mod redirect;
 pub mod worker;
 
 use std::time::Duration;

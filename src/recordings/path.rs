@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-
 /// Why a recording name (or provider folder) was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum UnsafePath {
@@ -24,14 +22,6 @@ pub enum UnsafePath {
     #[error("control character")]
     ControlChar,
 }
-
-/// Everything except RFC 3986 unreserved characters is encoded, so brackets,
-/// spaces, `#`, `?` and `%` in provider names cannot change the URL's meaning.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// `name` is e.g. "101/[John Doe]_101-5148888888_20250603153720(26).wav"; returns the relative path
 /// "<provider_dir>/<name>" (e.g. "jas/101/[John Doe]_...wav") after checks.
@@ -76,15 +66,6 @@ pub fn job_destination(
             (None, Some(refused))
         }
     }
-}
-
-/// percent-encodes each `/`-separated segment of an already-checked name for use in a URL path
-/// (spaces, brackets, parentheses, `#`, `?`, `%` all encoded; `/` kept as separator).
-pub fn encode_url_path(name: &str) -> String {
-    name.split('/')
-        .map(|segment| utf8_percent_encode(segment, SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 fn check(name: &str) -> Result<(), UnsafePath> {
@@ -134,16 +115,6 @@ mod tests {
             p,
             PathBuf::from("jas/101/[John Doe]_101-5148888888_20250603153720(26).wav")
         );
-    }
-
-    #[test]
-    fn sample_name_url_encoding() {
-        assert_eq!(
-            encode_url_path(SAMPLE),
-            "101/%5BJohn%20Doe%5D_101-5148888888_20250603153720%2826%29.wav"
-        );
-        assert_eq!(encode_url_path("a#b?c%d"), "a%23b%3Fc%25d");
-        assert_eq!(encode_url_path("é/x"), "%C3%A9/x");
     }
 
     #[test]

@@ -601,10 +601,9 @@ mod tests {
 
     #[tokio::test]
     async fn serves_json_errors_and_stops_on_drop() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = JasSim::with_token("t");
         let server = sim.start().await.unwrap();
-        let http = reqwest::Client::new();
+        let http = crate::outbound::client(crate::outbound::Options::own(false)).unwrap();
 
         let resp = http.get(server.url("/nope")).send().await.unwrap();
         assert_eq!(resp.status(), 404);

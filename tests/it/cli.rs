@@ -150,6 +150,30 @@ async fn send_posts_a_signed_event_and_prints_the_reply() {
 }
 
 #[test]
+fn send_to_nothing_says_why_without_the_url() {
+    let dir = tempdir();
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, call_status("101", "1", 0, 1)).unwrap();
+    // A port nothing listens on; the path holds a TeleCMI-style token, which is a credential.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/webhooks/telecmi/tok-s3cr3t-path");
+    let out = callhook(
+        &["send", "--url", &url, event.to_str().unwrap()],
+        &[("CALLHOOK__JAS__WEBHOOK_SECRET", SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("connection failed: "), "{stderr}");
+    // The cause is told (reqwest's own Display stops at "error sending request").
+    assert!(stderr.to_ascii_lowercase().contains("refused"), "{stderr}");
+    assert!(!stderr.contains("tok-s3cr3t-path"), "{stderr}");
+}
+
+#[test]
 fn demo_runs_the_whole_pipeline_and_exits_0() {
     // Its files go where --dir says and nowhere else: nothing is left in the temporary directory.
     let tmp = tempdir();

@@ -8,22 +8,25 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
-/// Everything except RFC 3986 unreserved characters, so a dn or id can never
-/// introduce `/`, `?`, `#` or `..` into the request path.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use crate::outbound::{self, describe, path::encode_segment, path::sanitize_encoded_path};
 
-/// Metric `api` label for recording downloads, which the caller sends and counts itself.
-pub const RECORDINGS_API_LABEL: &str = "jas_recordings";
+/// The `api` label of each JAS Connect API in `callhook_upstream_requests_total`.
+pub mod api {
+    use crate::outbound::Api;
+
+    pub const PARTICIPANTS: Api = Api::new("jas_participants");
+    pub const WEBHOOKS: Api = Api::new("jas_webhooks");
+    pub const AUTH: Api = Api::new("jas_auth");
+    /// Recording downloads, which the caller sends and counts itself.
+    pub const RECORDINGS: Api = Api::new("jas_recordings");
+    /// Every label above, registered at zero at start.
+    pub const ALL: &[Api] = &[PARTICIPANTS, WEBHOOKS, AUTH, RECORDINGS];
+}
 
 /// Upstream error bodies can be large HTML pages; only this much is kept in errors.
 const MAX_ERROR_BODY: usize = 512;
@@ -206,12 +209,16 @@ enum Api {
 }
 
 impl Api {
-    fn label(self) -> &'static str {
+    fn metric(self) -> outbound::Api {
         match self {
-            Api::Participants => "jas_participants",
-            Api::Webhooks => "jas_webhooks",
-            Api::Auth => "jas_auth",
+            Api::Participants => api::PARTICIPANTS,
+            Api::Webhooks => api::WEBHOOKS,
+            Api::Auth => api::AUTH,
         }
+    }
+
+    fn label(self) -> &'static str {
+        self.metric().as_label()
     }
 
     /// The largest answer read from this API; a bigger one is refused like a bad answer, so a
@@ -304,19 +311,14 @@ impl JasClient {
         let base = base_url.as_str().trim_end_matches('/').to_owned();
         let shown_base = redacted_url(&base_url);
 
-        // reqwest is built without a default crypto provider; whoever installs first wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            // Idle-read limit only: the whole-request deadline is per call (see `request_timeout`).
-            .read_timeout(cfg.request_timeout)
-            .redirect(crate::recordings::redirect::policy())
-            .dns_resolver(crate::recordings::redirect::PublicOnly::new(
-                base_url.host_str(),
-            ))
-            .user_agent(concat!("callhook/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| JasError::Invalid(format!("building HTTP client: {}", error_chain(&e))))?;
+        let http = outbound::client(
+            outbound::Options::upstream(base_url.host_str())
+                .connect_timeout(cfg.connect_timeout)
+                // Idle-read limit only: the whole-request deadline is per call (see
+                // `request_timeout`).
+                .read_timeout(cfg.request_timeout),
+        )
+        .map_err(|e| JasError::Invalid(format!("building HTTP client: {}", outbound::chain(&e))))?;
 
         let backoff = ExponentialBuilder::default()
             .with_min_delay(cfg.retry_min)
@@ -384,8 +386,8 @@ impl JasClient {
     ) -> Result<ParticipantDetails, JasError> {
         let path = format!(
             "/api/callcontrol/{}/participants/{}",
-            utf8_percent_encode(dn, PATH_SEGMENT),
-            utf8_percent_encode(id, PATH_SEGMENT)
+            encode_segment(dn),
+            encode_segment(id)
         );
         let url = self.url(&path)?;
         let (status, body) = self
@@ -454,13 +456,14 @@ impl JasClient {
     /// Prepares `GET {api_base}/api/recordings/{encoded_path}` with the bearer token, for
     /// the caller to send and stream. `encoded_path` must already be percent-encoded per
     /// segment; it is not retried, re-authenticated or counted in metrics here because the
-    /// caller owns the response stream (use api label [`RECORDINGS_API_LABEL`] when
+    /// caller owns the response stream (use api label [`api::RECORDINGS`] when
     /// counting it). Only idle reads time out, so long downloads are not cut off.
     pub async fn recording_request(
         &self,
         encoded_path: &str,
     ) -> Result<reqwest::RequestBuilder, JasError> {
-        let path = sanitize_encoded_path(encoded_path)?;
+        let path =
+            sanitize_encoded_path(encoded_path).map_err(|e| JasError::Invalid(e.to_string()))?;
         let url = self.url(&format!("/api/recordings/{path}"))?;
         let (_, token) = self.current_token().await?;
         let req = self.inner.http.get(url);
@@ -642,8 +645,7 @@ async fn attempt(
     let result = req.send().await;
     let outcome = match result {
         Err(e) => {
-            metrics::counter!("callhook_upstream_requests_total", "api" => api.label(), "status" => "error")
-                .increment(1);
+            outbound::count(api.metric(), None);
             Err(AttemptError {
                 error: JasError::Transient(format!("{}: {}", api.label(), describe(e))),
                 retry_after: None,
@@ -651,12 +653,7 @@ async fn attempt(
         }
         Ok(resp) => {
             let status = resp.status();
-            metrics::counter!(
-                "callhook_upstream_requests_total",
-                "api" => api.label(),
-                "status" => status.as_u16().to_string()
-            )
-            .increment(1);
+            outbound::count(api.metric(), Some(status.as_u16()));
             let retry_after = resp
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
@@ -685,8 +682,7 @@ async fn attempt(
             }
         }
     };
-    metrics::histogram!("callhook_upstream_request_seconds", "api" => api.label())
-        .record(started.elapsed().as_secs_f64());
+    outbound::time(api.metric(), started.elapsed());
     outcome
 }
 
@@ -737,51 +733,6 @@ fn extract_token(body: &[u8]) -> Option<SecretString> {
         .find_map(|k| value.get(k).and_then(|v| v.as_str()))
         .filter(|t| !t.is_empty())
         .map(SecretString::from)
-}
-
-/// Re-encodes anything a caller left raw that would change the URL's meaning, and refuses
-/// dot segments so a recording path cannot climb out of `/api/recordings/`.
-fn sanitize_encoded_path(encoded: &str) -> Result<String, JasError> {
-    /// Like [`PATH_SEGMENT`] but keeps `%` so existing escapes survive.
-    const KEEP_ESCAPES: &AsciiSet = &PATH_SEGMENT.remove(b'%');
-    let trimmed = encoded.trim_start_matches('/');
-    if trimmed.is_empty() {
-        return Err(JasError::Invalid("empty recording path".into()));
-    }
-    let mut segments = Vec::new();
-    for segment in trimmed.split('/') {
-        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-        if segment.is_empty() || decoded == "." || decoded == ".." {
-            return Err(JasError::Invalid(
-                "recording path has empty or dot segments".into(),
-            ));
-        }
-        segments.push(utf8_percent_encode(segment, KEEP_ESCAPES).to_string());
-    }
-    Ok(segments.join("/"))
-}
-
-fn describe(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    // The URL is dropped: it is noise next to the api label and may embed userinfo.
-    format!("{kind}: {}", error_chain(&e.without_url()))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn snippet(body: &[u8]) -> String {

@@ -1,4 +1,4 @@
-//! Which redirects an upstream request may follow (recordings and the JAS API). A provider, or
+//! Which redirects an upstream request may follow (provider APIs and recordings). A provider, or
 //! whoever answers in its name, must not be able to point callhook at the host it runs on or at
 //! its private network: a redirect is followed at most [`MAX_REDIRECTS`] times, to the same host
 //! and port as the original request, or to a public address — never to one of this daemon's own
