@@ -227,12 +227,19 @@ impl Application {
                 "server.max_connections lowered to fit the open-file limit"
             );
         }
-        let public_server = tokio::spawn(http::listener::serve(
-            public,
-            http::public_router(state.clone()),
-            public_limits,
-            stop_serving.clone(),
-        ));
+        let (public_alive, running) = crate::systemd::Liveness::new();
+        let public_server = tokio::spawn({
+            let serve = http::listener::serve(
+                public,
+                http::public_router(state.clone()),
+                public_limits,
+                stop_serving.clone(),
+            );
+            async move {
+                let _running = running;
+                serve.await
+            }
+        });
         let admin_server = tokio::spawn(http::listener::serve(
             admin,
             http::admin_router(state.clone()),
@@ -253,7 +260,7 @@ impl Application {
             crate::systemd::ready();
             tasks.spawn(crate::systemd::watchdog(
                 state.journal.clone(),
-                public_addr,
+                public_alive,
                 stop_work.clone(),
             ));
             tracing::info!(

@@ -2,7 +2,8 @@
 //! `WATCHDOG=1` pings — sent only while the event path answers and the journal commits, so a
 //! wedged daemon is restarted instead of silently acknowledging nothing.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -23,8 +24,34 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
+/// Whether a task still runs: true until its [`Running`] guard is dropped, which happens when
+/// the task's future ends or panics.
+#[derive(Clone)]
+pub struct Liveness(Arc<AtomicBool>);
+
+/// Held by the task whose life [`Liveness`] reports.
+pub struct Running(Arc<AtomicBool>);
+
+impl Liveness {
+    pub fn new() -> (Liveness, Running) {
+        let flag = Arc::new(AtomicBool::new(true));
+        (Liveness(flag.clone()), Running(flag))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Pings the watchdog at half its period while healthy; returns at once when it is not enabled.
-pub async fn watchdog(journal: Journal, public: SocketAddr, stop: CancellationToken) {
+/// `public` is the public listener's accept loop.
+pub async fn watchdog(journal: Journal, public: Liveness, stop: CancellationToken) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -35,7 +62,7 @@ pub async fn watchdog(journal: Journal, public: SocketAddr, stop: CancellationTo
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match healthy(&journal, public, every).await {
+        match healthy(&journal, &public, every).await {
             Ok(()) => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
@@ -46,7 +73,7 @@ pub async fn watchdog(journal: Journal, public: SocketAddr, stop: CancellationTo
 
 async fn healthy(
     journal: &Journal,
-    public: SocketAddr,
+    public: &Liveness,
     limit: Duration,
 ) -> Result<(), &'static str> {
     match tokio::time::timeout(limit, journal.ping()).await {
@@ -58,18 +85,34 @@ async fn healthy(
     if journal.problem().is_some() {
         return Err("the journal cannot commit");
     }
-    // A wildcard listen address is reached through loopback.
-    let target = match public {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
-        }
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
-        }
-        other => other,
-    };
-    match tokio::time::timeout(limit, tokio::net::TcpStream::connect(target)).await {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err("the webhook listener does not accept connections"),
+    // The accept loop itself, not a connection to it: a flood that fills the connection cap
+    // and the kernel's queue behind it would make a test connection time out, and a restart
+    // would only hand the attacker a fresh listener to fill (issue #11). The loop clears idle
+    // connections by itself; it is dead only when its task ended or panicked.
+    if public.is_alive() {
+        Ok(())
+    } else {
+        Err("the webhook listener stopped accepting connections")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Liveness;
+
+    #[test]
+    fn liveness_falls_when_its_task_ends_or_panics() {
+        let (ended, running) = Liveness::new();
+        assert!(ended.is_alive());
+        drop(running);
+        assert!(!ended.is_alive());
+
+        let (panicked, running) = Liveness::new();
+        let task = std::thread::spawn(move || {
+            let _running = running;
+            panic!("the accept loop died");
+        });
+        assert!(task.join().is_err());
+        assert!(!panicked.is_alive());
     }
 }

@@ -860,7 +860,7 @@ async fn a_leg_b_cdr_after_a_restart_still_finds_its_call_through_its_leg() {
     let env = env_with_token(dir.path());
     let app = TestApp::spawn(&env, dir.path()).await;
     let (conv, b_leg) = ("rs2-call", "rs2-b");
-    // Recent times: retention would sweep a call that ended in 2023 at the restart.
+    // Recent times, as a live call has them (retention counts callhook's clock, not these).
     let base = chrono::Utc::now().timestamp_millis() - 60_000;
     for (leg, id, status, t) in [
         ("a", conv, "started", 0),
@@ -905,7 +905,7 @@ async fn caller_id_and_did_are_kept_with_their_leading_zeros_across_a_restart() 
     let dir = tempdir();
     let env = env_with_token(dir.path());
     let app = TestApp::spawn(&env, dir.path()).await;
-    // Recent times: retention would sweep a call that ended long ago at the restart.
+    // Recent times, as a live call has them (retention counts callhook's clock, not these).
     let now = chrono::Utc::now().timestamp_millis() - 60_000;
     // Bare leading-zero numbers, as TeleCMI writes them: not JSON, kept as text.
     let inbound_a = format!(

@@ -242,7 +242,7 @@ pub fn call_status(dn: &str, pid: &str, event_type: i64, seq: i64) -> String {
     .to_string()
 }
 
-/// A recent event time (retention would sweep old ones), ordered by `seq`.
+/// A recent event time, as a live call has them, ordered by `seq`.
 /// `seq` seconds after a base fixed for the whole test process, half an hour ago.
 pub fn event_time(seq: i64) -> String {
     static BASE: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
