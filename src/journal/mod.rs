@@ -179,7 +179,19 @@ pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// the process dies) and writes our pid into it; a second daemon reads the holder's pid there.
 fn lock_database(path: &Path) -> Result<std::fs::File, JournalError> {
     use std::io::{Read, Seek, Write};
-    let mut name = path.as_os_str().to_owned();
+    // Named after the database as the file system resolves it, so two daemons reaching one
+    // database through different paths (a symlink, `..`) take the same lock.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| {
+        let parent = path.parent().filter(|d| !d.as_os_str().is_empty());
+        match (parent.map(std::fs::canonicalize), path.file_name()) {
+            (Some(Ok(dir)), Some(name)) => dir.join(name),
+            (None, Some(name)) => std::env::current_dir()
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| path.to_path_buf()),
+            _ => path.to_path_buf(),
+        }
+    });
+    let mut name = real.into_os_string();
     name.push(".lock");
     let lock = PathBuf::from(name);
     let io = |source| JournalError::Lock {

@@ -431,3 +431,26 @@ async fn one_journal_per_database_and_the_lock_names_its_holder() {
     let again = Journal::open(&path).await.unwrap();
     again.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_second_path_to_the_same_database_meets_the_same_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("data");
+    std::fs::create_dir(&real).unwrap();
+    let first = Journal::open(&real.join("j.db")).await.unwrap();
+    // A link to the database file itself: `<link>.lock` would be another file.
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(real.join("j.db"), &link).unwrap();
+    for other in [link, real.join("../data/j.db")] {
+        let refused = Journal::open(&other)
+            .await
+            .err()
+            .expect("a second path opened the database a daemon holds");
+        let message = refused.to_string();
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+    }
+    first.close().await.unwrap();
+}
