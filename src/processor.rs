@@ -37,11 +37,8 @@ use state::{STATE_EVERY, STATE_MAX_KEYS, StateBuffer};
 const BATCH: usize = 512;
 /// How long the processor lets newly committed events gather before applying them.
 const LINGER: Duration = Duration::from_millis(10);
-/// A lookup the JAS client gave up on (the API unavailable through all its retries, 6 s or more)
-/// is asked again this much later, the pause doubling with each further give-up up to
-/// `RELOOKUP_MAX`, until the API answers or the participant no longer needs it.
-pub const RELOOKUP_FIRST: Duration = Duration::from_secs(5);
-pub const RELOOKUP_MAX: Duration = Duration::from_secs(30);
+/// How soon a lookup given up is asked again; defined with the JAS settings.
+pub use crate::config::{RELOOKUP_FIRST, RELOOKUP_MAX};
 /// A call with no event for this long is ended as `stale`.
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::hours(6);
 /// Ended calls stay in memory this long for late events, then live only in the database.

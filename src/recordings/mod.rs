@@ -7,8 +7,6 @@ pub mod folder;
 pub mod path;
 pub mod worker;
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
@@ -17,28 +15,8 @@ use crate::journal::JobUpdate;
 
 pub use worker::Recorder;
 
-/// How the workers pace retries. Not configuration keys: production uses the defaults; tests
-/// shorten them (through `RecordingsSettings::tuning`) so that retries take milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecorderOptions {
-    /// Delay before the second attempt; doubled for each one after (with jitter).
-    pub backoff_base: Duration,
-    /// Longest delay between attempts, unless the server's `Retry-After` asks for more.
-    pub backoff_cap: Duration,
-    /// How often the queue is looked at when nothing wakes the workers (a safety net: new jobs
-    /// and finished downloads wake them at once).
-    pub idle_poll: Duration,
-}
-
-impl Default for RecorderOptions {
-    fn default() -> Self {
-        Self {
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(300),
-            idle_poll: Duration::from_secs(60),
-        }
-    }
-}
+/// How the workers pace retries (`RecordingsSettings::tuning`); defined with the settings.
+pub use crate::config::RecorderOptions;
 
 /// A worker's progress on one job, sent to the processor (the only writer of the call table),
 /// which writes the job row and the call row in one transaction, then answers `done`.
