@@ -70,6 +70,10 @@ pub struct Processor {
     /// Where each recording in progress was attached, so the worker's progress reaches that
     /// call even when its job row still names the route's first guess.
     recording_homes: HashMap<(Provider, String), CallKey>,
+    /// Worker progress for a job whose journal row is not applied yet (a fast download can
+    /// finish before the processor reaches the CDR that queued it): held until that row is, so
+    /// it joins the call decided then, not the route's guess (which would become a phantom call).
+    early_updates: Vec<RecordingUpdate>,
     /// Progress of the recording workers, applied here like lookup answers.
     recordings_tx: mpsc::Sender<RecordingUpdate>,
     recordings_rx: mpsc::Receiver<RecordingUpdate>,
@@ -100,6 +104,7 @@ impl Processor {
             relookups: Relookups::new(RELOOKUP_FIRST, RELOOKUP_MAX),
             pending: StateBuffer::default(),
             recording_homes: HashMap::new(),
+            early_updates: Vec::new(),
             recordings_tx,
             recordings_rx,
             downloads: None,
@@ -239,6 +244,7 @@ impl Processor {
         }
         self.cursor = last;
         self.pending.cursor = Some(last);
+        self.apply_early_updates().await;
         if self.pending.changes.len() >= STATE_MAX_KEYS {
             self.flush().await;
         }
@@ -335,12 +341,35 @@ impl Processor {
         }
     }
 
+    /// The held progress whose journal rows are applied now; its workers wait for the write.
+    async fn apply_early_updates(&mut self) {
+        if self.early_updates.is_empty() {
+            return;
+        }
+        let cursor = self.cursor;
+        let (due, early): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_updates)
+            .into_iter()
+            .partition(|u| u.event_id.is_none_or(|id| id <= cursor));
+        self.early_updates = early;
+        if !due.is_empty() {
+            for update in due {
+                self.apply_recording_update(update).await;
+            }
+            self.pending.urgent = true;
+        }
+    }
+
     async fn apply_recording_update(&mut self, update: RecordingUpdate) {
+        if update.event_id.is_some_and(|id| id > self.cursor) {
+            self.early_updates.push(update);
+            return;
+        }
         let RecordingUpdate {
             call,
             recording,
             times,
             job,
+            event_id: _,
             done,
         } = update;
         let home = (call.provider, recording.id.clone());
