@@ -64,9 +64,17 @@ pub fn check(origin: &Url, next: &Url, own: &[SocketAddr]) -> Result<(), String>
             return Err("it points at this daemon's own listener".into());
         }
     }
-    let same = origin.host() == next.host() && origin.port_or_known_default() == Some(port);
-    if same {
+    let same_host = origin.host() == next.host();
+    if same_host && origin.port_or_known_default() == Some(port) {
         return Ok(());
+    }
+    // The configured API host resolves wherever it points, private addresses included
+    // ([`PublicOnly`] trusts it), so another port of it could be a service on that host that the
+    // provider was never meant to reach — this daemon's admin listener among them.
+    if same_host && matches!(host, Host::Domain(_)) {
+        return Err(format!(
+            "port {port} is not the port of the original request"
+        ));
     }
     match (ip, &host) {
         (Some(ip), _) if !is_public(ip) => Err(format!("{ip} is not a public address")),
@@ -226,6 +234,25 @@ mod tests {
         let resolver = PublicOnly::new(Some("api.jasconnect.com"));
         let err = resolver.resolve(name("localhost")).await.err().unwrap();
         assert!(err.to_string().contains("no public address"), "{err}");
+    }
+
+    #[test]
+    fn the_api_host_name_on_another_port_is_refused() {
+        let origin = url("https://jas.internal.example/v2/api/recordings/a.wav");
+        assert_eq!(
+            check(
+                &origin,
+                &url("https://jas.internal.example/v2/api/recordings/b.wav"),
+                &[]
+            ),
+            Ok(())
+        );
+        let refused = check(
+            &origin,
+            &url("http://jas.internal.example:9998/metrics"),
+            &[],
+        );
+        assert!(refused.is_err(), "{refused:?}");
     }
 
     #[test]
