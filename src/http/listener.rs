@@ -228,6 +228,11 @@ async fn serve_connection(
 /// No request head is being read.
 const NONE: u64 = u64::MAX;
 
+/// The header-read timeout while the listener is full. A sender that means it (JAS, TeleCMI, a
+/// reverse proxy) sends a request head in milliseconds; a slow one holds a connection slot that
+/// a real webhook is waiting for, so while the cap is reached it gets a fifth of the usual time.
+const CROWDED_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a connection is doing, shared by its socket, its service and its watcher. Times are
 /// milliseconds since `opened`.
 struct Activity {
@@ -254,7 +259,12 @@ impl Activity {
         let head = self.head_since.load(Ordering::Acquire);
         if head != NONE {
             let waited = Duration::from_millis(now.saturating_sub(head));
-            return (waited >= limits.header_read_timeout).then_some("header_timeout");
+            let limit = if crowded {
+                limits.header_read_timeout.min(CROWDED_HEADER_READ_TIMEOUT)
+            } else {
+                limits.header_read_timeout
+            };
+            return (waited >= limit).then_some("header_timeout");
         }
         if crowded {
             return Some("crowded");
@@ -393,8 +403,13 @@ mod tests {
         // Opened 11 s ago, never sent a full request head: over the 10 s header timeout.
         let a = activity(0, 0, Duration::from_secs(11));
         assert_eq!(a.expired(&limits(), false), Some("header_timeout"));
-        // Opened 5 s ago: not yet, and not closed for crowding either (it is not idle).
+        // Opened 5 s ago: not yet while there is room...
         let a = activity(0, 0, Duration::from_secs(5));
+        assert_eq!(a.expired(&limits(), false), None);
+        // ...but a full listener gives a request head 2 s, not 10.
+        assert_eq!(a.expired(&limits(), true), Some("header_timeout"));
+        // Opened 1 s ago: not closed for crowding either (it is not idle).
+        let a = activity(0, 0, Duration::from_secs(1));
         assert_eq!(a.expired(&limits(), true), None);
         // Idle since 0 (30 s ago), first byte of the next request 11 s ago.
         let a = activity(19_000, 0, Duration::from_secs(30));
