@@ -16,8 +16,7 @@ use crate::config::Settings;
 use crate::http::{self, AppState, Readiness};
 use crate::journal::{Journal, JournalError};
 use crate::processor::{KEEP_ENDED, Processor};
-use crate::providers::jas::client::{JasAuth, JasClient, JasClientConfig, JasError};
-use crate::providers::jas::verify::Verifier;
+use crate::providers::{Ingest, Providers};
 use crate::recordings::Recorder;
 use crate::recordings::fetch::Fetcher;
 
@@ -30,8 +29,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("JAS Connect refused our credentials while registering webhooks: {0}")]
-    Credentials(String),
+    /// What a provider's background work cannot go on without (refused credentials).
+    #[error("{0}")]
+    Provider(String),
     #[error("{0}")]
     Other(String),
 }
@@ -43,34 +43,10 @@ pub struct Application {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     processor: Processor,
-    jas: Option<JasClient>,
+    providers: Arc<Providers>,
     /// The download workers; `None` when `recordings.enabled` is false.
     recorder: Option<Recorder>,
     tasks: TaskTracker,
-}
-
-/// Builds the JAS API client when there are credentials to use it with.
-pub fn jas_client(settings: &Settings) -> Result<Option<JasClient>, StartError> {
-    let jas = &settings.jas;
-    let auth = match (&jas.token, &jas.client_id, &jas.client_secret) {
-        (Some(token), _, _) => JasAuth::Token(token.clone()),
-        (None, Some(id), Some(secret)) => JasAuth::Client {
-            id: id.clone(),
-            secret: secret.clone(),
-        },
-        _ => return Ok(None),
-    };
-    JasClient::new(JasClientConfig {
-        api_base: jas.api_base.clone(),
-        auth,
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: jas.request_timeout,
-        retry_min: jas.retry.request_min,
-        retry_max: jas.retry.request_max,
-        max_retries: jas.retry.request_retries,
-    })
-    .map(Some)
-    .map_err(|e| StartError::Other(format!("cannot build the JAS client: {e}")))
 }
 
 impl Application {
@@ -105,17 +81,12 @@ impl Application {
         );
         table.restore(restored.participants, restored.calls);
 
-        let jas = if settings.jas.enabled {
-            jas_client(&settings)?
-        } else {
-            None
-        };
-        let lookups = jas.clone().filter(|_| settings.jas.lookup_participants);
+        let providers = Arc::new(Providers::from_settings(&settings).map_err(StartError::Other)?);
         let tasks = TaskTracker::new();
         let mut processor = Processor::new(
             journal.clone(),
             table.clone(),
-            lookups,
+            providers.clone(),
             cursor,
             tasks.clone(),
         );
@@ -124,7 +95,10 @@ impl Application {
             settings.jas.retry.lookup_max,
         );
         let recorder = if settings.recordings.enabled {
-            let fetcher = Fetcher::new(&settings, jas.clone()).map_err(StartError::Other)?;
+            let sources = providers
+                .iter()
+                .filter_map(|p| Some((p.id().as_str(), p.recordings()?)));
+            let fetcher = Fetcher::new(&settings, sources);
             let nudge = Arc::new(tokio::sync::Notify::new());
             processor.wake_downloads(nudge.clone());
             Some(Recorder::new(
@@ -164,7 +138,6 @@ impl Application {
         crate::outbound::redirect::register_own_listener(admin_addr);
 
         let state = AppState {
-            jas_verifier: Arc::new(Verifier::new(settings.jas.webhook_secrets.clone())),
             settings,
             journal,
             table,
@@ -178,7 +151,7 @@ impl Application {
             public_addr,
             admin_addr,
             processor,
-            jas,
+            providers,
             recorder,
             tasks,
         })
@@ -204,7 +177,7 @@ impl Application {
             public,
             admin,
             processor,
-            jas,
+            providers,
             recorder,
             tasks,
             public_addr,
@@ -231,7 +204,13 @@ impl Application {
         let public_server = tokio::spawn({
             let serve = http::listener::serve(
                 public,
-                http::public_router(state.clone()),
+                http::public_router(
+                    state.clone(),
+                    providers.routes(&Ingest {
+                        settings: state.settings.clone(),
+                        journal: state.journal.clone(),
+                    }),
+                ),
                 public_limits,
                 stop_serving.clone(),
             );
@@ -254,7 +233,10 @@ impl Application {
 
         // Ready once it can receive and journal: registration runs beside serving (JAS may be
         // down for hours while webhooks are journaled fine) and shows in `/readyz` and STATUS=.
-        let registrar = Registrar::new(&state.settings, jas.clone(), state.readiness.clone());
+        let background: Vec<_> = providers
+            .iter()
+            .filter_map(|p| p.background(state.readiness.clone()))
+            .collect();
         if !shutdown.is_cancelled() {
             state.readiness.set(None);
             crate::systemd::ready();
@@ -271,13 +253,14 @@ impl Application {
             );
         }
         // Refused credentials end the daemon (exit 1); anything else waits for the stop.
+        let work = futures_util::future::try_join_all(background.iter().map(|b| b.run()));
         let result = tokio::select! {
-            r = registrar.register_all() => match r {
-                Ok(()) => {
+            r = work => match r {
+                Ok(_) => {
                     shutdown.cancelled().await;
                     Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(StartError::Provider(e)),
             },
             _ = shutdown.cancelled() => Ok(()),
         };
@@ -294,7 +277,9 @@ impl Application {
         if tokio::time::timeout(http::DRAIN, drained).await.is_err() {
             tracing::warn!("in-flight requests did not finish within 10 s");
         }
-        registrar.unregister_all().await;
+        for b in &background {
+            b.stop().await;
+        }
         stop_downloads.cancel();
         if let Some(task) = recorder_task {
             if tokio::time::timeout(Duration::from_secs(5), task)
@@ -355,129 +340,6 @@ async fn upkeep(state: AppState, stop: CancellationToken) {
                     Ok(n) => tracing::info!(rows = n, retention_days = days, "retention sweep"),
                     Err(e) => tracing::error!(error = %e, "retention sweep failed"),
                 }
-            }
-        }
-    }
-}
-
-/// Registers `jas.events` at `jas.callback_url` at start and removes them at shutdown; says
-/// how far it got in `/readyz` (`registration`) and systemd's STATUS=.
-struct Registrar {
-    client: Option<JasClient>,
-    callback: Option<String>,
-    events: Vec<String>,
-    registered: std::sync::Mutex<Vec<String>>,
-    status: Readiness,
-}
-
-impl Registrar {
-    fn new(settings: &Settings, client: Option<JasClient>, status: Readiness) -> Self {
-        let jas = &settings.jas;
-        let active = jas.enabled && jas.register && jas.callback_url.is_some();
-        let registrar = Self {
-            client: client.filter(|_| active),
-            callback: jas.callback_url.as_ref().map(|u| u.to_string()),
-            events: jas.events.clone(),
-            registered: std::sync::Mutex::new(vec![]),
-            status,
-        };
-        registrar.report(if registrar.client.is_some() {
-            "pending: registering webhooks"
-        } else {
-            "off"
-        });
-        registrar
-    }
-
-    fn report(&self, status: &str) {
-        self.status.set_registration(status);
-        let line = match status {
-            "off" => "receiving webhooks; registration off".to_string(),
-            "registered" => "receiving webhooks; webhooks registered".to_string(),
-            other => format!("receiving webhooks; registration {other}"),
-        };
-        crate::systemd::status(&line);
-    }
-
-    async fn register_all(&self) -> Result<(), StartError> {
-        let (Some(client), Some(callback)) = (&self.client, &self.callback) else {
-            return Ok(());
-        };
-        match client.authenticate().await {
-            Ok(()) => {}
-            Err(e @ (JasError::Unauthorized(_) | JasError::Forbidden)) => {
-                return Err(StartError::Credentials(e.to_string()));
-            }
-            // Fetched again lazily by the first request that needs it.
-            Err(e) => {
-                tracing::warn!(error = %e, "JAS authentication failed; will retry");
-                self.report(&format!("pending: authenticating: {e}"));
-            }
-        }
-        for event in &self.events {
-            // Unregister first so a previous run's registration (maybe at another URL) goes.
-            if let Err(e) = client.unregister(event).await {
-                if let JasError::Unauthorized(_) | JasError::Forbidden = e {
-                    return Err(StartError::Credentials(e.to_string()));
-                }
-                tracing::warn!(event = %event, error = %e, "could not unregister the old webhook");
-            }
-            let mut delay = Duration::from_secs(1);
-            self.report(&format!("pending: registering {event}"));
-            loop {
-                match client.register(event, callback).await {
-                    Ok(()) => {
-                        tracing::info!(event = %event, "webhook registered");
-                        self.registered
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(event.clone());
-                        break;
-                    }
-                    Err(e @ (JasError::Unauthorized(_) | JasError::Forbidden)) => {
-                        return Err(StartError::Credentials(e.to_string()));
-                    }
-                    Err(JasError::Rejected { status, body }) => {
-                        tracing::error!(event = %event, http_status = status, body = %body,
-                            "JAS Connect refused this webhook; skipping it");
-                        break;
-                    }
-                    // Any other 4xx (404 for an event the account does not offer) or a request
-                    // that cannot be built: retrying would not change the answer.
-                    Err(e @ (JasError::NotFound | JasError::Invalid(_))) => {
-                        tracing::error!(event = %event, error = %e,
-                            "JAS Connect refused this webhook; skipping it");
-                        break;
-                    }
-                    Err(e) => {
-                        // The API is down or slow: keep trying, the webhook endpoints already
-                        // accept events meanwhile; `/readyz` and STATUS= say what it waits for.
-                        tracing::warn!(event = %event, error = %e, retry_in = ?delay,
-                            "webhook registration failed; retrying");
-                        self.report(&format!("pending: registering {event}: {e}"));
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(60));
-                    }
-                }
-            }
-        }
-        self.report("registered");
-        Ok(())
-    }
-
-    async fn unregister_all(&self) {
-        let Some(client) = &self.client else {
-            return;
-        };
-        let events =
-            std::mem::take(&mut *self.registered.lock().unwrap_or_else(|e| e.into_inner()));
-        for event in events {
-            match tokio::time::timeout(Duration::from_secs(10), client.unregister(&event)).await {
-                Ok(Ok(())) => tracing::info!(event = %event, "webhook unregistered"),
-                Ok(Err(e)) => {
-                    tracing::warn!(event = %event, error = %e, "could not unregister webhook")
-                }
-                Err(_) => tracing::warn!(event = %event, "unregistering timed out"),
             }
         }
     }

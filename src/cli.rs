@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Application, jas_client};
+use crate::app::Application;
 use crate::config::{Settings, Sources};
 use crate::providers::jas::verify::sign;
 
@@ -296,7 +296,7 @@ async fn webhooks(action: WebhooksAction) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let client = match jas_client(&settings) {
+    let client = match crate::providers::jas::client(&settings) {
         Ok(Some(client)) => client,
         Ok(None) => {
             eprintln!(

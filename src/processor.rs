@@ -12,18 +12,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::calls::{
-    CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Recording, RecordingState,
-    Transition,
-};
+use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Transition};
 use crate::journal::{Journal, JournalError, StoredEvent};
-use crate::providers::jas::client::{JasClient, JasError, ParticipantDetails};
-use crate::providers::jas::events::NewRecording;
-use crate::providers::jas::events::{self as jas_events, JasEvent, ParticipantChange};
-use crate::providers::telecmi::apply as telecmi_apply;
-use crate::providers::telecmi::events::{self as telecmi_events, TelecmiEvent};
+use crate::providers::{Apply, Event, LookupError, Providers, Wants};
 use crate::recordings::RecordingUpdate;
-use crate::recordings::path::{DOWNLOADS_OFF, destination};
 
 mod lookups;
 mod relookup;
@@ -53,12 +45,17 @@ struct LookupAnswer {
     at: Option<DateTime<Utc>>,
     /// How many lookups of this participant were given up in a row before this one.
     failures: u32,
-    outcome: Result<ParticipantDetails, JasError>,
+    outcome: Result<Details, LookupError>,
 }
 
 pub struct Processor {
     journal: Journal,
     table: Arc<CallTable>,
+    /// Every provider, to decode and apply its journal rows.
+    providers: Arc<Providers>,
+    /// A journal row that names no provider this version knows: the cursor stays before it
+    /// (reported once) rather than skip an event it cannot apply.
+    stuck_at: Option<i64>,
     /// `None` when lookups are off or there are no credentials: participants are then tracked
     /// from the event alone.
     lookups: Option<Arc<Lookups>>,
@@ -67,13 +64,6 @@ pub struct Processor {
     /// Lookups given up while the API was unavailable, to be asked again.
     relookups: Relookups,
     pending: StateBuffer,
-    /// Where each recording in progress was attached, so the worker's progress reaches that
-    /// call even when its job row still names the route's first guess.
-    recording_homes: HashMap<(Provider, String), CallKey>,
-    /// Worker progress for a job whose journal row is not applied yet (a fast download can
-    /// finish before the processor reaches the CDR that queued it): held until that row is, so
-    /// it joins the call decided then, not the route's guess (which would become a phantom call).
-    early_updates: Vec<RecordingUpdate>,
     /// Progress of the recording workers, applied here like lookup answers.
     recordings_tx: mpsc::Sender<RecordingUpdate>,
     recordings_rx: mpsc::Receiver<RecordingUpdate>,
@@ -89,22 +79,26 @@ impl Processor {
     pub fn new(
         journal: Journal,
         table: Arc<CallTable>,
-        lookups: Option<JasClient>,
+        providers: Arc<Providers>,
         cursor: i64,
         tasks: TaskTracker,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();
         let (recordings_tx, recordings_rx) = mpsc::channel(1024);
+        let clients: HashMap<_, _> = providers
+            .iter()
+            .filter_map(|p| Some((p.id(), p.lookup()?)))
+            .collect();
         Self {
             journal,
             table,
-            lookups: lookups.map(|client| Lookups::new(client, answers_tx, tasks)),
+            providers,
+            stuck_at: None,
+            lookups: (!clients.is_empty()).then(|| Lookups::new(clients, answers_tx, tasks)),
             cursor,
             answers_rx,
             relookups: Relookups::new(RELOOKUP_FIRST, RELOOKUP_MAX),
             pending: StateBuffer::default(),
-            recording_homes: HashMap::new(),
-            early_updates: Vec::new(),
             recordings_tx,
             recordings_rx,
             downloads: None,
@@ -140,7 +134,7 @@ impl Processor {
         self.flush().await;
         // Lookups that were in flight when the last run stopped.
         for (key, seq) in self.table.awaiting_lookup() {
-            if key.provider == Provider::Jas {
+            if self.looks_up(key.provider) {
                 self.start_lookup(key, seq, None);
             }
         }
@@ -216,8 +210,9 @@ impl Processor {
             if self.pending.urgent {
                 self.flush().await;
             }
-            // The receiver may have been marked seen while rows remain; re-check on the next turn.
-            if *committed.borrow() > self.cursor {
+            // The receiver may have been marked seen while rows remain; re-check on the next turn
+            // (not while a row of an unknown provider holds the cursor: that waits for a fix).
+            if *committed.borrow() > self.cursor && self.stuck_at.is_none() {
                 committed.mark_changed();
             }
         }
@@ -228,158 +223,74 @@ impl Processor {
     async fn step(&mut self) -> Result<usize, JournalError> {
         let rows = self.journal.events_after(self.cursor, BATCH).await?;
         let n = rows.len();
-        let Some(last) = rows.last().map(|r| r.id) else {
+        let mut events: Vec<(&StoredEvent, Box<dyn Event>)> = Vec::with_capacity(n);
+        let mut last = None;
+        for row in &rows {
+            let Some(source) = self.providers.get(&row.provider) else {
+                self.stuck(row);
+                break;
+            };
+            last = Some(row.id);
+            match source.decode(row) {
+                Ok(event) => events.push((row, event)),
+                // Journaled events were decoded once already; only a newer schema fails here.
+                Err(e) => tracing::warn!(journal_id = row.id, provider = %row.provider,
+                    error = %e, "journal row no longer decodes"),
+            }
+        }
+        let Some(last) = last else {
             return Ok(0);
         };
-        let events: Vec<(DateTime<Utc>, Decoded)> = rows
-            .iter()
-            .filter_map(|row| decode_row(row).map(|event| (row.received_at, event)))
-            .collect();
         self.warm_for(&events).await;
-        for (received_at, event) in events {
-            match event {
-                Decoded::Jas(event) => self.apply_jas(event, received_at),
-                Decoded::Telecmi(event) => self.apply_telecmi(*event, received_at),
+        for (row, event) in events {
+            let provider = Provider::parse(&row.provider);
+            let mut ctx = Apply::new(&self.table, row, self.downloads.is_some());
+            ctx.lookups = provider.is_some_and(|p| self.looks_up(p));
+            event.apply(&mut ctx);
+            let Apply {
+                changes,
+                wanted_lookups,
+                jobs,
+                ..
+            } = ctx;
+            self.note(changes);
+            for (key, seq, at) in wanted_lookups {
+                self.start_lookup(key, seq, at);
             }
+            self.pending.urgent |= !jobs.is_empty();
+            self.pending.new_jobs.extend(jobs);
         }
         self.cursor = last;
         self.pending.cursor = Some(last);
-        self.apply_early_updates().await;
         if self.pending.changes.len() >= STATE_MAX_KEYS {
             self.flush().await;
         }
-        Ok(n)
+        Ok(if self.stuck_at.is_some() { 0 } else { n })
     }
 
-    fn apply_jas(&mut self, event: JasEvent, received_at: DateTime<Utc>) {
-        let now = Utc::now();
-        match event {
-            JasEvent::CallStatus(cs) => {
-                let key = jas_key(&cs);
-                let at = cs.timestamp.or(Some(received_at));
-                match cs.change {
-                    ParticipantChange::Upsert => {
-                        let changes = self.table.upsert(&key, cs.sequence, at, now);
-                        let fresh = changes.applied;
-                        self.note(changes);
-                        if fresh {
-                            if self.lookups.is_some() {
-                                self.start_lookup(key, cs.sequence, at);
-                            } else {
-                                // Without lookups a participant is its own call.
-                                let details = Details {
-                                    call_id: format!("{}:{}", cs.dn, cs.participant_id),
-                                    ..Default::default()
-                                };
-                                let changes =
-                                    self.table.details(&key, cs.sequence, details, at, now);
-                                self.note(changes);
-                            }
-                        }
-                    }
-                    ParticipantChange::Remove => {
-                        let changes = self.table.remove(&key, cs.sequence, at, now);
-                        self.note(changes);
-                    }
-                    ParticipantChange::Dtmf
-                    | ParticipantChange::PromptFinished
-                    | ParticipantChange::Other(_) => {}
-                }
-            }
-            JasEvent::CallSummary(summary) => {
-                if let Some(call_id) = summary.call_id {
-                    let changes = self.table.attach_summary(
-                        &CallKey::new(Provider::Jas, call_id),
-                        summary.data,
-                        now,
-                    );
-                    self.note(changes);
-                }
-            }
-            JasEvent::NewRecording(r) => self.attach_new_recording(r, now),
-            JasEvent::Unknown(_) => {}
+    /// A row of a provider this version does not know: reported once, and nothing after it is
+    /// applied until a version that knows it runs (skipping it would lose the event for good).
+    fn stuck(&mut self, row: &StoredEvent) {
+        if self.stuck_at != Some(row.id) {
+            tracing::error!(journal_id = row.id, provider = %row.provider.escape_debug(),
+                "journal row of an unknown provider; applying stops before it");
+            self.stuck_at = Some(row.id);
         }
     }
 
-    /// Shows a new recording on its call: `pending` (the job was made with the event), or
-    /// `failed` when its name was refused or downloads are off. Progress already reported by a
-    /// worker (the event applied again after a restart) is kept.
-    fn attach_new_recording(&mut self, r: NewRecording, now: DateTime<Utc>) {
-        let key = CallKey::new(Provider::Jas, r.call_id.clone());
-        let id = r.id();
-        if self
-            .table
-            .call(&key)
-            .is_some_and(|c| c.recordings.iter().any(|x| x.id == id))
-        {
-            return;
-        }
-        let (state, path, error) = match (destination("jas", &r.recording_url), &self.downloads) {
-            (Err(refused), _) => {
-                metrics::counter!("callhook_recordings_total", "outcome" => "refused").increment(1);
-                (RecordingState::Failed, None, Some(refused))
-            }
-            (Ok(_), None) => (RecordingState::Failed, None, Some(DOWNLOADS_OFF.into())),
-            (Ok(path), Some(_)) => (RecordingState::Pending, Some(path), None),
-        };
-        let recording = Recording {
-            id,
-            dn: r.dn().map(str::to_string),
-            url: r.recording_url,
-            path,
-            state,
-            bytes: None,
-            sha256: None,
-            error,
-        };
-        let changes = self
-            .table
-            .attach_recording(&key, recording, (r.start_time, r.end_time), now);
-        self.note(changes);
-        if let Some(nudge) = &self.downloads {
-            nudge.notify_one();
-        }
-    }
-
-    /// The held progress whose journal rows are applied now; its workers wait for the write.
-    async fn apply_early_updates(&mut self) {
-        if self.early_updates.is_empty() {
-            return;
-        }
-        let cursor = self.cursor;
-        let (due, early): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_updates)
-            .into_iter()
-            .partition(|u| u.event_id.is_none_or(|id| id <= cursor));
-        self.early_updates = early;
-        if !due.is_empty() {
-            for update in due {
-                self.apply_recording_update(update).await;
-            }
-            self.pending.urgent = true;
-        }
+    /// Whether `provider`'s participants are looked up.
+    fn looks_up(&self, provider: Provider) -> bool {
+        self.lookups.as_ref().is_some_and(|l| l.serves(provider))
     }
 
     async fn apply_recording_update(&mut self, update: RecordingUpdate) {
-        if update.event_id.is_some_and(|id| id > self.cursor) {
-            self.early_updates.push(update);
-            return;
-        }
         let RecordingUpdate {
             call,
             recording,
             times,
             job,
-            event_id: _,
             done,
         } = update;
-        let home = (call.provider, recording.id.clone());
-        let call = match recording.state {
-            RecordingState::Downloaded | RecordingState::Failed => {
-                self.recording_homes.remove(&home)
-            }
-            _ => self.recording_homes.get(&home).cloned(),
-        }
-        .unwrap_or(call);
         self.warm(&call).await;
         let changes = self
             .table
@@ -392,37 +303,15 @@ impl Processor {
     /// Before a batch is applied, brings back into memory what its events name that lives only
     /// on disk (an ended call evicted after `KEEP_ENDED`, or left there at start-up), so a late
     /// event updates it, or is refused by its tombstone, rather than starting it afresh.
-    async fn warm_for(&mut self, events: &[(DateTime<Utc>, Decoded)]) {
-        let mut participants = vec![];
-        let mut calls = vec![];
+    async fn warm_for(&mut self, events: &[(&StoredEvent, Box<dyn Event>)]) {
+        let mut wants = Wants::default();
         for (_, event) in events {
-            match event {
-                Decoded::Jas(JasEvent::CallStatus(cs)) => {
-                    let key = jas_key(cs);
-                    if !self.table.has_participant(&key) {
-                        participants.push(key);
-                    }
-                }
-                Decoded::Jas(JasEvent::NewRecording(r)) => {
-                    calls.push(CallKey::new(Provider::Jas, r.call_id.clone()));
-                }
-                Decoded::Jas(JasEvent::CallSummary(s)) => {
-                    if let Some(id) = &s.call_id {
-                        calls.push(CallKey::new(Provider::Jas, id.clone()));
-                    }
-                }
-                Decoded::Jas(JasEvent::Unknown(_)) => {}
-                Decoded::Telecmi(event) => {
-                    // A CDR often names no conversation: its call is found through its leg,
-                    // which must be in memory for that.
-                    let leg = telecmi_apply::leg_key(event);
-                    if !self.table.has_participant(&leg) {
-                        participants.push(leg);
-                    }
-                    calls.push(CallKey::new(Provider::Telecmi, event.call_id()));
-                }
-            }
+            event.wants(&self.table, &mut wants);
         }
+        let Wants {
+            mut participants,
+            calls,
+        } = wants;
         // A participant dropped from memory (403) whose row is not deleted yet must not come
         // back from that row.
         participants.retain(|k| !self.pending.changes.dropped_participants.contains(k));
@@ -447,11 +336,9 @@ impl Processor {
 
     /// The call a lookup answer puts its participant on may have ended and left memory.
     async fn warm_for_answer(&mut self, answer: &LookupAnswer) {
-        if let Ok(p) = &answer.outcome {
-            if !p.callid.is_empty() {
-                self.warm(&CallKey::new(Provider::Jas, p.callid.clone()))
-                    .await;
-            }
+        if let Ok(details) = &answer.outcome {
+            self.warm(&CallKey::new(answer.key.provider, details.call_id.clone()))
+                .await;
         }
     }
 
@@ -467,39 +354,6 @@ impl Processor {
             Err(e) => tracing::error!(provider = %key.provider, call_id = %key.call_id,
                 error = %e, "reading a stored call failed"),
         }
-    }
-
-    /// TeleCMI names every leg and ranks its statuses itself, so there is nothing to look up:
-    /// the mapping onto the table lives with the provider.
-    fn apply_telecmi(&mut self, event: TelecmiEvent, received_at: DateTime<Utc>) {
-        // Only a CDR without `conversation_uuid` was guessed: with one, the route's call is
-        // the call, and another call's recording of the same name is not moved onto it.
-        if let Some(name) = telecmi_apply::recording_name(&event)
-            .filter(|_| self.downloads.is_some() && event.conversation_uuid.is_none())
-        {
-            // The route guessed the call of a CDR without `conversation_uuid` at ack time; the
-            // call decided here (after every earlier event) is the one the recording joins, and
-            // the one the worker's progress must reach.
-            let home = telecmi_apply::call_key(&self.table, &event);
-            self.recording_homes
-                .insert((Provider::Telecmi, name.to_string()), home.clone());
-            self.pending
-                .job_calls
-                .push(("telecmi", name.to_string(), home.call_id));
-        }
-        let changes = telecmi_apply::apply(
-            &self.table,
-            &event,
-            received_at,
-            Utc::now(),
-            self.downloads.is_some(),
-        );
-        if let Some(nudge) = &self.downloads {
-            if changes.applied && event.kind == telecmi_events::Kind::Cdr {
-                nudge.notify_one();
-            }
-        }
-        self.note(changes);
     }
 
     /// A lookup for the participant's newest event; one given up for an older event is
@@ -565,22 +419,21 @@ impl Processor {
             outcome,
         } = answer;
         let changes = match outcome {
-            Ok(p) => {
+            Ok(details) => {
                 metrics::counter!("callhook_lookups_total", "outcome" => "ok").increment(1);
                 if failures > 0 {
                     tracing::info!(dn = %key.dn, participant_id = %key.participant_id,
                         sequence = seq, failures, "participant lookup answered after giving up");
                 }
-                let details = details_from(&key, p);
                 self.table.details(&key, seq, details, at, now)
             }
-            Err(JasError::Forbidden) => {
+            Err(LookupError::Forbidden) => {
                 metrics::counter!("callhook_lookups_total", "outcome" => "forbidden").increment(1);
                 tracing::warn!(dn = %key.dn, participant_id = %key.participant_id,
                     "participant is not visible to this token (403); not tracked");
                 self.table.forget(&key, now)
             }
-            Err(JasError::NotFound) => {
+            Err(LookupError::NotFound) => {
                 metrics::counter!("callhook_lookups_total", "outcome" => "gone").increment(1);
                 tracing::info!(dn = %key.dn, participant_id = %key.participant_id,
                     "participant already gone (404)");
@@ -588,7 +441,7 @@ impl Processor {
             }
             // The API stayed unavailable through all of the client's retries: kept and asked
             // again later, as long as the participant still needs it.
-            Err(e @ JasError::Transient(_)) => {
+            Err(e @ LookupError::Transient(_)) => {
                 metrics::counter!("callhook_lookups_total", "outcome" => "failed").increment(1);
                 let failures = failures.saturating_add(1);
                 if !self.lookup_wanted(&key, seq) {
@@ -687,88 +540,5 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-fn details_from(key: &ParticipantKey, p: ParticipantDetails) -> Details {
-    let call_id = if p.callid.is_empty() {
-        format!("{}:{}", key.dn, key.participant_id)
-    } else {
-        p.callid
-    };
-    Details {
-        call_id,
-        status: p.status,
-        dn: (!p.dn.is_empty()).then_some(p.dn),
-        party_number: p.party_caller_id,
-        party_name: p.party_caller_name,
-        party_dn: p.party_dn,
-        party_dn_type: p.party_dn_type,
-        leg_id: p.legid,
-        did: (!p.party_did.is_empty()).then_some(p.party_did),
-        ..Default::default()
-    }
-}
-
-/// The participant a JAS `call_status` event is about.
-fn jas_key(cs: &jas_events::CallStatus) -> ParticipantKey {
-    ParticipantKey::new(Provider::Jas, &cs.dn, &cs.participant_id)
-}
-
-/// A journal row decoded once, for warming and applying.
-enum Decoded {
-    Jas(JasEvent),
-    Telecmi(Box<TelecmiEvent>),
-}
-
-fn decode_row(row: &StoredEvent) -> Option<Decoded> {
-    // Journaled events were decoded once already; only a newer schema fails here.
-    let undecodable = |e: &dyn std::fmt::Display| {
-        tracing::warn!(journal_id = row.id, error = %e, "journal row no longer decodes");
-    };
-    match row.provider.as_str() {
-        "jas" => match jas_events::decode(&row.body, row.received_at) {
-            Ok(d) => Some(Decoded::Jas(d.event)),
-            Err(e) => {
-                undecodable(&e);
-                None
-            }
-        },
-        "telecmi" => match telecmi_events::decode(&row.body, row.content_type.as_deref()) {
-            Ok(event) => Some(Decoded::Telecmi(Box::new(event))),
-            Err(e) => {
-                undecodable(&e);
-                None
-            }
-        },
-        other => {
-            tracing::warn!(
-                journal_id = row.id,
-                provider = other,
-                "journal row of unknown provider"
-            );
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_jas_participant_has_a_did_only_when_jas_names_one() {
-        let key = ParticipantKey::new(Provider::Jas, "101", "172");
-        let lookup = |did: &str| ParticipantDetails {
-            callid: "26".into(),
-            party_caller_id: "05148888888".into(),
-            party_did: did.into(),
-            ..Default::default()
-        };
-        let d = details_from(&key, lookup(""));
-        assert_eq!((d.caller_id, d.did), (None, None));
-        let d = details_from(&key, lookup("0044123"));
-        assert_eq!(d.did.as_deref(), Some("0044123"));
-        assert_eq!(d.party_number, "05148888888");
     }
 }

@@ -227,12 +227,7 @@ async fn durable_floor(listen: SocketAddr, db: &Path) {
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         floor
             .journal
-            .append(journal_entry(
-                &decoded.event,
-                decoded.dedupe_key,
-                body,
-                None,
-            ))
+            .append(journal_entry(&decoded.event, decoded.dedupe_key, body))
             .await
             .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
         Ok(Json(json!({"status": "accepted"})))
@@ -933,7 +928,6 @@ async fn fill_journal(db: &Path, events: usize) {
                 &decoded.event,
                 decoded.dedupe_key,
                 Bytes::from(b.clone()),
-                None,
             ))
         });
         for r in futures_util::future::join_all(appends).await {
@@ -941,10 +935,17 @@ async fn fill_journal(db: &Path, events: usize) {
         }
     }
     let journaled = started.elapsed();
+    // The defaults: no credentials, so no lookups (as in the daemon with lookups off).
+    let settings = callhook::config::Settings::load(&callhook::config::Sources {
+        file: None,
+        env: Some(Default::default()),
+    })
+    .expect("the default settings");
+    let providers = callhook::providers::Providers::from_settings(&Arc::new(settings)).unwrap();
     let mut processor = Processor::new(
         journal.clone(),
         Arc::new(CallTable::new()),
-        None,
+        Arc::new(providers),
         0,
         tokio_util::task::TaskTracker::new(),
     );

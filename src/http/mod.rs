@@ -25,7 +25,6 @@ use tower_http::trace::TraceLayer;
 use crate::calls::CallTable;
 use crate::config::Settings;
 use crate::journal::Journal;
-use crate::providers::jas::verify::Verifier;
 
 pub use error::ApiError;
 pub use reply::Outcome;
@@ -37,7 +36,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub journal: Journal,
     pub table: Arc<CallTable>,
-    pub jas_verifier: Arc<Verifier>,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
 }
@@ -142,14 +140,14 @@ fn holds_token(text: &str, token: Option<&SecretString>) -> bool {
 const SECRET_PREFIX: &str = "/webhooks/telecmi/";
 const SECRET_PREFIX_LOGGED: &str = "/webhooks/telecmi/{path_token}";
 
-/// `server.listen`: the webhook endpoints and `/healthz`.
-pub fn public_router(state: AppState) -> Router {
+/// `server.listen`: the providers' webhook routes (`webhooks`, each with its own state) and
+/// `/healthz`, under one body limit and deadline.
+pub fn public_router(state: AppState, webhooks: Router) -> Router {
     let limit = state.settings.server.max_body_bytes;
     let state_token = state.settings.telecmi.path_token.clone();
     let router = Router::new()
         .route("/healthz", get(healthz))
-        .merge(crate::providers::jas::routes::router())
-        .merge(crate::providers::telecmi::routes::router())
+        .merge(webhooks)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -163,8 +161,7 @@ pub fn public_router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
-        ))
-        .with_state(state);
+        ));
     traced(router, state_token)
 }
 

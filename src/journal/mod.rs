@@ -59,8 +59,6 @@ pub struct NewEvent {
     pub content_type: Option<String>,
     pub body: Bytes,
     pub received_at: DateTime<Utc>,
-    /// A download job created in the same transaction as the event (`new_recording`, CDRs).
-    pub job: Option<NewJob>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +86,9 @@ pub struct StateWrite {
     pub participants: Vec<(ParticipantKey, Option<Tracked>)>,
     pub calls: Vec<(CallKey, CallRow)>,
     pub jobs: Vec<JobUpdate>,
-    /// `(provider, recording id, call id)`: the call a job's recording was attached to, when the
-    /// processor settled it differently from the route's guess at ack time.
-    pub job_calls: Vec<(&'static str, String, String)>,
+    /// Download jobs the applied events created, written with the state they belong to (so a
+    /// replay after a crash creates them again, and a repeat is a no-op).
+    pub new_jobs: Vec<NewJob>,
     pub cursor: Option<i64>,
 }
 
@@ -99,7 +97,7 @@ impl StateWrite {
         self.participants.is_empty()
             && self.calls.is_empty()
             && self.jobs.is_empty()
-            && self.job_calls.is_empty()
+            && self.new_jobs.is_empty()
             && self.cursor.is_none()
     }
 }

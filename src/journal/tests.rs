@@ -10,8 +10,24 @@ fn event(key: &str) -> NewEvent {
         content_type: Some("application/json".into()),
         body: Bytes::from_static(b"{}"),
         received_at: Utc::now(),
-        job: None,
     }
+}
+
+/// Appends `e` and creates `job` for it, as the processor does when it applies the event.
+async fn append_with_job(j: &Journal, e: NewEvent, job: Option<NewJob>) -> Appended {
+    let appended = j.append(e).await.unwrap();
+    if let (Appended::Accepted(id), Some(job)) = (appended, job) {
+        j.write_state(StateWrite {
+            new_jobs: vec![NewJob {
+                event_id: id,
+                ..job
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    appended
 }
 
 #[tokio::test]
@@ -70,7 +86,7 @@ async fn state_and_cursor_round_trip() {
         participants: vec![(key.clone(), Some(t.clone()))],
         calls: vec![(call.key(), Some((call.clone(), Utc::now())))],
         jobs: vec![],
-        job_calls: vec![],
+        new_jobs: vec![],
         cursor: Some(42),
     })
     .await
@@ -96,6 +112,7 @@ fn job(recording_id: &str) -> NewJob {
         error: None,
         start_time: None,
         end_time: None,
+        event_id: 0,
     }
 }
 
@@ -127,9 +144,8 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
         let j = j.clone();
         let mut e = event(key);
         e.received_at = at;
-        e.job = job;
         async move {
-            match j.append(e).await.unwrap() {
+            match append_with_job(&j, e, job).await {
                 Appended::Accepted(id) => id,
                 Appended::Duplicate => unreachable!(),
             }
@@ -157,7 +173,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
             rows(&active, old),
         ],
         jobs: vec![],
-        job_calls: vec![],
+        new_jobs: vec![],
         cursor: Some(applied),
     })
     .await
@@ -224,18 +240,15 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
     let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
         let mut e = event(name);
-        e.job = Some(job(name));
         e.received_at = Utc::now() - chrono::Duration::seconds(10 - i as i64);
-        j.append(e).await.unwrap();
+        append_with_job(&j, e, Some(job(name))).await;
     }
     let refused = NewJob {
         rel_path: None,
         error: Some("refused: contains `..`".into()),
         ..job("evil")
     };
-    let mut e = event("evil");
-    e.job = Some(refused);
-    j.append(e).await.unwrap();
+    append_with_job(&j, event("evil"), Some(refused)).await;
 
     let queued = j.queued_jobs(10).await.unwrap();
     let names: Vec<&str> = queued.iter().map(|j| j.recording_id.as_str()).collect();
@@ -323,7 +336,7 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
             (ended.key(), Some((ended.clone(), recently))),
         ],
         jobs: vec![],
-        job_calls: vec![],
+        new_jobs: vec![],
         cursor: None,
     })
     .await

@@ -42,7 +42,7 @@ pub(super) enum Command {
     Close(Reply<()>),
 }
 
-/// A download job to create with its event.
+/// A download job to create with the state its event changed.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub provider: &'static str,
@@ -55,6 +55,8 @@ pub struct NewJob {
     pub error: Option<String>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
+    /// The journal row of the event that created it.
+    pub event_id: i64,
 }
 
 /// A change to a job's progress.
@@ -288,13 +290,8 @@ fn run(
                 match cmd {
                     Command::Append(event, reply) => {
                         durable = true;
-                        // One INSERT is atomic on its own; only an event that brings its
-                        // download job (two statements) needs a savepoint around both.
-                        let result = if event.job.is_some() {
-                            atomically(&mut tx, |c| append(c, &event))
-                        } else {
-                            append(&tx, &event).map_err(JournalError::from)
-                        };
+                        // One INSERT is atomic on its own: no savepoint needed.
+                        let result = append(&tx, &event).map_err(JournalError::from);
                         match &result {
                             Ok(Appended::Accepted(id)) => max_id = Some(*id),
                             Ok(Appended::Duplicate) => {}
@@ -438,8 +435,8 @@ fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
 }
 
 /// Runs one command inside a savepoint: a command that fails leaves nothing of itself in the
-/// batch's transaction (an event is never committed without its download job), while the
-/// other commands of the batch still commit.
+/// batch's transaction (state is never committed without its download jobs or cursor), while
+/// the other commands of the batch still commit.
 fn atomically<T>(
     tx: &mut Transaction<'_>,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -468,52 +465,53 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
         return Ok(Appended::Duplicate);
     };
     let id: i64 = row.get(0)?;
-    drop(rows);
-    if let Some(job) = &e.job {
-        let now = ms(e.received_at);
-        let (state, error) = match (&job.rel_path, &job.error) {
-            (Some(_), _) => ("pending", None),
-            (None, err) => ("failed", err.clone()),
-        };
-        let mut recording_id = job.recording_id.clone();
-        // A TeleCMI recording is named by its file alone; the same name on another call's CDR
-        // is that call's recording, with a job of its own (its file gets a distinct name), not
-        // a repeat of the first call's.
-        if job.provider == "telecmi" {
-            let other: Option<String> = tx
-                .query_row(
-                    "SELECT call_id FROM jobs WHERE provider = ?1 AND recording_id = ?2",
-                    params![job.provider, job.recording_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if other.is_some_and(|c| c != job.call_id) {
-                recording_id = format!("{}@{}", job.recording_id, job.call_id);
-            }
-        }
-        tx.prepare_cached(
-            "INSERT INTO jobs (provider, recording_id, call_id, dn, source, rel_path, state,
-                               last_error, start_ms, end_ms, event_id, created_ms, updated_ms,
-                               next_attempt_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
-             ON CONFLICT(provider, recording_id) DO NOTHING",
-        )?
-        .execute(params![
-            job.provider,
-            recording_id,
-            job.call_id,
-            job.dn,
-            job.source,
-            job.rel_path,
-            state,
-            error,
-            job.start_time.map(ms),
-            job.end_time.map(ms),
-            id,
-            now,
-        ])?;
-    }
     Ok(Appended::Accepted(id))
+}
+
+/// Creates a download job unless its recording has one. A TeleCMI recording is named by its
+/// file alone; the same name on another call's CDR is that call's recording, with a job of its
+/// own (its file gets a distinct name), not a repeat of the first call's.
+fn create_job(tx: &Connection, job: &NewJob) -> rusqlite::Result<()> {
+    let now = ms(Utc::now());
+    let (state, error) = match (&job.rel_path, &job.error) {
+        (Some(_), _) => ("pending", None),
+        (None, err) => ("failed", err.clone()),
+    };
+    let mut recording_id = job.recording_id.clone();
+    if job.provider == "telecmi" {
+        let other: Option<String> = tx
+            .query_row(
+                "SELECT call_id FROM jobs WHERE provider = ?1 AND recording_id = ?2",
+                params![job.provider, job.recording_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if other.is_some_and(|c| c != job.call_id) {
+            recording_id = format!("{}@{}", job.recording_id, job.call_id);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO jobs (provider, recording_id, call_id, dn, source, rel_path, state,
+                           last_error, start_ms, end_ms, event_id, created_ms, updated_ms,
+                           next_attempt_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
+         ON CONFLICT(provider, recording_id) DO NOTHING",
+    )?
+    .execute(params![
+        job.provider,
+        recording_id,
+        job.call_id,
+        job.dn,
+        job.source,
+        job.rel_path,
+        state,
+        error,
+        job.start_time.map(ms),
+        job.end_time.map(ms),
+        job.event_id,
+        now,
+    ])?;
+    Ok(())
 }
 
 /// The health probe's write: one small row, so a commit needs the write lock and a page.
@@ -609,12 +607,8 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
             job.rel_path,
         ])?;
     }
-    for (provider, recording_id, call_id) in &state.job_calls {
-        tx.prepare_cached(
-            "UPDATE jobs SET call_id = ?3
-             WHERE provider = ?1 AND recording_id = ?2 AND state IN ('pending', 'downloading')",
-        )?
-        .execute(params![provider, recording_id, call_id])?;
+    for job in &state.new_jobs {
+        create_job(tx, job)?;
     }
     if let Some(cursor) = state.cursor {
         tx.prepare_cached(

@@ -2,13 +2,13 @@
 //! rest waiting in a queue of keys.
 //!
 //! The waiting lookups are plain keys, not tasks. A task holds a lookup's whole future
-//! (`JasClient::participant`'s alone is over 2 KiB); a backlog of them, built while events
+//! (JAS's alone is over 2 KiB); a backlog of them, built while events
 //! arrive faster than the API answers, left the memory it peaked at fragmented among the call
 //! table's rows after it drained. Each slot is a worker task that takes the next queued lookup
 //! as soon as its own is answered, so slots never wait for the processor, which may be busy
 //! applying a batch of events.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::LookupAnswer;
-use crate::calls::ParticipantKey;
-use crate::providers::jas::client::JasClient;
+use crate::calls::{ParticipantKey, Provider};
+use crate::providers::{Lookup, LookupError};
 
 /// Lookups in flight at once, so a burst of events cannot open a connection storm upstream.
 pub const LOOKUP_CONCURRENCY: usize = 32;
@@ -32,7 +32,8 @@ pub struct Queued {
 }
 
 pub struct Lookups {
-    client: JasClient,
+    /// Each provider that looks its participants up, and its client.
+    clients: HashMap<Provider, Arc<dyn Lookup>>,
     queue: Mutex<VecDeque<Queued>>,
     slots: Arc<Semaphore>,
     /// Unbounded so that a worker never waits for the processor to hand in an answer. What
@@ -44,17 +45,22 @@ pub struct Lookups {
 
 impl Lookups {
     pub fn new(
-        client: JasClient,
+        clients: HashMap<Provider, Arc<dyn Lookup>>,
         answers: mpsc::UnboundedSender<LookupAnswer>,
         tasks: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            clients,
             queue: Mutex::new(VecDeque::new()),
             slots: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             answers,
             tasks,
         })
+    }
+
+    /// Whether `provider`'s participants are looked up.
+    pub fn serves(&self, provider: Provider) -> bool {
+        self.clients.contains_key(&provider)
     }
 
     /// Queues a lookup and starts a worker for it if a slot is free.
@@ -120,12 +126,12 @@ impl Lookups {
             // the client's own retries would multiply the requests and retry log lines of
             // every round of an outage.
             let lookup = async {
-                if failures == 0 {
-                    self.client.participant(&key.dn, &key.participant_id).await
-                } else {
-                    self.client
-                        .participant_once(&key.dn, &key.participant_id)
-                        .await
+                match self.clients.get(&key.provider) {
+                    Some(client) => client.details(&key, failures > 0).await,
+                    None => Err(LookupError::Failed(format!(
+                        "{} has no participant lookups",
+                        key.provider
+                    ))),
                 }
             };
             // Shutdown does not wait out a lookup's retries (6 s or more): the participant is

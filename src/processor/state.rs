@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::Processor;
 use crate::calls::{CallKey, Changes, ParticipantKey};
-use crate::journal::{JobUpdate, JournalError, StateWrite};
+use crate::journal::{JobUpdate, JournalError, NewJob, StateWrite};
 
 /// How often changed state is written. Coalescing matters: a participant's events of one
 /// interval become one row write, and a burst becomes one transaction instead of one per group
@@ -17,9 +17,6 @@ pub(super) const STATE_EVERY: Duration = Duration::from_millis(100);
 const STATE_CHUNK: usize = 128;
 /// Changed keys that force a write before the interval is up (bounds memory during catch-up).
 pub(super) const STATE_MAX_KEYS: usize = 16 * 1024;
-
-/// `(provider, recording id, call id)`: the call a job's recording was attached to.
-type JobCall = (&'static str, String, String);
 
 /// A changed row to write.
 enum Row<'a> {
@@ -34,7 +31,8 @@ pub(super) struct StateBuffer {
     /// Job rows to write with the calls they show on, and who waits for that write.
     pub(super) jobs: Vec<JobUpdate>,
     pub(super) written: Vec<oneshot::Sender<bool>>,
-    pub(super) job_calls: Vec<JobCall>,
+    /// Download jobs the applied events created; the workers are woken once they are written.
+    pub(super) new_jobs: Vec<NewJob>,
     /// The applied cursor not yet persisted: it only moves on disk together with the state it
     /// covers, so a failed write never lets a restart skip events whose effects were lost.
     pub(super) cursor: Option<i64>,
@@ -48,7 +46,7 @@ impl StateBuffer {
         !self.changes.is_empty()
             || !self.jobs.is_empty()
             || !self.written.is_empty()
-            || !self.job_calls.is_empty()
+            || !self.new_jobs.is_empty()
             || self.cursor.is_some()
     }
 }
@@ -60,11 +58,11 @@ impl Processor {
         let changes = std::mem::take(&mut self.pending.changes);
         let written = std::mem::take(&mut self.pending.written);
         let jobs = std::mem::take(&mut self.pending.jobs);
-        let job_calls = std::mem::take(&mut self.pending.job_calls);
+        let new_jobs = std::mem::take(&mut self.pending.new_jobs);
         // Rows go in chunks, each its own transaction, so that event batches committed in
         // between never wait behind one large state write (one of a whole burst held the
         // writer for up to 10 ms).
-        // The cursor, jobs and job calls go with the last chunk: the cursor only moves once
+        // The cursor, job updates and new jobs go with the last chunk: the cursor only moves once
         // every row it covers is written.
         // Calls before participants: if a crash comes between chunks, the participants' rows
         // are the ones behind, and replaying their events (the cursor has not moved) changes
@@ -91,7 +89,7 @@ impl Processor {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             ok = self
-                .write_chunk(chunk, last.then(|| (jobs.clone(), job_calls.clone())))
+                .write_chunk(chunk, last.then(|| (jobs.clone(), new_jobs.clone())))
                 .await;
             if !ok {
                 break;
@@ -99,13 +97,16 @@ impl Processor {
         }
         if ok {
             self.pending.cursor = None;
+            if let Some(nudge) = self.downloads.as_ref().filter(|_| !new_jobs.is_empty()) {
+                nudge.notify_one();
+            }
         } else {
             // Keep the changed keys (and the unpersisted cursor) for the next write: the
             // journal rows behind them are not behind the persisted cursor, so a restart would
             // re-apply them too. A worker told `false` retries its own job update.
             tracing::error!("call state not written; it will be written with the next batch");
             self.pending.changes.merge(changes);
-            self.pending.job_calls.extend(job_calls);
+            self.pending.new_jobs.extend(new_jobs);
         }
         for done in written {
             let _ = done.send(ok);
@@ -117,15 +118,15 @@ impl Processor {
     async fn write_chunk(
         &self,
         rows: &[Row<'_>],
-        last: Option<(Vec<JobUpdate>, Vec<JobCall>)>,
+        last: Option<(Vec<JobUpdate>, Vec<NewJob>)>,
     ) -> bool {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
             let mut state = StateWrite::default();
-            if let Some((jobs, job_calls)) = &last {
+            if let Some((jobs, new_jobs)) = &last {
                 state.cursor = self.pending.cursor;
                 state.jobs = jobs.clone();
-                state.job_calls = job_calls.clone();
+                state.new_jobs = new_jobs.clone();
             }
             for row in rows {
                 match row {

@@ -27,9 +27,6 @@ pub struct RecordingUpdate {
     /// The recording's own times, used when its call was never seen.
     pub times: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     pub job: Option<JobUpdate>,
-    /// The journal row that created the job. The processor applies the update only once it
-    /// has applied that row, so the call it decided for the recording is the one it reaches.
-    pub event_id: Option<i64>,
     /// `true` once written; `false` when the write failed.
     pub done: Option<oneshot::Sender<bool>>,
 }

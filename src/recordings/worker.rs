@@ -389,7 +389,6 @@ impl Worker {
                 recording,
                 times: (job.start_time, job.end_time),
                 job: Some(update),
-                event_id: job.event_id,
                 done: Some(done),
             })
             .await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use callhook::config::Settings;
-use callhook::journal::{Job, Journal, NewEvent, NewJob};
+use callhook::journal::{Appended, Job, Journal, NewEvent, NewJob, StateWrite};
 use callhook::recordings::RecorderOptions;
 use callhook::recordings::fetch::Fetcher;
 use callhook::sim::{JasSim, SimRoute};
@@ -255,8 +255,12 @@ async fn telecmi_json_error_with_200_is_a_failure_and_not_saved() {
     env.set("telecmi.app_id", "1111112")
         .set("telecmi.secret", "cmi-s3cr3t&x")
         .set("telecmi.api_base", &upstream.base());
-    let settings = env.settings(dir.path());
-    let fetcher = Fetcher::new(&settings, None).unwrap();
+    let settings = Arc::new(env.settings(dir.path()));
+    let providers = callhook::providers::Providers::from_settings(&settings).unwrap();
+    let sources = providers
+        .iter()
+        .filter_map(|p| Some((p.id().as_str(), p.recordings()?)));
+    let fetcher = Fetcher::new(&settings, sources);
     let job = telecmi_job("1744636800-a b&c.mp3");
     let recordings = dir.path().join("recordings");
     let dest = recordings.join("telecmi/1744636800-a b&c.mp3");
@@ -315,11 +319,11 @@ async fn telecmi_job_in_the_queue_fails_on_a_json_error_without_logging_the_secr
         .set("telecmi.secret", "cmi-s3cr3t")
         .set("telecmi.api_base", &upstream.base());
 
-    // A TeleCMI CDR as the TeleCMI routes journal it, with its job.
+    // A TeleCMI CDR as the TeleCMI route journals it, with the job the processor creates.
     let journal = Journal::open(&dir.path().join("data/callhook.db"))
         .await
         .unwrap();
-    journal
+    let appended = journal
         .append(NewEvent {
             provider: "telecmi",
             name: "cdr".into(),
@@ -327,7 +331,15 @@ async fn telecmi_job_in_the_queue_fails_on_a_json_error_without_logging_the_secr
             content_type: Some("application/json".into()),
             body: bytes::Bytes::from_static(b"{}"),
             received_at: Utc::now(),
-            job: Some(NewJob {
+        })
+        .await
+        .unwrap();
+    let Appended::Accepted(event_id) = appended else {
+        panic!("{appended:?}")
+    };
+    journal
+        .write_state(StateWrite {
+            new_jobs: vec![NewJob {
                 provider: "telecmi",
                 recording_id: "cmi-1".into(),
                 call_id: "conv-1".into(),
@@ -337,7 +349,9 @@ async fn telecmi_job_in_the_queue_fails_on_a_json_error_without_logging_the_secr
                 error: None,
                 start_time: None,
                 end_time: None,
-            }),
+                event_id,
+            }],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -13,23 +13,31 @@ use axum::routing::post;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::events::{self, JasEvent};
-use crate::http::{ApiError, AppState, Outcome, reply};
-use crate::journal::{Appended, NewEvent, NewJob};
-use crate::recordings::path::job_destination;
+use std::sync::Arc;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/webhooks/jas", post(receive))
+use super::events::{self, JasEvent};
+use super::verify::Verifier;
+use crate::http::{ApiError, Outcome, reply};
+use crate::journal::{Appended, NewEvent};
+use crate::providers::Ingest;
+
+/// The route's own state: what every route shares, and the X-SIG secrets.
+#[derive(Clone)]
+struct Route {
+    ingest: Ingest,
+    verifier: Arc<Verifier>,
+}
+
+pub fn router(ingest: Ingest) -> Router {
+    let verifier = Arc::new(Verifier::new(ingest.settings.jas.webhook_secrets.clone()));
+    Router::new()
+        .route("/webhooks/jas", post(receive))
+        .with_state(Route { ingest, verifier })
 }
 
 /// The journal row of a decoded JAS event received now. Public so that the benchmark's durable
 /// floor journals exactly what this route does.
-pub fn journal_entry(
-    event: &JasEvent,
-    dedupe_key: String,
-    body: Bytes,
-    job: Option<NewJob>,
-) -> NewEvent {
+pub fn journal_entry(event: &JasEvent, dedupe_key: String, body: Bytes) -> NewEvent {
     NewEvent {
         provider: "jas",
         name: event.name().to_string(),
@@ -37,12 +45,11 @@ pub fn journal_entry(
         content_type: None,
         body,
         received_at: Utc::now(),
-        job,
     }
 }
 
 async fn receive(
-    State(state): State<AppState>,
+    State(state): State<Route>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -53,17 +60,18 @@ async fn receive(
 
 /// Returns the event's metric name and how it was taken.
 async fn accept(
-    state: &AppState,
+    state: &Route,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> reply::Accepted {
-    if !state.settings.jas.enabled {
+    let settings = &state.ingest.settings;
+    if !settings.jas.enabled {
         return Err(ApiError::NotFound);
     }
-    let limit = state.settings.server.max_body_bytes;
+    let limit = settings.server.max_body_bytes;
     let body = body.map_err(|e| ApiError::from_body(e, limit))?;
     state
-        .jas_verifier
+        .verifier
         .verify(headers.get("x-sig").map(|v| v.as_bytes()), &body)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let decoded =
@@ -72,13 +80,10 @@ async fn accept(
     for field in &decoded.repaired {
         crate::metrics::field_warning("jas", field, name);
     }
-    let job = match &decoded.event {
-        JasEvent::NewRecording(r) if state.settings.recordings.enabled => Some(recording_job(r)),
-        _ => None,
-    };
     let appended = state
+        .ingest
         .journal
-        .append(journal_entry(&decoded.event, decoded.dedupe_key, body, job))
+        .append(journal_entry(&decoded.event, decoded.dedupe_key, body))
         .await?;
     let outcome = match (appended, &decoded.event) {
         (Appended::Duplicate, _) => Outcome::Duplicate,
@@ -87,21 +92,6 @@ async fn accept(
     };
     log_event(&decoded.event, appended, outcome.label());
     Ok((name, outcome))
-}
-
-fn recording_job(r: &events::NewRecording) -> NewJob {
-    let (rel_path, error) = job_destination("jas", &r.call_id, &r.recording_url);
-    NewJob {
-        provider: "jas",
-        recording_id: r.id(),
-        call_id: r.call_id.clone(),
-        dn: r.dn().map(str::to_string),
-        source: r.recording_url.clone(),
-        rel_path,
-        error,
-        start_time: r.start_time,
-        end_time: r.end_time,
-    }
 }
 
 fn log_event(event: &JasEvent, appended: Appended, outcome: &str) {

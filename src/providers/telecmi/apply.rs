@@ -10,7 +10,9 @@ use crate::calls::{
     CallKey, CallState, CallTable, Changes, Details, ParticipantKey, Provider, Recording,
     RecordingState,
 };
-use crate::recordings::path::{DOWNLOADS_OFF, destination};
+use crate::journal::NewJob;
+use crate::providers::{Event, Wants};
+use crate::recordings::path::{DOWNLOADS_OFF, destination, job_destination};
 
 const RANK_STARTED: i64 = 1;
 const RANK_ANSWERED: i64 = 2;
@@ -102,8 +104,70 @@ fn event_time(event: &TelecmiEvent, received_at: DateTime<Utc>) -> DateTime<Utc>
         .unwrap_or(received_at)
 }
 
-/// Applies one journaled event. `recordings` says whether downloads are on, that is whether the
-/// route queued a job for a recorded CDR.
+impl Event for TelecmiEvent {
+    fn wants(&self, table: &CallTable, wants: &mut Wants) {
+        // A CDR often names no conversation: its call is found through its leg, which must be
+        // in memory for that.
+        let leg = leg_key(self);
+        if !table.has_participant(&leg) {
+            wants.participants.push(leg);
+        }
+        wants
+            .calls
+            .push(CallKey::new(Provider::Telecmi, self.call_id().to_string()));
+    }
+
+    fn apply(self: Box<Self>, ctx: &mut crate::providers::Apply<'_>) {
+        // The call is decided here, after every earlier event, so the job names the call the
+        // recording joins (before `apply`, which keeps the leg on the call it names now).
+        if ctx.downloads {
+            let call = call_key(ctx.table, &self);
+            if let Some(job) = recording_job(&self, &call.call_id, ctx.journal_id) {
+                ctx.queue_download(job);
+            }
+        }
+        let changes = apply(ctx.table, &self, ctx.received_at, ctx.now, ctx.downloads);
+        ctx.note(changes);
+    }
+}
+
+/// The download job of a recorded CDR; `failed` at once when the name is refused as a path.
+fn recording_job(event: &TelecmiEvent, call_id: &str, journal_id: i64) -> Option<NewJob> {
+    if !matches!(classify(event), Ok(Action::Cdr)) {
+        return None;
+    }
+    let Some(name) = recording_name(event) else {
+        if event.record == Some(true) {
+            tracing::warn!(provider = "telecmi", call_id = %call_id.escape_debug(),
+                participant_id = %event.cmiuuid.escape_debug(),
+                "CDR says the call was recorded but names no file; nothing to download");
+        }
+        return None;
+    };
+    let (rel_path, error) = job_destination("telecmi", call_id, name);
+    // `time` is when the call was answered and `answeredsec` how long it lasted.
+    let start_time = event
+        .time_ms
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+    let end_time = start_time.zip(event.answeredsec).and_then(|(start, secs)| {
+        start.checked_add_signed(chrono::Duration::try_seconds(secs.max(0))?)
+    });
+    Some(NewJob {
+        provider: "telecmi",
+        recording_id: name.to_string(),
+        call_id: call_id.to_string(),
+        dn: event.user.clone(),
+        source: name.to_string(),
+        rel_path,
+        error,
+        start_time,
+        end_time,
+        event_id: journal_id,
+    })
+}
+
+/// Applies one journaled event. `recordings` says whether downloads are on, that is whether a
+/// recorded CDR's recording is `pending` with a job.
 pub fn apply(
     table: &CallTable,
     event: &TelecmiEvent,

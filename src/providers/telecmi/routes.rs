@@ -12,29 +12,31 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use chrono::{Duration, TimeZone, Utc};
+use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::apply::{self, Action};
-use super::events::{self, TelecmiEvent};
+use super::events;
 use crate::http::client_ip::client_ip;
-use crate::http::{ApiError, AppState, Outcome, reply};
-use crate::journal::{Appended, NewEvent, NewJob};
-use crate::recordings::path::job_destination;
+use crate::http::{ApiError, Outcome, reply};
+use crate::journal::{Appended, NewEvent};
+use crate::providers::Ingest;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/webhooks/telecmi/{path_token}",
-        // Other methods get the unknown-path reply too, so the route gives nothing away.
-        post(receive).fallback(crate::http::not_found),
-    )
+pub fn router(ingest: Ingest) -> Router {
+    Router::new()
+        .route(
+            "/webhooks/telecmi/{path_token}",
+            // Other methods get the unknown-path reply too, so the route gives nothing away.
+            post(receive).fallback(crate::http::not_found),
+        )
+        .with_state(ingest)
 }
 
 async fn receive(
-    State(state): State<AppState>,
+    State(state): State<Ingest>,
     path_token: Result<Path<String>, PathRejection>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
@@ -51,7 +53,7 @@ async fn receive(
 
 /// Returns the event's metric name and how it was taken.
 async fn accept(
-    state: &AppState,
+    state: &Ingest,
     token: Option<&str>,
     client: Option<IpAddr>,
     headers: &HeaderMap,
@@ -80,12 +82,6 @@ async fn accept(
     for field in &event.repaired {
         crate::metrics::field_warning("telecmi", field, name);
     }
-    // Read-only: usually already applied, the leg's call names the call of a CDR without one.
-    let call = apply::call_key(&state.table, &event);
-    let job = match action {
-        Action::Cdr if state.settings.recordings.enabled => recording_job(&event, &call.call_id),
-        _ => None,
-    };
     let appended = state
         .journal
         .append(NewEvent {
@@ -95,7 +91,6 @@ async fn accept(
             content_type,
             body,
             received_at: Utc::now(),
-            job,
         })
         .await?;
     let outcome = match (appended, action) {
@@ -113,7 +108,8 @@ async fn accept(
         leg = event.leg.map(|l| l.as_str()),
         event_status = event.status.as_deref().map(|s| s.escape_debug().to_string()),
         direction = event.direction.as_deref().map(|s| s.escape_debug().to_string()),
-        call_id = %call.call_id.escape_debug(),
+        // The processor decides a CDR's call; this is what the event itself names.
+        call_id = %event.call_id().escape_debug(),
         participant_id = %event.cmiuuid.escape_debug(),
         dn = event.user.as_deref().map(|s| s.escape_debug().to_string()),
         client_ip = client.map(|ip| ip.to_string()),
@@ -133,38 +129,6 @@ fn token_matches(configured: Option<&SecretString>, given: Option<&str>) -> bool
     let expected = Sha256::digest(configured.expose_secret().as_bytes());
     let given = Sha256::digest(given.as_bytes());
     expected.as_slice().ct_eq(given.as_slice()).into()
-}
-
-/// The download job of a recorded CDR, created with the event; `failed` at once when the name
-/// is refused as a path.
-fn recording_job(event: &TelecmiEvent, call_id: &str) -> Option<NewJob> {
-    let Some(name) = apply::recording_name(event) else {
-        if event.record == Some(true) {
-            tracing::warn!(provider = "telecmi", call_id = %call_id.escape_debug(),
-                participant_id = %event.cmiuuid.escape_debug(),
-                "CDR says the call was recorded but names no file; nothing to download");
-        }
-        return None;
-    };
-    let (rel_path, error) = job_destination("telecmi", call_id, name);
-    // `time` is when the call was answered and `answeredsec` how long it lasted.
-    let start_time = event
-        .time_ms
-        .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-    let end_time = start_time
-        .zip(event.answeredsec)
-        .and_then(|(start, secs)| start.checked_add_signed(Duration::try_seconds(secs.max(0))?));
-    Some(NewJob {
-        provider: "telecmi",
-        recording_id: name.to_string(),
-        call_id: call_id.to_string(),
-        dn: event.user.clone(),
-        source: name.to_string(),
-        rel_path,
-        error,
-        start_time,
-        end_time,
-    })
 }
 
 #[cfg(test)]
