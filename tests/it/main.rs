@@ -20,5 +20,6 @@ mod observability;
 mod properties;
 mod readme;
 mod recordings;
+mod seam;
 mod systemd;
 mod telecmi;

@@ -697,22 +697,6 @@ async fn poll_call(
     panic!("call {provider}/{id} never matched; last seen: {last:#}");
 }
 
-async fn post_signed(public: &str, body: &str) -> (u16, Value) {
-    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
-    let resp = reqwest::Client::new()
-        .post(format!("{public}/webhooks/jas"))
-        .header("X-SIG", sig)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
-}
-
 /// What `Upstream` answers to one request.
 #[derive(Clone)]
 enum Reply {

@@ -406,3 +406,20 @@ pub fn path_str(p: &Path) -> String {
 pub fn data_dir(dir: &Path) -> PathBuf {
     dir.join("data")
 }
+
+/// A signed JAS webhook to the public address `public`, as JAS sends it.
+pub async fn post_signed(public: &str, body: &str) -> (u16, Value) {
+    let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{public}/webhooks/jas"))
+        .header("X-SIG", sig)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
