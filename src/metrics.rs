@@ -2,6 +2,7 @@
 //! installed once and its handle shared; every series is registered at zero at start-up so that
 //! dashboards and alerts see it before the first event. Labels never carry numbers or ids.
 
+use crate::providers::METRIC_NAMES;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -39,13 +40,6 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-const PROVIDER_EVENTS: &[(&str, &[&str])] = &[
-    (
-        "jas",
-        &["call_status", "new_recording", "call_summary", "unknown"],
-    ),
-    ("telecmi", &["event", "cdr", "unknown"]),
-];
 const OUTCOMES: &[&str] = &[
     "accepted",
     "duplicate",
@@ -59,14 +53,8 @@ const OUTCOMES: &[&str] = &[
     "error",
 ];
 
-/// The fields an event may be accepted without, per provider (`field` label values).
-const FIELD_WARNINGS: &[(&str, &[&str])] = &[
-    ("jas", crate::providers::jas::events::REPAIRABLE),
-    ("telecmi", crate::providers::telecmi::events::REPAIRABLE),
-];
-
 /// A field of an accepted event was missing or unreadable and holds the receive time instead:
-/// one `warn` line and one count. `field` is one of `FIELD_WARNINGS`, never request text.
+/// one `warn` line and one count. `field` is one of its provider's `MetricNames::repairable`, never request text.
 pub fn field_warning(provider: &'static str, field: &'static str, event: &str) {
     tracing::warn!(
         provider,
@@ -141,19 +129,16 @@ fn register() {
         "Participant lookups waiting: for one of the slots (slot), or to be asked again after the API was unavailable (retry); lookups in flight are not counted"
     );
 
-    for (provider, events) in PROVIDER_EVENTS {
-        for event in *events {
+    for names in METRIC_NAMES {
+        let provider = names.provider;
+        for event in names.events {
             for outcome in OUTCOMES {
-                metrics::counter!("callhook_events_total", "provider" => *provider, "event" => *event, "outcome" => *outcome).absolute(0);
+                metrics::counter!("callhook_events_total", "provider" => provider, "event" => *event, "outcome" => *outcome).absolute(0);
             }
         }
-        metrics::gauge!("callhook_active_calls", "provider" => *provider).set(0.0);
+        metrics::gauge!("callhook_active_calls", "provider" => provider).set(0.0);
     }
-    let apis = [
-        crate::providers::jas::client::api::ALL,
-        crate::providers::telecmi::API_LABELS,
-    ];
-    for api in apis.concat() {
+    for api in METRIC_NAMES.iter().flat_map(|names| names.apis) {
         let api = api.as_label();
         metrics::counter!(outbound::UPSTREAM_REQUESTS, "api" => api, "status" => "200").absolute(0);
         // A histogram handle, once created, is exported (with zero counts) before any sample.
@@ -187,9 +172,9 @@ fn register() {
     for reason in ["slot", "retry"] {
         metrics::gauge!("callhook_lookups_waiting", "reason" => reason).set(0.0);
     }
-    for (provider, fields) in FIELD_WARNINGS {
-        for field in *fields {
-            metrics::counter!("callhook_event_field_warnings_total", "provider" => *provider, "field" => *field).absolute(0);
+    for names in METRIC_NAMES {
+        for field in names.repairable {
+            metrics::counter!("callhook_event_field_warnings_total", "provider" => names.provider, "field" => *field).absolute(0);
         }
     }
     metrics::gauge!("callhook_recording_queue_depth").set(0.0);

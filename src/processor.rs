@@ -404,7 +404,7 @@ impl Processor {
                 asked,
                 no_longer_needed = dropped,
                 still_waiting = self.relookups.len(),
-                "asking the JAS API again for participant lookups it gave up"
+                "asking the provider's API again for participant lookups it gave up"
             );
         }
     }

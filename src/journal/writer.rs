@@ -468,9 +468,9 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
     Ok(Appended::Accepted(id))
 }
 
-/// Creates a download job unless its recording has one. A TeleCMI recording is named by its
-/// file alone; the same name on another call's CDR is that call's recording, with a job of its
-/// own (its file gets a distinct name), not a repeat of the first call's.
+/// Creates a download job unless its recording has one. A recording named again by another call
+/// (TeleCMI names one by its file alone, so two calls' CDRs can name the same file) is that
+/// call's recording, with a job of its own (its file gets a distinct name), not a repeat.
 fn create_job(tx: &Connection, job: &NewJob) -> rusqlite::Result<()> {
     let now = ms(Utc::now());
     let (state, error) = match (&job.rel_path, &job.error) {
@@ -478,17 +478,15 @@ fn create_job(tx: &Connection, job: &NewJob) -> rusqlite::Result<()> {
         (None, err) => ("failed", err.clone()),
     };
     let mut recording_id = job.recording_id.clone();
-    if job.provider == "telecmi" {
-        let other: Option<String> = tx
-            .query_row(
-                "SELECT call_id FROM jobs WHERE provider = ?1 AND recording_id = ?2",
-                params![job.provider, job.recording_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if other.is_some_and(|c| c != job.call_id) {
-            recording_id = format!("{}@{}", job.recording_id, job.call_id);
-        }
+    let other: Option<String> = tx
+        .query_row(
+            "SELECT call_id FROM jobs WHERE provider = ?1 AND recording_id = ?2",
+            params![job.provider, job.recording_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if other.is_some_and(|c| c != job.call_id) {
+        recording_id = format!("{}@{}", job.recording_id, job.call_id);
     }
     tx.prepare_cached(
         "INSERT INTO jobs (provider, recording_id, call_id, dn, source, rel_path, state,

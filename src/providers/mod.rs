@@ -165,6 +165,21 @@ pub trait Background: Send + Sync {
     fn stop(&self) -> BoxFuture<'_, ()>;
 }
 
+/// The label values a provider's series take, registered at zero at start (`metrics.rs`).
+/// Static, because the metrics registry is the process's, not one daemon's.
+pub struct MetricNames {
+    pub provider: &'static str,
+    /// `event` of `callhook_events_total`: its event names, `unknown` for the rest.
+    pub events: &'static [&'static str],
+    /// `field` of `callhook_event_field_warnings_total`: what an event may arrive without.
+    pub repairable: &'static [&'static str],
+    /// `api` of the upstream request metrics.
+    pub apis: &'static [crate::outbound::Api],
+}
+
+/// Every provider's metric names, in the order of `Providers::from_settings`.
+pub const METRIC_NAMES: &[MetricNames] = &[jas::METRIC_NAMES, telecmi::METRIC_NAMES];
+
 /// Every provider callhook knows, built from the settings. Disabled ones are listed too: their
 /// routes answer 404 and they start nothing, but journal rows they wrote while enabled still
 /// apply. A row of a provider not in this list stops the processor's cursor (processor.rs).

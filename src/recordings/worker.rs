@@ -408,12 +408,11 @@ fn recording_of(
     error: Option<String>,
 ) -> Recording {
     Recording {
-        // The second call naming a TeleCMI file has a job `<name>@<call id>` (journal/writer.rs);
-        // on the call the recording is still named by the file.
+        // A second call naming the same recording has a job `<id>@<call id>`
+        // (journal/writer.rs); on the call the recording is still named by its id.
         id: job
             .recording_id
             .strip_suffix(&format!("@{}", job.call_id))
-            .filter(|_| job.provider == "telecmi")
             .unwrap_or(&job.recording_id)
             .to_string(),
         url: job.source.clone(),

@@ -23,6 +23,13 @@ use crate::recordings::download::DownloadError;
 use crate::recordings::fetch::{RecordingSource, permanent};
 use client::{JasAuth, JasClient, JasClientConfig, JasError};
 
+pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
+    provider: "jas",
+    events: &["call_status", "new_recording", "call_summary", "unknown"],
+    repairable: events::REPAIRABLE,
+    apis: client::api::ALL,
+};
+
 /// JAS Connect as the daemon sees it: its settings, and its API client when there are
 /// credentials to use it with.
 pub struct Jas {

@@ -25,8 +25,12 @@ use crate::recordings::fetch::{RecordingSource, permanent};
 /// `callhook_upstream_requests_total`.
 pub const PLAY_API: crate::outbound::Api = crate::outbound::Api::new("telecmi_play");
 
-/// Every TeleCMI `api` label, registered at zero at start.
-pub const API_LABELS: &[crate::outbound::Api] = &[PLAY_API];
+pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
+    provider: "telecmi",
+    events: &["event", "cdr", "unknown"],
+    repairable: events::REPAIRABLE,
+    apis: &[PLAY_API],
+};
 
 /// Idle-read limit for TeleCMI downloads: a stalled stream fails (and is retried) instead of
 /// holding a worker forever; a long recording still streams as long as bytes keep coming.
