@@ -58,28 +58,14 @@ impl Application {
         }
         let readiness = Readiness::not_ready("starting: opening the journal");
 
+        let journal_error = |source| StartError::Journal {
+            path: settings.storage.path.display().to_string(),
+            source,
+        };
         let journal = Journal::open(&settings.storage.path)
             .await
-            .map_err(|source| StartError::Journal {
-                path: settings.storage.path.display().to_string(),
-                source,
-            })?;
-        let restored = journal
-            .restore(Utc::now() - KEEP_ENDED)
-            .await
-            .map_err(|source| StartError::Journal {
-                path: settings.storage.path.display().to_string(),
-                source,
-            })?;
-        let table = Arc::new(CallTable::new());
-        let cursor = restored.cursor;
-        tracing::info!(
-            participants = restored.participants.len(),
-            calls = restored.calls.len(),
-            cursor,
-            "state restored"
-        );
-        table.restore(restored.participants, restored.calls);
+            .map_err(journal_error)?;
+        let (table, cursor) = restore(&journal).await.map_err(journal_error)?;
 
         let providers = Arc::new(Providers::from_settings(&settings).map_err(StartError::Other)?);
         let tasks = TaskTracker::new();
@@ -94,45 +80,18 @@ impl Application {
             settings.jas.retry.lookup_first,
             settings.jas.retry.lookup_max,
         );
-        let recorder = if settings.recordings.enabled {
-            let sources = providers
-                .iter()
-                .filter_map(|p| Some((p.id().as_str(), p.recordings()?)));
-            let fetcher = Fetcher::new(&settings, sources);
-            let nudge = Arc::new(tokio::sync::Notify::new());
-            processor.wake_downloads(nudge.clone());
-            Some(Recorder::new(
-                journal.clone(),
-                fetcher,
-                &settings.recordings,
-                processor.recording_updates(),
-                nudge,
-            ))
-        } else {
-            None
-        };
-        processor
-            .catch_up()
-            .await
-            .map_err(|source| StartError::Journal {
-                path: settings.storage.path.display().to_string(),
-                source,
-            })?;
+        let recorder = settings
+            .recordings
+            .enabled
+            .then(|| recorder(&settings, &journal, &providers, &mut processor));
+        processor.catch_up().await.map_err(journal_error)?;
         for provider in Provider::ALL {
             metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
                 .set(table.active_count(provider) as f64);
         }
 
-        let public = bind(settings.server.listen).await?;
-        let admin = bind(settings.admin.listen).await?;
-        let public_addr = public.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.server.listen,
-            source,
-        })?;
-        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.admin.listen,
-            source,
-        })?;
+        let (public, public_addr) = bind(settings.server.listen).await?;
+        let (admin, admin_addr) = bind(settings.admin.listen).await?;
         // No upstream redirect is followed to our own listeners (recordings/redirect.rs).
         crate::outbound::redirect::register_own_listener(public_addr);
         crate::outbound::redirect::register_own_listener(admin_addr);
@@ -188,43 +147,8 @@ impl Application {
         // after in-flight requests have had their chance to finish.
         let stop_serving = CancellationToken::new();
         let stop_work = CancellationToken::new();
-        // Each listener has its own accept loop and connection cap, so a flood of the public
-        // one never locks the admin one out (http/listener.rs).
-        let nofile = http::listener::raise_fd_limit();
-        let public_limits = http::listener::Limits::public(&state.settings.server, nofile);
-        if public_limits.max_connections < state.settings.server.max_connections {
-            tracing::warn!(
-                configured = state.settings.server.max_connections,
-                used = public_limits.max_connections,
-                open_file_limit = nofile,
-                "server.max_connections lowered to fit the open-file limit"
-            );
-        }
-        let (public_alive, running) = crate::systemd::Liveness::new();
-        let public_server = tokio::spawn({
-            let serve = http::listener::serve(
-                public,
-                http::public_router(
-                    state.clone(),
-                    providers.routes(&Ingest {
-                        settings: state.settings.clone(),
-                        journal: state.journal.clone(),
-                    }),
-                ),
-                public_limits,
-                stop_serving.clone(),
-            );
-            async move {
-                let _running = running;
-                serve.await
-            }
-        });
-        let admin_server = tokio::spawn(http::listener::serve(
-            admin,
-            http::admin_router(state.clone()),
-            http::listener::Limits::admin(&state.settings.server),
-            stop_serving.clone(),
-        ));
+        let (public_server, admin_server, public_alive) =
+            serve_both(&state, &providers, public, admin, &stop_serving);
         let processor_task = tokio::spawn(processor.run(stop_work.clone()));
         // Stopped before the processor, so every progress report a worker sent gets written.
         let stop_downloads = CancellationToken::new();
@@ -252,31 +176,13 @@ impl Application {
                 "ready"
             );
         }
-        // Refused credentials end the daemon (exit 1); anything else waits for the stop.
-        let work = futures_util::future::try_join_all(background.iter().map(|b| b.run()));
-        let result = tokio::select! {
-            r = work => match r {
-                Ok(_) => {
-                    shutdown.cancelled().await;
-                    Ok(())
-                }
-                Err(e) => Err(StartError::Provider(e)),
-            },
-            _ = shutdown.cancelled() => Ok(()),
-        };
+        let result = work_until(&background, &shutdown).await;
 
         tracing::info!("shutting down");
         crate::systemd::stopping();
         state.readiness.set(Some("shutting down"));
         stop_serving.cancel();
-        // Both listeners drain at once, under one deadline.
-        let drained = async {
-            let _ = public_server.await;
-            let _ = admin_server.await;
-        };
-        if tokio::time::timeout(http::DRAIN, drained).await.is_err() {
-            tracing::warn!("in-flight requests did not finish within 10 s");
-        }
+        drain(public_server, admin_server).await;
         for b in &background {
             b.stop().await;
         }
@@ -306,12 +212,90 @@ impl Application {
     }
 }
 
+type Served = tokio::task::JoinHandle<()>;
+
+/// Starts both listeners' accept loops. Each has its own loop and connection cap, so a flood of
+/// the public one never locks the admin one out (http/listener.rs); the public one's liveness
+/// is what the watchdog checks.
+fn serve_both(
+    state: &AppState,
+    providers: &Providers,
+    public: TcpListener,
+    admin: TcpListener,
+    stop_serving: &CancellationToken,
+) -> (Served, Served, crate::systemd::Liveness) {
+    let nofile = http::listener::raise_fd_limit();
+    let public_limits = http::listener::Limits::public(&state.settings.server, nofile);
+    if public_limits.max_connections < state.settings.server.max_connections {
+        tracing::warn!(
+            configured = state.settings.server.max_connections,
+            used = public_limits.max_connections,
+            open_file_limit = nofile,
+            "server.max_connections lowered to fit the open-file limit"
+        );
+    }
+    let (public_alive, running) = crate::systemd::Liveness::new();
+    let webhooks = providers.routes(&Ingest {
+        settings: state.settings.clone(),
+        journal: state.journal.clone(),
+    });
+    let public_server = tokio::spawn({
+        let serve = http::listener::serve(
+            public,
+            http::public_router(state.clone(), webhooks),
+            public_limits,
+            stop_serving.clone(),
+        );
+        async move {
+            let _running = running;
+            serve.await
+        }
+    });
+    let admin_server = tokio::spawn(http::listener::serve(
+        admin,
+        http::admin_router(state.clone()),
+        http::listener::Limits::admin(&state.settings.server),
+        stop_serving.clone(),
+    ));
+    (public_server, admin_server, public_alive)
+}
+
+/// Runs the providers' background work until `shutdown`. What an operator must fix (refused
+/// credentials) ends the daemon with exit 1; anything else waits for the stop.
+async fn work_until(
+    background: &[Box<dyn crate::providers::Background>],
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    let work = futures_util::future::try_join_all(background.iter().map(|b| b.run()));
+    tokio::select! {
+        r = work => match r {
+            Ok(_) => {
+                shutdown.cancelled().await;
+                Ok(())
+            }
+            Err(e) => Err(StartError::Provider(e)),
+        },
+        _ = shutdown.cancelled() => Ok(()),
+    }
+}
+
+/// Both listeners drain at once, under one deadline.
+async fn drain(public_server: Served, admin_server: Served) {
+    let drained = async {
+        let _ = public_server.await;
+        let _ = admin_server.await;
+    };
+    if tokio::time::timeout(http::DRAIN, drained).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within 10 s");
+    }
+}
+
 /// Connections the kernel completes and queues for a listener at its connection cap. Tokio's
 /// `TcpListener::bind` asks for 128, so a flood past the cap made every later SYN wait for a
 /// retransmit; a queued connection costs no descriptor.
 const BACKLOG: u32 = 1024;
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let err = |source| StartError::Bind { addr, source };
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -322,7 +306,45 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     // As TcpListener::bind does: a restart can bind while the old sockets are in TIME_WAIT.
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
-    socket.listen(BACKLOG).map_err(err)
+    let listener = socket.listen(BACKLOG).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
+}
+
+/// The call table as the journal left it, and the applied cursor.
+async fn restore(journal: &Journal) -> Result<(Arc<CallTable>, i64), JournalError> {
+    let restored = journal.restore(Utc::now() - KEEP_ENDED).await?;
+    let table = Arc::new(CallTable::new());
+    tracing::info!(
+        participants = restored.participants.len(),
+        calls = restored.calls.len(),
+        cursor = restored.cursor,
+        "state restored"
+    );
+    table.restore(restored.participants, restored.calls);
+    Ok((table, restored.cursor))
+}
+
+/// The download workers, with each provider's recording request; the processor wakes them.
+fn recorder(
+    settings: &Settings,
+    journal: &Journal,
+    providers: &Providers,
+    processor: &mut Processor,
+) -> Recorder {
+    let sources = providers
+        .iter()
+        .filter_map(|p| Some((p.id().as_str(), p.recordings()?)));
+    let fetcher = Fetcher::new(settings, sources);
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    processor.wake_downloads(nudge.clone());
+    Recorder::new(
+        journal.clone(),
+        fetcher,
+        &settings.recordings,
+        processor.recording_updates(),
+        nudge,
+    )
 }
 
 /// Periodic chores: the daily retention sweep and the metrics exporter's upkeep.

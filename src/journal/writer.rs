@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Appended, Health, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
+use crate::calls::{Call, CallKey, ParticipantKey, Tracked};
 
 /// Upper bound on commands per transaction: enough to amortise the sync, small enough that the
 /// first caller in a batch does not wait long for the last.
@@ -261,93 +262,11 @@ fn run(
         let started = Instant::now();
         let size = batch.len();
         number += 1;
-        let mut done = Vec::with_capacity(size);
-        let mut max_id = None;
-        // Only an acknowledgement (or a ping, which proves the path) waits for the sync.
-        // Derived state (calls, participants, jobs, the applied cursor) is answered at commit:
-        // WAL frames are written in order, so the next sync makes it durable too, and if a
-        // crash comes first the state and its cursor are lost together and rebuilt from the
-        // journal after the older cursor.
-        let mut durable = false;
-        let mut failed: Option<String> = None;
-        let outcome = (|| -> rusqlite::Result<()> {
-            // IMMEDIATE: the write lock is taken once, at the start, so a database locked by
-            // another program fails the batch after one busy timeout (5 s), not one per command.
-            let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-                Ok(tx) => tx,
-                Err(e) => {
-                    let why = e.to_string();
-                    for cmd in batch {
-                        match cmd {
-                            Command::Close(reply) => close = Some(reply),
-                            other => refuse(other, &why),
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            for cmd in batch {
-                match cmd {
-                    Command::Append(event, reply) => {
-                        durable = true;
-                        // One INSERT is atomic on its own: no savepoint needed.
-                        let result = append(&tx, &event).map_err(JournalError::from);
-                        match &result {
-                            Ok(Appended::Accepted(id)) => max_id = Some(*id),
-                            Ok(Appended::Duplicate) => {}
-                            Err(e) => failed = Some(e.to_string()),
-                        }
-                        done.push(Done::Appended(reply, result));
-                    }
-                    Command::State(state, reply) => {
-                        let result = atomically(&mut tx, |c| write_state(c, &state));
-                        done.push(Done::State(reply, result));
-                    }
-                    Command::Ping(reply) => {
-                        durable = true;
-                        // A real write: an empty transaction takes no lock and needs no disk
-                        // space, so it would pass while another program holds the database.
-                        let result = ping(&tx).map_err(JournalError::from);
-                        if let Err(e) = &result {
-                            failed = Some(e.to_string());
-                        }
-                        done.push(Done::State(reply, result));
-                    }
-                    Command::Sweep(before, reply) => {
-                        let result = atomically(&mut tx, |c| sweep(c, before));
-                        done.push(Done::Swept(reply, result));
-                    }
-                    Command::Close(reply) => close = Some(reply),
-                }
-            }
-            tx.commit()
-        })();
+        let committed = commit(&mut conn, batch, &mut close);
         metrics::histogram!("callhook_journal_batch_size").record(size as f64);
         metrics::histogram!("callhook_journal_commit_seconds")
             .record(started.elapsed().as_secs_f64());
-        if let Some(why) = &failed {
-            health.fail(number, &format!("cannot store in the journal: {why}"));
-        }
-        match outcome {
-            Ok(()) if durable => {
-                // The syncer only stops after this thread drops `to_sync`.
-                let failed = failed.is_some();
-                let _ = to_sync.send(Unsynced {
-                    done,
-                    max_id,
-                    failed,
-                    number,
-                });
-            }
-            Ok(()) => done.into_iter().for_each(Done::answer),
-            Err(e) => {
-                tracing::error!(error = %e, batch = size, "journal commit failed");
-                health.fail(number, &format!("the journal cannot commit: {e}"));
-                // Nothing of the batch is durable, so no caller may be told otherwise.
-                let why = e.to_string();
-                done.into_iter().for_each(|d| d.fail(&why));
-            }
-        }
+        hand_over(committed, number, size, &to_sync, &health);
     }
     // Stop taking commands; anything still queued is answered `Closed` when dropped.
     rx.close();
@@ -356,15 +275,142 @@ fn run(
     let _ = syncer.join();
     stop_checkpoints.store(true, Ordering::Relaxed);
     let _ = checkpoints.join();
+    let closed = close_database(conn);
+    if let Some(reply) = close {
+        let _ = reply.send(closed);
+    }
+}
+
+/// Copies the WAL back into the database and starts it over, then closes the connection.
+fn close_database(conn: Connection) -> Result<(), JournalError> {
     let checkpoint = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(JournalError::from);
-    let closed = conn
-        .close()
+    conn.close()
         .map_err(|(_, e)| JournalError::from(e))
-        .and(checkpoint);
-    if let Some(reply) = close {
-        let _ = reply.send(closed);
+        .and(checkpoint)
+}
+
+/// What one batch's transaction did, for the replies and the sync.
+struct Committed {
+    outcome: rusqlite::Result<()>,
+    /// Each command's reply, answered now or after the sync.
+    done: Vec<Done>,
+    /// Only an acknowledgement (or a ping, which proves the path) waits for the sync. Derived
+    /// state (calls, participants, jobs, the applied cursor) is answered at commit: WAL frames
+    /// are written in order, so the next sync makes it durable too, and if a crash comes first
+    /// the state and its cursor are lost together and rebuilt from the journal after the older
+    /// cursor.
+    durable: bool,
+    max_id: Option<i64>,
+    /// Why a command that stores an event or a ping failed, if one did.
+    failed: Option<String>,
+}
+
+/// Runs one batch as one transaction; a `Close` in it is handed back through `close`.
+fn commit(conn: &mut Connection, batch: Vec<Command>, close: &mut Option<Reply<()>>) -> Committed {
+    let mut done = Vec::with_capacity(batch.len());
+    let mut max_id = None;
+    let mut durable = false;
+    let mut failed: Option<String> = None;
+    let outcome = (|| -> rusqlite::Result<()> {
+        // IMMEDIATE: the write lock is taken once, at the start, so a database locked by
+        // another program fails the batch after one busy timeout, not one per command.
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let why = e.to_string();
+                for cmd in batch {
+                    match cmd {
+                        Command::Close(reply) => *close = Some(reply),
+                        other => refuse(other, &why),
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for cmd in batch {
+            match cmd {
+                Command::Append(event, reply) => {
+                    durable = true;
+                    // One INSERT is atomic on its own: no savepoint needed.
+                    let result = append(&tx, &event).map_err(JournalError::from);
+                    match &result {
+                        Ok(Appended::Accepted(id)) => max_id = Some(*id),
+                        Ok(Appended::Duplicate) => {}
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                    done.push(Done::Appended(reply, result));
+                }
+                Command::State(state, reply) => {
+                    let result = atomically(&mut tx, |c| write_state(c, &state));
+                    done.push(Done::State(reply, result));
+                }
+                Command::Ping(reply) => {
+                    durable = true;
+                    // A real write: an empty transaction takes no lock and needs no disk
+                    // space, so it would pass while another program holds the database.
+                    let result = ping(&tx).map_err(JournalError::from);
+                    if let Err(e) = &result {
+                        failed = Some(e.to_string());
+                    }
+                    done.push(Done::State(reply, result));
+                }
+                Command::Sweep(before, reply) => {
+                    let result = atomically(&mut tx, |c| sweep(c, before));
+                    done.push(Done::Swept(reply, result));
+                }
+                Command::Close(reply) => *close = Some(reply),
+            }
+        }
+        tx.commit()
+    })();
+    Committed {
+        outcome,
+        done,
+        durable,
+        max_id,
+        failed,
+    }
+}
+
+/// After a batch's commit: what must be durable goes to the syncer, the rest is answered now,
+/// and a failed commit refuses every command of the batch.
+fn hand_over(
+    committed: Committed,
+    number: u64,
+    size: usize,
+    to_sync: &std::sync::mpsc::Sender<Unsynced>,
+    health: &Health,
+) {
+    let Committed {
+        outcome,
+        done,
+        durable,
+        max_id,
+        failed,
+    } = committed;
+    if let Some(why) = &failed {
+        health.fail(number, &format!("cannot store in the journal: {why}"));
+    }
+    match outcome {
+        Ok(()) if durable => {
+            // The syncer only stops after the writer drops `to_sync`.
+            let _ = to_sync.send(Unsynced {
+                done,
+                max_id,
+                failed: failed.is_some(),
+                number,
+            });
+        }
+        Ok(()) => done.into_iter().for_each(Done::answer),
+        Err(e) => {
+            tracing::error!(error = %e, batch = size, "journal commit failed");
+            health.fail(number, &format!("the journal cannot commit: {e}"));
+            // Nothing of the batch is durable, so no caller may be told otherwise.
+            let why = e.to_string();
+            done.into_iter().for_each(|d| d.fail(&why));
+        }
     }
 }
 
@@ -524,86 +570,13 @@ fn ping(tx: &Connection) -> rusqlite::Result<()> {
 
 fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Error> {
     for (key, tracked) in &state.participants {
-        match tracked {
-            Some(t) => {
-                let doc = serde_json::to_string(t)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                tx.prepare_cached(
-                    "INSERT INTO participants (provider, dn, participant_id, call_id, activity_ms, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT(provider, dn, participant_id) DO UPDATE SET
-                        call_id = excluded.call_id, activity_ms = excluded.activity_ms,
-                        doc = excluded.doc",
-                )?
-                .execute(params![
-                    key.provider.as_str(),
-                    key.dn,
-                    key.participant_id,
-                    t.call_key().map(|k| k.call_id),
-                    ms(t.last_activity),
-                    doc
-                ])?;
-            }
-            None => {
-                tx.prepare_cached(
-                    "DELETE FROM participants WHERE provider = ?1 AND dn = ?2 AND participant_id = ?3",
-                )?
-                .execute(params![key.provider.as_str(), key.dn, key.participant_id])?;
-            }
-        }
+        write_participant(tx, key, tracked.as_ref())?;
     }
     for (key, call) in &state.calls {
-        match call {
-            Some((call, activity)) => {
-                let doc = serde_json::to_string(call)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                tx.prepare_cached(
-                    "INSERT INTO calls (provider, call_id, state, started_ms, ended_ms, activity_ms, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(provider, call_id) DO UPDATE SET
-                        state = excluded.state, started_ms = excluded.started_ms,
-                        ended_ms = excluded.ended_ms, activity_ms = excluded.activity_ms,
-                        doc = excluded.doc",
-                )?
-                .execute(params![
-                    key.provider.as_str(),
-                    key.call_id,
-                    call.state.as_str(),
-                    call.started_at.map(ms),
-                    // Every ended call sorts into history, even one known only from a summary
-                    // (no end time of its own): by its last change.
-                    match call.state {
-                        crate::calls::CallState::Ended => Some(call.ended_at.map_or(ms(*activity), ms)),
-                        crate::calls::CallState::Active => None,
-                    },
-                    ms(*activity),
-                    doc
-                ])?;
-            }
-            None => {
-                tx.prepare_cached("DELETE FROM calls WHERE provider = ?1 AND call_id = ?2")?
-                    .execute(params![key.provider.as_str(), key.call_id])?;
-            }
-        }
+        write_call(tx, key, call.as_ref())?;
     }
     for job in &state.jobs {
-        tx.prepare_cached(
-            "UPDATE jobs SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_error = ?5,
-                             bytes = COALESCE(?6, bytes), sha256 = COALESCE(?7, sha256),
-                             updated_ms = ?8, rel_path = COALESCE(?9, rel_path)
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            job.id,
-            job.state,
-            job.attempts,
-            ms(job.next_attempt_at),
-            job.last_error,
-            job.bytes.map(|b| b as i64),
-            job.sha256,
-            ms(Utc::now()),
-            job.rel_path,
-        ])?;
+        update_job(tx, job)?;
     }
     for job in &state.new_jobs {
         create_job(tx, job)?;
@@ -615,6 +588,105 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
         )?
         .execute(params![cursor.to_string()])?;
     }
+    Ok(())
+}
+
+/// A participant's row: its current form, or deleted (`None`).
+fn write_participant(
+    tx: &Connection,
+    key: &ParticipantKey,
+    tracked: Option<&Tracked>,
+) -> rusqlite::Result<()> {
+    match tracked {
+        Some(t) => {
+            let doc = serde_json::to_string(t)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.prepare_cached(
+                "INSERT INTO participants (provider, dn, participant_id, call_id, activity_ms, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(provider, dn, participant_id) DO UPDATE SET
+                    call_id = excluded.call_id, activity_ms = excluded.activity_ms,
+                    doc = excluded.doc",
+            )?
+            .execute(params![
+                key.provider.as_str(),
+                key.dn,
+                key.participant_id,
+                t.call_key().map(|k| k.call_id),
+                ms(t.last_activity),
+                doc
+            ])?;
+        }
+        None => {
+            tx.prepare_cached(
+                "DELETE FROM participants WHERE provider = ?1 AND dn = ?2 AND participant_id = ?3",
+            )?
+            .execute(params![key.provider.as_str(), key.dn, key.participant_id])?;
+        }
+    }
+    Ok(())
+}
+
+/// A call's row with the wall clock of its last change, or deleted (`None`).
+fn write_call(
+    tx: &Connection,
+    key: &CallKey,
+    call: Option<&(Call, DateTime<Utc>)>,
+) -> rusqlite::Result<()> {
+    match call {
+        Some((call, activity)) => {
+            let doc = serde_json::to_string(call)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.prepare_cached(
+                "INSERT INTO calls (provider, call_id, state, started_ms, ended_ms, activity_ms, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(provider, call_id) DO UPDATE SET
+                    state = excluded.state, started_ms = excluded.started_ms,
+                    ended_ms = excluded.ended_ms, activity_ms = excluded.activity_ms,
+                    doc = excluded.doc",
+            )?
+            .execute(params![
+                key.provider.as_str(),
+                key.call_id,
+                call.state.as_str(),
+                call.started_at.map(ms),
+                // Every ended call sorts into history, even one known only from a summary
+                // (no end time of its own): by its last change.
+                match call.state {
+                    crate::calls::CallState::Ended => Some(call.ended_at.map_or(ms(*activity), ms)),
+                    crate::calls::CallState::Active => None,
+                },
+                ms(*activity),
+                doc
+            ])?;
+        }
+        None => {
+            tx.prepare_cached("DELETE FROM calls WHERE provider = ?1 AND call_id = ?2")?
+                .execute(params![key.provider.as_str(), key.call_id])?;
+        }
+    }
+    Ok(())
+}
+
+/// A job's progress as a worker reported it.
+fn update_job(tx: &Connection, job: &JobUpdate) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_error = ?5,
+                         bytes = COALESCE(?6, bytes), sha256 = COALESCE(?7, sha256),
+                         updated_ms = ?8, rel_path = COALESCE(?9, rel_path)
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        job.id,
+        job.state,
+        job.attempts,
+        ms(job.next_attempt_at),
+        job.last_error,
+        job.bytes.map(|b| b as i64),
+        job.sha256,
+        ms(Utc::now()),
+        job.rel_path,
+    ])?;
     Ok(())
 }
 
