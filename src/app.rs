@@ -76,10 +76,6 @@ impl Application {
             cursor,
             tasks.clone(),
         );
-        processor.pace_relookups(
-            settings.jas.retry.lookup_first,
-            settings.jas.retry.lookup_max,
-        );
         let recorder = settings
             .recordings
             .enabled

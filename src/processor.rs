@@ -89,6 +89,12 @@ impl Processor {
             .iter()
             .filter_map(|p| Some((p.id(), p.lookup()?)))
             .collect();
+        // One set of rounds for every provider's given-up lookups, at the quickest pace asked.
+        let (first, max) = clients
+            .values()
+            .map(|c| c.relookup_pauses())
+            .min()
+            .unwrap_or((RELOOKUP_FIRST, RELOOKUP_MAX));
         Self {
             journal,
             table,
@@ -97,7 +103,7 @@ impl Processor {
             lookups: (!clients.is_empty()).then(|| Lookups::new(clients, answers_tx, tasks)),
             cursor,
             answers_rx,
-            relookups: Relookups::new(RELOOKUP_FIRST, RELOOKUP_MAX),
+            relookups: Relookups::new(first, max),
             pending: StateBuffer::default(),
             recordings_tx,
             recordings_rx,
@@ -115,11 +121,6 @@ impl Processor {
     /// `catch_up`, which may apply `new_recording` events.
     pub fn wake_downloads(&mut self, nudge: Arc<Notify>) {
         self.downloads = Some(nudge);
-    }
-
-    /// How soon lookups given up are asked again (see `RELOOKUP_FIRST`); shorter in tests.
-    pub fn pace_relookups(&mut self, first: Duration, max: Duration) {
-        self.relookups = Relookups::new(first, max);
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon

@@ -16,6 +16,7 @@ pub mod jas;
 pub mod telecmi;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -137,6 +138,10 @@ pub trait Lookup: Send + Sync {
         key: &'a ParticipantKey,
         once: bool,
     ) -> BoxFuture<'a, Result<Details, LookupError>>;
+
+    /// How soon a lookup given up (the API unavailable through every retry) is asked again,
+    /// and the longest pause it doubles up to.
+    fn relookup_pauses(&self) -> (Duration, Duration);
 }
 
 /// Why a lookup has no details, in the terms the processor acts on.

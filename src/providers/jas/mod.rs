@@ -92,10 +92,13 @@ impl Source for Jas {
 
     fn lookup(&self) -> Option<Arc<dyn Lookup>> {
         let client = self.client.clone()?;
-        self.settings
-            .jas
-            .lookup_participants
-            .then(|| Arc::new(client) as Arc<dyn Lookup>)
+        let jas = &self.settings.jas;
+        jas.lookup_participants.then(|| {
+            Arc::new(Lookups {
+                client,
+                pauses: (jas.retry.lookup_first, jas.retry.lookup_max),
+            }) as Arc<dyn Lookup>
+        })
     }
 
     fn background(&self, status: Readiness) -> Option<Box<dyn Background>> {
@@ -113,7 +116,18 @@ impl Source for Jas {
     }
 }
 
-impl Lookup for JasClient {
+/// Participant lookups: `GET /api/callcontrol/{dn}/participants/{id}`.
+struct Lookups {
+    client: JasClient,
+    /// `jas.retry.lookup_first` and `lookup_max`.
+    pauses: (Duration, Duration),
+}
+
+impl Lookup for Lookups {
+    fn relookup_pauses(&self) -> (Duration, Duration) {
+        self.pauses
+    }
+
     fn details<'a>(
         &'a self,
         key: &'a ParticipantKey,
@@ -121,9 +135,11 @@ impl Lookup for JasClient {
     ) -> BoxFuture<'a, Result<Details, LookupError>> {
         Box::pin(async move {
             let answer = if once {
-                self.participant_once(&key.dn, &key.participant_id).await
+                self.client
+                    .participant_once(&key.dn, &key.participant_id)
+                    .await
             } else {
-                self.participant(&key.dn, &key.participant_id).await
+                self.client.participant(&key.dn, &key.participant_id).await
             };
             match answer {
                 Ok(p) => Ok(apply::details_from(key, p)),
