@@ -7,6 +7,7 @@ pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod http;
 pub mod journal;
 pub mod metrics;

@@ -10,6 +10,7 @@ mod admin;
 mod jas;
 mod layers;
 mod log;
+mod outbound;
 mod recordings;
 mod server;
 mod storage;
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 pub use admin::AdminSettings;
 pub use jas::{JAS_EVENTS, JasRetry, JasSettings, RELOOKUP_FIRST, RELOOKUP_MAX};
 pub use log::{LogFormat, LogSettings, check_log_directives};
+pub use outbound::{Endpoint, OutboundSettings};
 pub use recordings::{RecorderOptions, RecordingsSettings};
 pub use server::ServerSettings;
 pub use storage::StorageSettings;
@@ -57,6 +59,7 @@ pub struct Settings {
     pub jas: JasSettings,
     pub telecmi: TelecmiSettings,
     pub recordings: RecordingsSettings,
+    pub outbound: OutboundSettings,
     pub storage: StorageSettings,
     pub log: LogSettings,
 }
@@ -71,6 +74,7 @@ struct Raw {
     jas: jas::Raw,
     telecmi: telecmi::Raw,
     recordings: recordings::Raw,
+    outbound: outbound::Raw,
     storage: storage::Raw,
     log: log::Raw,
 }
@@ -102,6 +106,7 @@ impl Settings {
             "jas": self.jas.redacted(),
             "telecmi": self.telecmi.redacted(),
             "recordings": self.recordings.redacted(),
+            "outbound": self.outbound.redacted(),
             "storage": self.storage.redacted(),
             "log": self.log.redacted(),
         })
@@ -113,14 +118,28 @@ impl Settings {
         if let Value::Object(sections) = self.redacted() {
             for (section, keys) in sections {
                 out.push_str(&format!("[{section}]\n"));
+                // An array of tables (`[[outbound.endpoints]]`) goes after the section's keys.
+                let mut tables = String::new();
                 if let Value::Object(keys) = keys {
                     for (key, value) in keys {
                         match value {
                             Value::Null => out.push_str(&format!("# {key} is unset\n")),
+                            Value::Array(items) if items.iter().all(Value::is_object) => {
+                                for item in items {
+                                    tables.push_str(&format!("\n[[{section}.{key}]]\n"));
+                                    for (k, v) in item.as_object().into_iter().flatten() {
+                                        tables.push_str(&format!("{k} = {v}\n"));
+                                    }
+                                }
+                                if tables.is_empty() {
+                                    out.push_str(&format!("{key} = []\n"));
+                                }
+                            }
                             other => out.push_str(&format!("{key} = {other}\n")),
                         }
                     }
                 }
+                out.push_str(&tables);
                 out.push('\n');
             }
         }
@@ -132,6 +151,7 @@ impl Settings {
         let mut out = self.jas.warnings();
         out.extend(self.telecmi.warnings());
         out.extend(self.recordings.warnings());
+        out.extend(self.outbound.warnings());
         out
     }
 }
@@ -164,6 +184,7 @@ impl Raw {
             jas: self.jas.validate()?,
             telecmi: self.telecmi.validate()?,
             recordings: self.recordings.validate()?,
+            outbound: self.outbound.validate()?,
             storage: self.storage.validate()?,
             log: self.log.validate()?,
         })
@@ -659,6 +680,7 @@ mod example_file {
             ("jas", fields_of::<jas::Raw>()),
             ("telecmi", fields_of::<telecmi::Raw>()),
             ("recordings", fields_of::<recordings::Raw>()),
+            ("outbound", fields_of::<outbound::Raw>()),
             ("storage", fields_of::<storage::Raw>()),
             ("log", fields_of::<log::Raw>()),
         ];
@@ -676,7 +698,7 @@ mod example_file {
     #[test]
     fn the_example_documents_every_key() {
         let known = known_keys();
-        assert_eq!(known.len(), 43, "{known:?}");
+        assert_eq!(known.len(), 45, "{known:?}");
         for key in &known {
             let (_, name) = key.split_once('.').unwrap();
             assert!(

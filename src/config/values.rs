@@ -148,6 +148,42 @@ pub(super) fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(V)
 }
 
+/// A list of numbers: a TOML array (of numbers or their text), or text that is one or is split
+/// on commas (`"5, 300"` from the environment).
+pub(super) fn number_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Item(#[serde(deserialize_with = "number")] u64);
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of whole numbers")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = vec![];
+            while let Some(Item(n)) = seq.next_element::<Item>()? {
+                out.push(n);
+            }
+            Ok(out)
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            value
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse()
+                        .map_err(|_| E::custom(format!("`{s}` is not a whole number")))
+                })
+                .collect()
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// A boolean, or its text: `true`, `1`, `on`, `yes` or `false`, `0`, `off`, `no` (any case).
 pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     struct V;

@@ -11,6 +11,7 @@
 
 pub mod path;
 pub mod redirect;
+pub mod signing;
 
 use std::sync::Once;
 use std::time::Duration;
