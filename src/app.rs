@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::calls::{CallTable, Provider};
 use crate::config::Settings;
+use crate::events::deliver::Deliverer;
 use crate::http::{self, AppState, Readiness};
 use crate::journal::{Journal, JournalError};
 use crate::processor::{KEEP_ENDED, Processor};
@@ -46,6 +47,8 @@ pub struct Application {
     providers: Arc<Providers>,
     /// The download workers; `None` when `recordings.enabled` is false.
     recorder: Option<Recorder>,
+    /// The call-event delivery workers; `None` without an enabled outbound endpoint.
+    deliverer: Option<Deliverer>,
     tasks: TaskTracker,
 }
 
@@ -80,6 +83,12 @@ impl Application {
             .recordings
             .enabled
             .then(|| recorder(&settings, &journal, &providers, &mut processor));
+        let nudge = Arc::new(tokio::sync::Notify::new());
+        let deliverer = Deliverer::new(journal.clone(), &settings.outbound, nudge.clone())
+            .map_err(StartError::Other)?;
+        if deliverer.is_some() {
+            processor.produce_events(&settings.outbound.endpoints, nudge);
+        }
         processor.catch_up().await.map_err(journal_error)?;
         for provider in Provider::ALL {
             metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
@@ -108,6 +117,7 @@ impl Application {
             processor,
             providers,
             recorder,
+            deliverer,
             tasks,
         })
     }
@@ -134,6 +144,7 @@ impl Application {
             processor,
             providers,
             recorder,
+            deliverer,
             tasks,
             public_addr,
             admin_addr,
@@ -149,6 +160,9 @@ impl Application {
         // Stopped before the processor, so every progress report a worker sent gets written.
         let stop_downloads = CancellationToken::new();
         let recorder_task = recorder.map(|r| tokio::spawn(r.run(stop_downloads.clone())));
+        if let Some(deliverer) = deliverer {
+            tasks.spawn(deliverer.run(stop_work.clone()));
+        }
         tasks.spawn(upkeep(state.clone(), stop_work.clone()));
 
         // Ready once it can receive and journal: registration runs beside serving (JAS may be

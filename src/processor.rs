@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Transition};
+use crate::config::Endpoint;
+use crate::events::produce::{Cause, Producer};
 use crate::journal::{Journal, JournalError, StoredEvent};
 use crate::providers::{Apply, Event, LookupError, Providers, Wants};
 use crate::recordings::RecordingUpdate;
@@ -69,6 +71,10 @@ pub struct Processor {
     recordings_rx: mpsc::Receiver<RecordingUpdate>,
     /// Wakes the recording workers; `None` when downloads are off.
     downloads: Option<Arc<Notify>>,
+    /// Turns applied changes into call events; `None` without an outbound endpoint.
+    producer: Option<Producer>,
+    /// Wakes the delivery workers once new call events are written.
+    deliveries: Option<Arc<Notify>>,
     /// A call started or ended since `callhook_active_calls` was last set. The count walks
     /// every call in memory, so it is taken at most once a second, not once per transition
     /// (which made applying events quadratic in the calls kept in memory).
@@ -108,6 +114,8 @@ impl Processor {
             recordings_tx,
             recordings_rx,
             downloads: None,
+            producer: None,
+            deliveries: None,
             gauge_stale: false,
         }
     }
@@ -121,6 +129,18 @@ impl Processor {
     /// `catch_up`, which may apply `new_recording` events.
     pub fn wake_downloads(&mut self, nudge: Arc<Notify>) {
         self.downloads = Some(nudge);
+    }
+
+    /// Call events are produced for `endpoints` and `nudge` wakes their delivery. Set before
+    /// `catch_up`: the calls in memory now are the state events were last produced for.
+    pub fn produce_events(&mut self, endpoints: &[Endpoint], nudge: Arc<Notify>) {
+        self.producer = Producer::new(endpoints);
+        if let Some(producer) = &mut self.producer {
+            for call in self.table.active_calls() {
+                producer.seed(call);
+            }
+            self.deliveries = Some(nudge);
+        }
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon
@@ -199,9 +219,12 @@ impl Processor {
                 _ = sweep.tick() => {
                     let now = Utc::now();
                     let changes = self.table.sweep_stale(now, STALE_AFTER);
-                    self.note(changes);
+                    self.note(changes, Cause::Sweep(now.timestamp_millis()));
                     self.flush().await;
                     self.table.evict_ended(now - KEEP_ENDED);
+                    if let Some(producer) = &mut self.producer {
+                        producer.retain_in(&self.table);
+                    }
                     // Only needed if a lookup worker panicked with lookups still queued.
                     if let Some(lookups) = &self.lookups {
                         lookups.start_workers();
@@ -254,7 +277,7 @@ impl Processor {
                 jobs,
                 ..
             } = ctx;
-            self.note(changes);
+            self.note(changes, Cause::Row(row.id));
             for (key, seq, at) in wanted_lookups {
                 self.start_lookup(key, seq, at);
             }
@@ -293,10 +316,14 @@ impl Processor {
             done,
         } = update;
         self.warm(&call).await;
+        let cause = match &job {
+            Some(job) => Cause::Job(job.id, job.state),
+            None => Cause::Job(0, recording.state.as_str()),
+        };
         let changes = self
             .table
             .attach_recording(&call, recording, times, Utc::now());
-        self.note(changes);
+        self.note(changes, cause);
         self.pending.jobs.extend(job);
         self.pending.written.extend(done);
     }
@@ -349,6 +376,9 @@ impl Processor {
         }
         match self.journal.stored_call(key.clone()).await {
             Ok(Some((call, activity, participants))) => {
+                if let Some(producer) = &mut self.producer {
+                    producer.seed(call.clone());
+                }
                 self.table.restore(participants, vec![(call, activity)]);
             }
             Ok(None) => {}
@@ -471,10 +501,15 @@ impl Processor {
                 return;
             }
         };
-        self.note(changes);
+        let cause = format!("{}:{}:{}:{seq}", key.provider, key.dn, key.participant_id);
+        self.note(changes, Cause::Lookup(cause));
     }
 
-    fn note(&mut self, changes: Changes) {
+    fn note(&mut self, changes: Changes, cause: Cause) {
+        if let Some(producer) = &mut self.producer {
+            let events = producer.observe(&self.table, &changes.calls, &cause);
+            self.pending.call_events.extend(events);
+        }
         for t in &changes.transitions {
             self.log_transition(t);
             self.pending.urgent |= matches!(t, Transition::Ended(_));

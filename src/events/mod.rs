@@ -1,10 +1,11 @@
 //! callhook's own call events (SPEC §7), provider-neutral, for the user's systems: their types,
 //! and which of them an endpoint's `events` patterns select.
 //!
-//! Issue #13 is being built from the leaves up: this module names the events and matches
-//! patterns, `outbound/signing.rs` signs a delivery, `config/outbound.rs` reads the endpoints.
-//! Producing events from the call table's changes, the outbox and the delivery workers are not
-//! built yet.
+//! `produce.rs` turns the call table's changes into events, `deliver.rs` sends them to each
+//! endpoint, signed (`outbound/signing.rs`); `config/outbound.rs` reads the endpoints.
+
+pub mod deliver;
+pub mod produce;
 
 /// Every event type, in the order of SPEC §7's table.
 pub const EVENT_TYPES: &[&str] = &[

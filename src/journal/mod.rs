@@ -2,6 +2,7 @@
 //! participants, and the download jobs. One writer thread commits whatever is queued as one
 //! transaction (group commit: one sync per batch); reads go through their own connection.
 
+mod outbox;
 mod schema;
 mod writer;
 
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::calls::{Call, CallKey, ParticipantKey, Provider, Tracked};
 
+pub use outbox::{DeliveryUpdate, Due, NewCallEvent};
 pub use writer::{JobUpdate, NewJob};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,10 @@ pub struct StateWrite {
     /// Download jobs the applied events created, written with the state they belong to (so a
     /// replay after a crash creates them again, and a repeat is a no-op).
     pub new_jobs: Vec<NewJob>,
+    /// Call events the applied changes produced, with the endpoints each is for.
+    pub call_events: Vec<NewCallEvent>,
+    /// Outcomes of delivery attempts.
+    pub deliveries: Vec<DeliveryUpdate>,
     pub cursor: Option<i64>,
 }
 
@@ -98,6 +104,8 @@ impl StateWrite {
             && self.calls.is_empty()
             && self.jobs.is_empty()
             && self.new_jobs.is_empty()
+            && self.call_events.is_empty()
+            && self.deliveries.is_empty()
             && self.cursor.is_none()
     }
 }

@@ -66,6 +66,33 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_state ON jobs(state, next_attempt_ms);
     ",
+    // 2: call events out (SPEC §7): the outbox and each endpoint's delivery of it.
+    "
+    CREATE TABLE call_events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        type       TEXT NOT NULL,
+        provider   TEXT NOT NULL,
+        call_id    TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        body       TEXT NOT NULL
+    );
+    CREATE INDEX call_events_created ON call_events(created_ms);
+    CREATE TABLE deliveries (
+        endpoint        TEXT NOT NULL,
+        event_seq       INTEGER NOT NULL,
+        provider        TEXT NOT NULL,
+        call_id         TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error      TEXT,
+        updated_ms      INTEGER NOT NULL,
+        PRIMARY KEY (endpoint, event_seq)
+    );
+    CREATE INDEX deliveries_due ON deliveries(endpoint, state, next_attempt_ms);
+    CREATE INDEX deliveries_call ON deliveries(endpoint, provider, call_id, state, event_seq);
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

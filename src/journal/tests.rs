@@ -87,6 +87,8 @@ async fn state_and_cursor_round_trip() {
         calls: vec![(call.key(), Some((call.clone(), Utc::now())))],
         jobs: vec![],
         new_jobs: vec![],
+        call_events: vec![],
+        deliveries: vec![],
         cursor: Some(42),
     })
     .await
@@ -174,6 +176,8 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
         ],
         jobs: vec![],
         new_jobs: vec![],
+        call_events: vec![],
+        deliveries: vec![],
         cursor: Some(applied),
     })
     .await
@@ -337,6 +341,8 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
         ],
         jobs: vec![],
         new_jobs: vec![],
+        call_events: vec![],
+        deliveries: vec![],
         cursor: None,
     })
     .await

@@ -581,6 +581,12 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
     for job in &state.new_jobs {
         create_job(tx, job)?;
     }
+    for event in &state.call_events {
+        super::outbox::insert(tx, event)?;
+    }
+    for delivery in &state.deliveries {
+        super::outbox::update(tx, delivery)?;
+    }
     if let Some(cursor) = state.cursor {
         tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES ('applied_cursor', ?1)
@@ -719,6 +725,7 @@ fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
         "DELETE FROM jobs WHERE state IN ('downloaded', 'failed') AND updated_ms < ?1",
         params![before],
     )?;
+    n += super::outbox::sweep(tx, before)?;
     Ok(n)
 }
 

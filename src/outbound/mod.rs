@@ -65,6 +65,9 @@ pub enum Peer<'a> {
     /// A callhook daemon or the simulator, at an address the operator or a test gave:
     /// reqwest's own redirect policy and resolver; `no_proxy` skips any `HTTP(S)_PROXY`.
     Own { no_proxy: bool },
+    /// A user's endpoint of call events (SPEC §7): redirects are never followed, and unless
+    /// `allow_private`, a host name resolves to its public addresses only.
+    Delivery { allow_private: bool },
 }
 
 /// What a client is built with. Every timeout is reqwest's (`None`: none).
@@ -83,6 +86,16 @@ impl<'a> Options<'a> {
     pub fn upstream(trusted_host: Option<&'a str>) -> Options<'a> {
         Options {
             peer: Peer::Upstream { trusted_host },
+            connect_timeout: None,
+            read_timeout: None,
+            timeout: None,
+        }
+    }
+
+    /// A client for one endpoint of call events, with no timeouts yet.
+    pub fn delivery(allow_private: bool) -> Options<'static> {
+        Options {
+            peer: Peer::Delivery { allow_private },
             connect_timeout: None,
             read_timeout: None,
             timeout: None,
@@ -145,6 +158,13 @@ pub fn client(opts: Options<'_>) -> Result<reqwest::Client, reqwest::Error> {
         Peer::Upstream { trusted_host } => builder
             .redirect(redirect::policy())
             .dns_resolver(redirect::PublicOnly::new(trusted_host)),
+        Peer::Delivery { allow_private } => {
+            let builder = builder.redirect(reqwest::redirect::Policy::none());
+            match allow_private {
+                true => builder,
+                false => builder.dns_resolver(redirect::PublicOnly::new(None)),
+            }
+        }
         Peer::Own { no_proxy: true } => builder.no_proxy(),
         Peer::Own { no_proxy: false } => builder,
     };

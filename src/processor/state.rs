@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::Processor;
 use crate::calls::{CallKey, Changes, ParticipantKey};
-use crate::journal::{JobUpdate, JournalError, NewJob, StateWrite};
+use crate::journal::{JobUpdate, JournalError, NewCallEvent, NewJob, StateWrite};
 
 /// How often changed state is written. Coalescing matters: a participant's events of one
 /// interval become one row write, and a burst becomes one transaction instead of one per group
@@ -33,6 +33,8 @@ pub(super) struct StateBuffer {
     pub(super) written: Vec<oneshot::Sender<bool>>,
     /// Download jobs the applied events created; the workers are woken once they are written.
     pub(super) new_jobs: Vec<NewJob>,
+    /// Call events the applied changes produced; the delivery workers are woken once written.
+    pub(super) call_events: Vec<NewCallEvent>,
     /// The applied cursor not yet persisted: it only moves on disk together with the state it
     /// covers, so a failed write never lets a restart skip events whose effects were lost.
     pub(super) cursor: Option<i64>,
@@ -47,6 +49,7 @@ impl StateBuffer {
             || !self.jobs.is_empty()
             || !self.written.is_empty()
             || !self.new_jobs.is_empty()
+            || !self.call_events.is_empty()
             || self.cursor.is_some()
     }
 }
@@ -59,6 +62,7 @@ impl Processor {
         let written = std::mem::take(&mut self.pending.written);
         let jobs = std::mem::take(&mut self.pending.jobs);
         let new_jobs = std::mem::take(&mut self.pending.new_jobs);
+        let call_events = std::mem::take(&mut self.pending.call_events);
         // Rows go in chunks, each its own transaction, so that event batches committed in
         // between never wait behind one large state write (one of a whole burst held the
         // writer for up to 10 ms).
@@ -89,7 +93,10 @@ impl Processor {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             ok = self
-                .write_chunk(chunk, last.then(|| (jobs.clone(), new_jobs.clone())))
+                .write_chunk(
+                    chunk,
+                    last.then(|| (jobs.clone(), new_jobs.clone(), call_events.clone())),
+                )
                 .await;
             if !ok {
                 break;
@@ -100,6 +107,9 @@ impl Processor {
             if let Some(nudge) = self.downloads.as_ref().filter(|_| !new_jobs.is_empty()) {
                 nudge.notify_one();
             }
+            if let Some(nudge) = self.deliveries.as_ref().filter(|_| !call_events.is_empty()) {
+                nudge.notify_waiters();
+            }
         } else {
             // Keep the changed keys (and the unpersisted cursor) for the next write: the
             // journal rows behind them are not behind the persisted cursor, so a restart would
@@ -107,6 +117,7 @@ impl Processor {
             tracing::error!("call state not written; it will be written with the next batch");
             self.pending.changes.merge(changes);
             self.pending.new_jobs.extend(new_jobs);
+            self.pending.call_events.extend(call_events);
         }
         for done in written {
             let _ = done.send(ok);
@@ -118,15 +129,16 @@ impl Processor {
     async fn write_chunk(
         &self,
         rows: &[Row<'_>],
-        last: Option<(Vec<JobUpdate>, Vec<NewJob>)>,
+        last: Option<(Vec<JobUpdate>, Vec<NewJob>, Vec<NewCallEvent>)>,
     ) -> bool {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
             let mut state = StateWrite::default();
-            if let Some((jobs, new_jobs)) = &last {
+            if let Some((jobs, new_jobs, call_events)) = &last {
                 state.cursor = self.pending.cursor;
                 state.jobs = jobs.clone();
                 state.new_jobs = new_jobs.clone();
+                state.call_events = call_events.clone();
             }
             for row in rows {
                 match row {

@@ -10,6 +10,7 @@ mod common;
 mod cli;
 mod config;
 mod crash;
+mod events_out;
 mod faults;
 mod history;
 mod ingest;

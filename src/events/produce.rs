@@ -1,0 +1,319 @@
+//! Turning the call table's changes into call events (SPEC §7). The processor hands over every
+//! call a change touched, with what caused the change; each call is compared with the form it
+//! had when events were last produced for it, and the difference becomes events.
+//!
+//! Ids come from the cause (a journal row, a lookup of one participant event, a job's
+//! progress) and the event's place among that cause's events, hashed: re-applying the journal
+//! after a crash produces the same ids, which the outbox refuses to store twice.
+
+use std::collections::HashMap;
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::calls::{Call, CallKey, CallState, CallTable, Participant, RecordingState};
+use crate::config::Endpoint;
+use crate::journal::NewCallEvent;
+
+/// What changed the calls, for the event ids.
+#[derive(Debug, Clone)]
+pub enum Cause {
+    /// A journal row applied.
+    Row(i64),
+    /// A lookup answering the event `seq` of a participant.
+    Lookup(String),
+    /// A recording job's progress.
+    Job(i64, &'static str),
+    /// The stale sweep at this time (ms).
+    Sweep(i64),
+}
+
+impl Cause {
+    fn text(&self) -> String {
+        match self {
+            Cause::Row(id) => format!("row:{id}"),
+            Cause::Lookup(what) => format!("lookup:{what}"),
+            Cause::Job(id, state) => format!("job:{id}:{state}"),
+            Cause::Sweep(at) => format!("sweep:{at}"),
+        }
+    }
+}
+
+/// The schema version of the event body (`schema` in every body); documented in
+/// `docs/call-event.schema.json`.
+pub const SCHEMA: u32 = 1;
+
+pub struct Producer {
+    endpoints: Vec<Endpoint>,
+    /// Each call in memory as it was when events were last produced for it.
+    published: HashMap<CallKey, Call>,
+}
+
+impl Producer {
+    /// `None` without an enabled endpoint: no events are produced or kept.
+    pub fn new(endpoints: &[Endpoint]) -> Option<Producer> {
+        let endpoints: Vec<Endpoint> = endpoints.iter().filter(|e| e.enabled).cloned().collect();
+        (!endpoints.is_empty()).then(|| Producer {
+            endpoints,
+            published: HashMap::new(),
+        })
+    }
+
+    /// A call as restored or loaded from disk: its events were produced with that state.
+    pub fn seed(&mut self, call: Call) {
+        self.published.entry(call.key()).or_insert(call);
+    }
+
+    /// Forgets calls no longer in memory.
+    pub fn retain_in(&mut self, table: &CallTable) {
+        self.published.retain(|key, _| table.has_call(key));
+    }
+
+    /// The events of the changes to `calls` (sorted, so ids follow the same order each time).
+    pub fn observe<'k>(
+        &mut self,
+        table: &CallTable,
+        calls: impl IntoIterator<Item = &'k CallKey>,
+        cause: &Cause,
+    ) -> Vec<NewCallEvent> {
+        let mut out = vec![];
+        for key in calls {
+            let Some(after) = table.call(key) else {
+                self.published.remove(key);
+                continue;
+            };
+            let before = self.published.get(key);
+            for (kind, field) in diff(before, &after) {
+                let n = out.len();
+                out.push(self.event(&after, kind, field, cause, n));
+            }
+            self.published.insert(key.clone(), after);
+        }
+        out
+    }
+
+    fn event(
+        &self,
+        call: &Call,
+        kind: &'static str,
+        field: Option<(&'static str, Value)>,
+        cause: &Cause,
+        n: usize,
+    ) -> NewCallEvent {
+        let digest = Sha256::digest(format!("{}#{n}", cause.text()).as_bytes());
+        let id = format!("evt_{}", &hex::encode(digest)[..24]);
+        let mut body = json!({
+            "schema": SCHEMA,
+            "id": id,
+            "type": kind,
+            "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            "provider": call.provider.as_str(),
+            "call": call,
+        });
+        if let Some((name, value)) = field {
+            body[name] = value;
+        }
+        NewCallEvent {
+            id,
+            kind,
+            provider: call.provider.as_str(),
+            call_id: call.call_id.clone(),
+            body: body.to_string(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .filter(|e| e.wants(kind, call.provider))
+                .map(|e| e.name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Connected (JAS) or answered (TeleCMI): the call has been picked up.
+fn answered(call: &Call) -> bool {
+    call.participants.iter().any(|p| {
+        p.status.eq_ignore_ascii_case("connected") || p.status.eq_ignore_ascii_case("answered")
+    })
+}
+
+/// What a participant.updated reports a change of.
+fn described(p: &Participant) -> impl PartialEq + '_ {
+    (
+        &p.status,
+        &p.party_number,
+        &p.party_name,
+        &p.party_dn,
+        &p.caller_id,
+        &p.did,
+        &p.leg,
+    )
+}
+
+/// The events that take `before` (none: a new call) to `after`, in the order a reader expects:
+/// the call starts, legs join, it is answered, legs change, recordings and the summary come,
+/// legs leave, the call ends.
+fn diff(before: Option<&Call>, after: &Call) -> Vec<(&'static str, Option<(&'static str, Value)>)> {
+    let mut out = vec![];
+    let participant = |p: &Participant| Some(("participant", json!(p)));
+    let find = |call: Option<&Call>, p: &Participant| {
+        call.and_then(|c| {
+            c.participants
+                .iter()
+                .find(|q| q.participant_id == p.participant_id && q.dn == p.dn)
+                .cloned()
+        })
+    };
+    if before.is_none() {
+        out.push(("call.started", None));
+    }
+    let (mut updated, mut left) = (vec![], vec![]);
+    for p in &after.participants {
+        match find(before, p) {
+            None => {
+                out.push(("participant.joined", participant(p)));
+                if p.left_at.is_some() {
+                    left.push(("participant.left", participant(p)));
+                }
+            }
+            Some(old) if old.left_at.is_none() && p.left_at.is_some() => {
+                left.push(("participant.left", participant(p)));
+            }
+            Some(old) if old.left_at.is_none() && described(&old) != described(p) => {
+                updated.push(("participant.updated", participant(p)));
+            }
+            Some(_) => {}
+        }
+    }
+    if answered(after) && !before.is_some_and(answered) {
+        out.push(("call.answered", None));
+    }
+    out.extend(updated);
+    for r in &after.recordings {
+        let was = before.and_then(|c| c.recordings.iter().find(|x| x.id == r.id));
+        if was.is_some_and(|w| w.state == r.state) {
+            continue;
+        }
+        match r.state {
+            RecordingState::Downloaded => {
+                out.push(("recording.ready", Some(("recording", json!(r)))))
+            }
+            RecordingState::Failed => out.push(("recording.failed", Some(("recording", json!(r))))),
+            RecordingState::Pending | RecordingState::Downloading => {}
+        }
+    }
+    if after.summary.is_some() && before.is_none_or(|c| c.summary.is_none()) {
+        out.push((
+            "call.summary",
+            after.summary.clone().map(|s| ("summary", s)),
+        ));
+    }
+    out.extend(left);
+    if after.state == CallState::Ended && before.is_none_or(|c| c.state != CallState::Ended) {
+        out.push(("call.ended", None));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::{Provider, Recording};
+
+    fn person(id: &str, status: &str) -> Participant {
+        Participant {
+            dn: "101".into(),
+            participant_id: id.into(),
+            status: status.into(),
+            party_number: String::new(),
+            party_name: String::new(),
+            party_dn: String::new(),
+            party_dn_type: String::new(),
+            leg_id: None,
+            leg: None,
+            caller_id: None,
+            did: None,
+            updated_at: None,
+            joined_at: None,
+            left_at: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn kinds(before: Option<&Call>, after: &Call) -> Vec<&'static str> {
+        diff(before, after).into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn a_call_seen_through_its_changes_gives_each_event_once_in_order() {
+        let mut call = Call::new(&CallKey::new(Provider::Jas, "26"));
+        call.participants.push(person("1", "Dialing"));
+        assert_eq!(kinds(None, &call), ["call.started", "participant.joined"]);
+        let before = call.clone();
+        call.participants[0].status = "Connected".into();
+        assert_eq!(
+            kinds(Some(&before), &call),
+            ["call.answered", "participant.updated"]
+        );
+        // Nothing changed: nothing to say.
+        assert!(kinds(Some(&call), &call).is_empty());
+        let before = call.clone();
+        call.recordings.push(Recording {
+            id: "1".into(),
+            url: "101/a.wav".into(),
+            path: None,
+            state: RecordingState::Pending,
+            bytes: None,
+            sha256: None,
+            dn: None,
+            error: None,
+        });
+        assert!(kinds(Some(&before), &call).is_empty());
+        let before = call.clone();
+        call.recordings[0].state = RecordingState::Downloaded;
+        call.participants[0].left_at = Some(Utc::now());
+        call.state = CallState::Ended;
+        assert_eq!(
+            kinds(Some(&before), &call),
+            ["recording.ready", "participant.left", "call.ended"]
+        );
+    }
+
+    #[test]
+    fn ids_follow_the_cause_and_the_place_not_the_time() {
+        let endpoint = crate::config::Endpoint {
+            name: "crm".into(),
+            url: "http://127.0.0.1:9/".parse().unwrap(),
+            secrets: vec![],
+            events: vec![crate::events::Pattern::All],
+            providers: vec![],
+            enabled: true,
+            timeout: std::time::Duration::from_secs(1),
+            allow_private: true,
+        };
+        let table = CallTable::new();
+        let key = crate::calls::ParticipantKey::new(Provider::Jas, "101", "1");
+        let now = Utc::now();
+        let changes = table.upsert(&key, 1, Some(now), now);
+        let details = crate::calls::Details {
+            call_id: "26".into(),
+            ..Default::default()
+        };
+        let changes_2 = table.details(&key, 1, details, Some(now), now);
+        let mut calls = changes.calls.clone();
+        calls.extend(changes_2.calls);
+        let ids = |cause| {
+            let mut p = Producer::new(std::slice::from_ref(&endpoint)).unwrap();
+            p.observe(&table, &calls, &cause)
+                .into_iter()
+                .map(|e| (e.id, e.kind, e.endpoints))
+                .collect::<Vec<_>>()
+        };
+        let first = ids(Cause::Row(7));
+        assert!(!first.is_empty());
+        assert_eq!(first, ids(Cause::Row(7)));
+        assert_ne!(first[0].0, ids(Cause::Row(8))[0].0);
+        assert_eq!(first[0].1, "call.started");
+        assert_eq!(first[0].2, ["crm"]);
+    }
+}

@@ -1,0 +1,176 @@
+//! The outbox of call events (SPEC §7) and each endpoint's delivery of them. Events are written
+//! with the state change that produced them (`StateWrite::call_events`), so a crash loses
+//! both or neither; an event id seen again (a replay after a crash) is not written twice.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+use super::{Journal, JournalError, ms};
+
+/// A call event to store, with the endpoints it is for.
+#[derive(Debug, Clone)]
+pub struct NewCallEvent {
+    /// Derived from what caused it, so a replay produces the same id.
+    pub id: String,
+    pub kind: &'static str,
+    pub provider: &'static str,
+    pub call_id: String,
+    pub body: String,
+    pub endpoints: Vec<String>,
+}
+
+/// One delivery due to be attempted: the oldest undelivered event of its call for its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub event_seq: i64,
+    pub id: String,
+    pub kind: String,
+    pub call_id: String,
+    pub attempts: u32,
+    pub body: String,
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryUpdate {
+    pub endpoint: String,
+    pub event_seq: i64,
+    /// `pending` (tried again at `next_attempt_at`), `delivered` or `failed`.
+    pub state: &'static str,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+pub(super) fn insert(tx: &Connection, e: &NewCallEvent) -> rusqlite::Result<()> {
+    let now = ms(Utc::now());
+    let seq: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO call_events (id, type, provider, call_id, created_ms, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING RETURNING seq",
+        )?
+        .query_row(
+            params![e.id, e.kind, e.provider, e.call_id, now, e.body],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            other => Err(other),
+        })?;
+    let Some(seq) = seq else {
+        return Ok(());
+    };
+    for endpoint in &e.endpoints {
+        tx.prepare_cached(
+            "INSERT INTO deliveries (endpoint, event_seq, provider, call_id, state,
+                                     next_attempt_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![endpoint, seq, e.provider, e.call_id, now])?;
+    }
+    Ok(())
+}
+
+pub(super) fn update(tx: &Connection, u: &DeliveryUpdate) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = ?3, attempts = ?4, next_attempt_ms = ?5, last_error = ?6,
+                               updated_ms = ?7
+         WHERE endpoint = ?1 AND event_seq = ?2",
+    )?
+    .execute(params![
+        u.endpoint,
+        u.event_seq,
+        u.state,
+        u.attempts,
+        ms(u.next_attempt_at),
+        u.last_error,
+        ms(Utc::now())
+    ])?;
+    Ok(())
+}
+
+/// Delivered events and their deliveries older than `before` (failed ones stay listed).
+pub(super) fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
+    let n = tx.execute(
+        "DELETE FROM deliveries WHERE state = 'delivered' AND updated_ms < ?1",
+        params![before],
+    )?;
+    Ok(n + tx.execute(
+        "DELETE FROM call_events WHERE created_ms < ?1
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = call_events.seq)",
+        params![before],
+    )?)
+}
+
+impl Journal {
+    /// For `endpoint`, up to `limit` deliveries due by `now`, each the oldest undelivered
+    /// (pending) event of its call: the next of a call waits until the one before it is
+    /// delivered or failed, while other calls go on.
+    pub async fn due_deliveries(
+        &self,
+        endpoint: String,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Due>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.event_seq, e.id, e.type, d.call_id, d.attempts, e.body
+                 FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
+                 WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
+                   AND NOT EXISTS (
+                     SELECT 1 FROM deliveries p
+                     WHERE p.endpoint = d.endpoint AND p.provider = d.provider
+                       AND p.call_id = d.call_id AND p.state = 'pending'
+                       AND p.event_seq < d.event_seq)
+                 ORDER BY d.event_seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![endpoint, ms(now), limit as i64], |r| {
+                Ok(Due {
+                    event_seq: r.get(0)?,
+                    id: r.get(1)?,
+                    kind: r.get(2)?,
+                    call_id: r.get(3)?,
+                    attempts: r.get(4)?,
+                    body: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// When the next pending delivery of `endpoint` is due, if any.
+    pub async fn next_delivery_due(
+        &self,
+        endpoint: String,
+    ) -> Result<Option<DateTime<Utc>>, JournalError> {
+        self.read(move |conn| {
+            let at: Option<i64> = conn.query_row(
+                "SELECT MIN(next_attempt_ms) FROM deliveries WHERE endpoint = ?1 AND state = 'pending'",
+                params![endpoint],
+                |r| r.get(0),
+            )?;
+            Ok(at.map(super::from_ms))
+        })
+        .await
+    }
+
+    /// How many deliveries of `endpoint` are in each state, for tests and the API.
+    pub async fn delivery_states(
+        &self,
+        endpoint: String,
+    ) -> Result<Vec<(String, String, u32)>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.id, d.state, d.attempts FROM deliveries d
+                 JOIN call_events e ON e.seq = d.event_seq
+                 WHERE d.endpoint = ?1 ORDER BY d.event_seq",
+            )?;
+            let rows =
+                stmt.query_map(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}

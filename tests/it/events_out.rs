@@ -1,0 +1,168 @@
+//! Call events out (issue #13, SPEC §7), through a real daemon to a receiver on loopback: the
+//! events of a call arrive in order, signed so that an independent Standard Webhooks verifier
+//! accepts them, and a receiver that fails gets the same event, with the same id, later.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use callhook::config::Endpoint;
+use callhook::events::Pattern;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::common::*;
+
+const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// What the receiver got: each request's headers and body, in arrival order.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    /// Requests to answer 500 before answering 200.
+    fail_first: Arc<Mutex<usize>>,
+    /// How many that was at the start.
+    fails: usize,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> (Receiver, String) {
+        let receiver = Receiver {
+            fails: fail_first,
+            ..Receiver::default()
+        };
+        *receiver.fail_first.lock().unwrap() = fail_first;
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    state.got.lock().unwrap().push((headers, body));
+                    let mut left = state.fail_first.lock().unwrap();
+                    if *left > 0 {
+                        *left -= 1;
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn got(&self) -> Vec<(HeaderMap, String)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests answered 2xx have arrived; returns every request, each
+    /// checked by an independent Standard Webhooks verifier.
+    async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Value)> {
+        for _ in 0..200 {
+            let got = self.got();
+            if got.len() >= n + self.fails {
+                let verifier = standardwebhooks::Webhook::new(KEY).unwrap();
+                return got
+                    .into_iter()
+                    .map(|(headers, body)| {
+                        verifier
+                            .verify(body.as_bytes(), &headers)
+                            .unwrap_or_else(|e| panic!("{e}: {body}"));
+                        (headers, serde_json::from_str(&body).unwrap())
+                    })
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("only {} of {n} deliveries arrived", self.got().len());
+    }
+}
+
+fn endpoint(url: &str) -> Endpoint {
+    Endpoint {
+        name: "crm".into(),
+        url: url.parse().unwrap(),
+        secrets: vec![SecretString::from(KEY)],
+        events: vec![Pattern::All],
+        providers: vec![],
+        enabled: true,
+        timeout: Duration::from_secs(2),
+        // The receiver is on loopback.
+        allow_private: true,
+    }
+}
+
+async fn app_with(dir: &std::path::Path, endpoint: Endpoint) -> TestApp {
+    let mut settings = Env::new(dir).settings(dir);
+    settings.outbound.endpoints = vec![endpoint];
+    settings.outbound.retry_schedule = vec![Duration::from_millis(50); 5];
+    TestApp::spawn_settings(settings).await
+}
+
+fn types(got: &[(HeaderMap, Value)]) -> Vec<String> {
+    got.iter()
+        .map(|(_, b)| b["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_calls_events_arrive_in_order_signed_and_carrying_the_call() {
+    let dir = tempdir();
+    let (receiver, url) = Receiver::start(0).await;
+    let app = app_with(dir.path(), endpoint(&url)).await;
+    assert_eq!(app.post_jas(&call_status("101", "1", 0, 1)).await.0, 200);
+    app.wait_call("jas", "101:1", |_| true).await;
+    assert_eq!(app.post_jas(&call_status("101", "1", 1, 2)).await.0, 200);
+    let got = receiver.wait_for(4).await;
+    assert_eq!(
+        types(&got),
+        [
+            "call.started",
+            "participant.joined",
+            "participant.left",
+            "call.ended"
+        ]
+    );
+    for (headers, body) in &got {
+        assert_eq!(headers["webhook-id"], body["id"].as_str().unwrap());
+        assert_eq!(body["schema"], 1);
+        assert_eq!(body["provider"], "jas");
+        assert_eq!(body["call"]["call_id"], "101:1");
+    }
+    assert_eq!(got[3].1["call"]["state"], "ended");
+    assert_eq!(got[1].1["participant"]["participant_id"], "1");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_same_event_with_the_same_id_later() {
+    let dir = tempdir();
+    let (receiver, url) = Receiver::start(2).await;
+    let app = app_with(dir.path(), endpoint(&url)).await;
+    assert_eq!(app.post_jas(&call_status("102", "1", 0, 1)).await.0, 200);
+    let got = receiver.wait_for(2).await;
+    // Two 500s, then the first event delivered, then the next: never the second before the
+    // first was delivered.
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
+    assert_ne!(ids[2], ids[3]);
+    assert_eq!(
+        types(&got),
+        [
+            "call.started",
+            "call.started",
+            "call.started",
+            "participant.joined"
+        ]
+    );
+    app.stop().await.unwrap();
+}
