@@ -1,6 +1,6 @@
 //! `[outbound]`: where callhook's own call events go (SPEC §7), `[[outbound.endpoints]]` one
 //! table per destination, and how failed deliveries are retried. Read and checked here; the
-//! delivery itself (issue #13) is not built yet.
+//! delivery is `events/deliver.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;

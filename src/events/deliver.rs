@@ -27,6 +27,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// `callhook_outbound_deliveries_total{endpoint,outcome}`.
 pub const DELIVERIES: &str = "callhook_outbound_deliveries_total";
+/// The `outcome` label values of [`DELIVERIES`].
+const OUTCOMES: &[&str] = &["delivered", "retried", "failed", "gone"];
 /// `callhook_outbound_delivery_seconds{endpoint}`.
 pub const DELIVERY_SECONDS: &str = "callhook_outbound_delivery_seconds";
 
@@ -79,6 +81,13 @@ impl Deliverer {
                     .timeout(endpoint.timeout),
             )
             .map_err(|e| format!("building the delivery client: {e}"))?;
+            // Every series of the endpoint shows from the start (increment(0) registers it
+            // without resetting a count another daemon in this process has made).
+            for outcome in OUTCOMES {
+                metrics::counter!(DELIVERIES, "endpoint" => endpoint.name.clone(), "outcome" => *outcome)
+                    .increment(0);
+            }
+            let _ = metrics::histogram!(DELIVERY_SECONDS, "endpoint" => endpoint.name.clone());
             targets.push(Arc::new(Target {
                 endpoint: endpoint.clone(),
                 keys,

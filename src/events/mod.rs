@@ -97,4 +97,31 @@ mod tests {
             assert_eq!(Pattern::parse(text).unwrap().as_text(), text);
         }
     }
+
+    #[test]
+    fn the_published_schema_names_every_event_type_and_field() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/call-event.schema.json")).unwrap();
+        let types: Vec<&str> = schema["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(types, EVENT_TYPES);
+        assert_eq!(schema["properties"]["schema"]["const"], produce::SCHEMA);
+        let call = serde_json::to_value(crate::calls::Call::new(&crate::calls::CallKey::new(
+            crate::calls::Provider::Jas,
+            "26",
+        )))
+        .unwrap();
+        for field in call.as_object().unwrap().keys() {
+            assert!(
+                schema["properties"]["call"]["properties"]
+                    .get(field)
+                    .is_some(),
+                "the schema lacks call.{field}"
+            );
+        }
+    }
 }

@@ -40,8 +40,8 @@ impl Cause {
     }
 }
 
-/// The schema version of the event body (`schema` in every body); documented in
-/// `docs/call-event.schema.json`.
+/// The schema version of the event body (`schema` in every body), described by
+/// `docs/call-event.schema.json` and README's table.
 pub const SCHEMA: u32 = 1;
 
 pub struct Producer {

@@ -16,19 +16,37 @@ use crate::common::*;
 const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// What the receiver got: each request's headers and body, in arrival order.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Receiver {
     got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
     /// Requests to answer 500 before answering 200.
     fail_first: Arc<Mutex<usize>>,
     /// How many that was at the start.
     fails: usize,
+    /// What a failed request is answered.
+    failure: StatusCode,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            got: Arc::default(),
+            fail_first: Arc::default(),
+            fails: 0,
+            failure: StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
 }
 
 impl Receiver {
     async fn start(fail_first: usize) -> (Receiver, String) {
+        Self::start_with(fail_first, StatusCode::INTERNAL_SERVER_ERROR).await
+    }
+
+    async fn start_with(fail_first: usize, failure: StatusCode) -> (Receiver, String) {
         let receiver = Receiver {
             fails: fail_first,
+            failure,
             ..Receiver::default()
         };
         *receiver.fail_first.lock().unwrap() = fail_first;
@@ -42,7 +60,7 @@ impl Receiver {
                     let mut left = state.fail_first.lock().unwrap();
                     if *left > 0 {
                         *left -= 1;
-                        StatusCode::INTERNAL_SERVER_ERROR
+                        state.failure
                     } else {
                         StatusCode::NO_CONTENT
                     }
@@ -164,5 +182,78 @@ async fn a_failing_receiver_gets_the_same_event_with_the_same_id_later() {
             "participant.joined"
         ]
     );
+    app.stop().await.unwrap();
+}
+
+/// Waits until the process-wide metric reaches `at_least`.
+async fn wait_metric(app: &TestApp, series: &str, at_least: f64) {
+    for _ in 0..200 {
+        if app.metric(series).await >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{series} never reached {at_least}");
+}
+
+#[tokio::test]
+async fn a_private_target_is_refused_unless_allowed() {
+    let dir = tempdir();
+    let (receiver, url) = Receiver::start(0).await;
+    let app = app_with(
+        dir.path(),
+        Endpoint {
+            name: "private".into(),
+            allow_private: false,
+            ..endpoint(&url)
+        },
+    )
+    .await;
+    assert_eq!(app.post_jas(&call_status("103", "1", 0, 1)).await.0, 200);
+    // Every attempt refused before a connection: the schedule (5 pauses) runs out.
+    wait_metric(
+        &app,
+        r#"callhook_outbound_deliveries_total{endpoint="private",outcome="failed"}"#,
+        1.0,
+    )
+    .await;
+    assert!(receiver.got().is_empty());
+    app.stop().await.unwrap();
+    let journal = callhook::journal::Journal::open(&data_dir(dir.path()).join("callhook.db"))
+        .await
+        .unwrap();
+    let states = journal.delivery_states("private".into()).await.unwrap();
+    assert!(!states.is_empty());
+    assert_eq!(states[0].1, "failed");
+    assert_eq!(states[0].2, 6, "the first attempt and one per pause");
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint() {
+    let dir = tempdir();
+    let (receiver, url) = Receiver::start_with(1, StatusCode::GONE).await;
+    let app = app_with(
+        dir.path(),
+        Endpoint {
+            name: "gone".into(),
+            ..endpoint(&url)
+        },
+    )
+    .await;
+    assert_eq!(app.post_jas(&call_status("104", "1", 0, 1)).await.0, 200);
+    wait_metric(
+        &app,
+        r#"callhook_outbound_deliveries_total{endpoint="gone",outcome="gone"}"#,
+        1.0,
+    )
+    .await;
+    // Later events are kept for it, not sent.
+    assert_eq!(app.post_jas(&call_status("105", "1", 0, 1)).await.0, 200);
+    app.wait_call("jas", "105:1", |_| true).await;
+    for _ in 0..10 {
+        assert_eq!(receiver.got().len(), 1);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     app.stop().await.unwrap();
 }
