@@ -25,6 +25,8 @@ struct Receiver {
     fails: usize,
     /// What a failed request is answered.
     failure: StatusCode,
+    /// How long each answer takes.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Default for Receiver {
@@ -34,6 +36,7 @@ impl Default for Receiver {
             fail_first: Arc::default(),
             fails: 0,
             failure: StatusCode::INTERNAL_SERVER_ERROR,
+            delay: Arc::default(),
         }
     }
 }
@@ -57,6 +60,8 @@ impl Receiver {
                 let state = state.clone();
                 async move {
                     state.got.lock().unwrap().push((headers, body));
+                    let delay = *state.delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
                     let mut left = state.fail_first.lock().unwrap();
                     if *left > 0 {
                         *left -= 1;
@@ -256,4 +261,77 @@ async fn gone_disables_the_endpoint() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     app.stop().await.unwrap();
+}
+
+/// `kill -9` while events flow: after the restart every event produced before the kill reaches
+/// the endpoint, none under a second id, and each call's events in their order.
+#[tokio::test]
+async fn a_kill_mid_delivery_loses_nothing_and_repeats_only_with_the_same_id() {
+    const CALLS: usize = 15;
+    let dir = tempdir();
+    let (receiver, url) = Receiver::start(0).await;
+    // Slow answers, so the kill lands with deliveries in flight.
+    *receiver.delay.lock().unwrap() = Duration::from_millis(100);
+    let env = Env::new(dir.path());
+    let config = format!(
+        "[outbound]\nretry_schedule_secs = [1, 1, 1]\n\n[[outbound.endpoints]]\nname = \"crash\"\nurl = \"{url}\"\nsecret = \"{KEY}\"\nallow_private = true\n"
+    );
+    let daemon = ChildDaemon::spawn_with_config(&env, dir.path(), &config);
+    for i in 0..CALLS {
+        let dn = format!("{}", 200 + i);
+        for (kind, seq) in [(0, 1), (1, 2)] {
+            let (status, _) = post_signed(&daemon.public, &call_status(&dn, "1", kind, seq)).await;
+            assert_eq!(status, 200);
+        }
+    }
+    // Killed once some, not all, have been delivered.
+    for _ in 0..400 {
+        if receiver.got().len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.signal("KILL");
+    drop(daemon);
+    let before_restart = receiver.got().len();
+    assert!(before_restart < 4 * CALLS, "all delivered before the kill");
+    *receiver.delay.lock().unwrap() = Duration::ZERO;
+    let daemon = ChildDaemon::spawn_with_config(&env, dir.path(), &config);
+    let got = receiver.wait_for(4 * CALLS).await;
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    // Per call, the first arrival of each event is in the call's order.
+    let mut per_call: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for (headers, body) in &got {
+        if seen.insert(headers["webhook-id"].to_str().unwrap().to_string()) {
+            per_call
+                .entry(body["call"]["call_id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(body["type"].as_str().unwrap().to_string());
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        4 * CALLS,
+        "{before_restart} arrived before the restart"
+    );
+    assert_eq!(per_call.len(), CALLS);
+    for (call, events) in per_call {
+        assert_eq!(
+            events,
+            [
+                "call.started",
+                "participant.joined",
+                "participant.left",
+                "call.ended"
+            ],
+            "{call}"
+        );
+    }
+    drop(daemon);
 }

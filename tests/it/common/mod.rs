@@ -305,10 +305,25 @@ impl ChildDaemon {
         Self::ready(child, rx)
     }
 
+    /// Starts it and waits for its `ready` line, with `config` as its configuration file
+    /// (what the environment cannot say, such as `[[outbound.endpoints]]`).
+    pub fn spawn_with_config(env: &Env, dir: &Path, config: &str) -> ChildDaemon {
+        let (child, rx) = Self::start_with_config(env, dir, config);
+        Self::ready(child, rx)
+    }
+
     /// Starts it without waiting for anything.
     pub fn start(env: &Env, dir: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+        Self::start_with_config(env, dir, "")
+    }
+
+    fn start_with_config(
+        env: &Env,
+        dir: &Path,
+        config: &str,
+    ) -> (Child, std::sync::mpsc::Receiver<String>) {
         let empty = dir.join("empty.toml");
-        std::fs::write(&empty, "").unwrap();
+        std::fs::write(&empty, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_callhook"))
             .args(["serve", "--config"])
             .arg(&empty)
@@ -409,6 +424,7 @@ pub fn data_dir(dir: &Path) -> PathBuf {
 
 /// A signed JAS webhook to the public address `public`, as JAS sends it.
 pub async fn post_signed(public: &str, body: &str) -> (u16, Value) {
+    callhook::outbound::install_crypto();
     let sig = callhook::providers::jas::verify::sign(SECRET.as_bytes(), body.as_bytes());
     let resp = reqwest::Client::new()
         .post(format!("{public}/webhooks/jas"))
