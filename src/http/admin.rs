@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -23,6 +23,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/calls", get(active_calls))
         .route("/api/calls/{provider}/{call_id}", get(one_call))
         .route("/api/history", get(history))
+        .route("/api/endpoints", get(super::deliveries::endpoints))
+        .route("/api/deliveries", get(super::deliveries::deliveries))
+        .route(
+            "/api/deliveries/{event_id}/retry",
+            post(super::deliveries::retry),
+        )
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod body;
 pub mod client_ip;
+pub mod deliveries;
 pub mod error;
 pub mod listener;
 pub mod reply;

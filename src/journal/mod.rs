@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::calls::{Call, CallKey, ParticipantKey, Provider, Tracked};
 
-pub use outbox::{DeliveryUpdate, Due, NewCallEvent};
+pub use outbox::{DeliveryRow, DeliveryUpdate, Due, EndpointCounts, NewCallEvent};
 pub use writer::{JobUpdate, NewJob};
 
 #[derive(Debug, thiserror::Error)]

@@ -174,3 +174,125 @@ impl Journal {
         .await
     }
 }
+
+/// One delivery as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRow {
+    pub endpoint: String,
+    #[serde(skip)]
+    pub event_seq: i64,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub provider: String,
+    pub call_id: String,
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An endpoint's queue at a glance.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EndpointCounts {
+    pub pending: u64,
+    pub failed: u64,
+    pub delivered: u64,
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+}
+
+const ROW_COLUMNS: &str = "d.endpoint, d.event_seq, e.id, e.type, d.provider, d.call_id, d.state,
+    d.attempts, d.last_error, d.next_attempt_ms, e.created_ms";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    let state: String = r.get(6)?;
+    Ok(DeliveryRow {
+        endpoint: r.get(0)?,
+        event_seq: r.get(1)?,
+        event_id: r.get(2)?,
+        kind: r.get(3)?,
+        provider: r.get(4)?,
+        call_id: r.get(5)?,
+        next_attempt_at: (state == "pending")
+            .then(|| r.get(9).map(super::from_ms))
+            .transpose()?,
+        state,
+        attempts: r.get(7)?,
+        last_error: r.get(8)?,
+        created_at: super::from_ms(r.get(10)?),
+    })
+}
+
+impl Journal {
+    /// `endpoint`'s deliveries, newest first, in `state` if given, older than `before_seq`.
+    pub async fn deliveries(
+        &self,
+        endpoint: String,
+        state: Option<&'static str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
+                 WHERE d.endpoint = ?1 AND (?2 IS NULL OR d.state = ?2)
+                 ORDER BY d.event_seq DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![endpoint, state, limit as i64], delivery_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The pending and failed deliveries of the event `event_id` (every endpoint's).
+    pub async fn retryable(&self, event_id: String) -> Result<Vec<DeliveryRow>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
+                 WHERE e.id = ?1 AND d.state IN ('pending', 'failed') ORDER BY d.endpoint"
+            ))?;
+            let rows = stmt.query_map(params![event_id], delivery_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn endpoint_counts(&self, endpoint: String) -> Result<EndpointCounts, JournalError> {
+        self.read(move |conn| {
+            let mut counts = EndpointCounts::default();
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*), MAX(updated_ms) FROM deliveries WHERE endpoint = ?1
+                 GROUP BY state",
+            )?;
+            let rows = stmt.query_map(params![endpoint], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            for row in rows {
+                let (state, n, last) = row?;
+                match state.as_str() {
+                    "pending" => counts.pending = n,
+                    "failed" => {
+                        counts.failed = n;
+                        counts.last_failure_at = Some(super::from_ms(last));
+                    }
+                    "delivered" => {
+                        counts.delivered = n;
+                        counts.last_success_at = Some(super::from_ms(last));
+                    }
+                    _ => {}
+                }
+            }
+            let oldest: Option<i64> = conn.query_row(
+                "SELECT MIN(e.created_ms) FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
+                 WHERE d.endpoint = ?1 AND d.state = 'pending'",
+                params![endpoint],
+                |r| r.get(0),
+            )?;
+            counts.oldest_pending_at = oldest.map(super::from_ms);
+            Ok(counts)
+        })
+        .await
+    }
+}

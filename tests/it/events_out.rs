@@ -82,6 +82,20 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 
+    /// Waits until `n` distinct event ids have arrived (repeats aside), within a bound.
+    async fn wait_distinct(&self, n: usize) -> Vec<(HeaderMap, Value)> {
+        for _ in 0..400 {
+            let got = self.got();
+            let ids: std::collections::HashSet<_> =
+                got.iter().map(|(h, _)| h["webhook-id"].clone()).collect();
+            if ids.len() >= n {
+                return self.wait_for(got.len() - self.fails).await;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("fewer than {n} distinct events arrived");
+    }
+
     /// Waits until `n` requests answered 2xx have arrived; returns every request, each
     /// checked by an independent Standard Webhooks verifier.
     async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Value)> {
@@ -223,6 +237,44 @@ async fn a_private_target_is_refused_unless_allowed() {
     )
     .await;
     assert!(receiver.got().is_empty());
+
+    // The admin API shows it and can make it due again.
+    let (status, body) = app.get_admin("/api/endpoints").await;
+    assert_eq!(status, 200);
+    let e = &body["endpoints"][0];
+    assert_eq!(
+        (e["name"].as_str(), e["failed"].as_u64()),
+        (Some("private"), Some(1))
+    );
+    let (status, body) = app.get_admin("/api/deliveries?state=failed").await;
+    assert_eq!(status, 200);
+    let d = &body["deliveries"][0];
+    assert_eq!(d["type"], "call.started");
+    assert!(d["last_error"].as_str().unwrap().contains("refused"), "{d}");
+    for (query, names) in [
+        ("state=done", "`state`"),
+        ("limit=0", "`limit`"),
+        ("endpoint=nope", "`endpoint`"),
+    ] {
+        let (status, body) = app.get_admin(&format!("/api/deliveries?{query}")).await;
+        assert_eq!(status, 400, "{query}");
+        assert!(body.to_string().contains(names), "{query}: {body}");
+    }
+    let id = d["event_id"].as_str().unwrap().to_string();
+    let retry = |id: String| {
+        let url = format!("{}/api/deliveries/{id}/retry", app.admin);
+        let http = app.http.clone();
+        async move { http.post(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(retry(id.clone()).await, 200);
+    assert_eq!(retry("evt_000000000000000000000000".into()).await, 404);
+    // Due now, it is attempted (and refused) once more.
+    wait_metric(
+        &app,
+        r#"callhook_outbound_deliveries_total{endpoint="private",outcome="failed"}"#,
+        2.0,
+    )
+    .await;
     app.stop().await.unwrap();
     let journal = callhook::journal::Journal::open(&data_dir(dir.path()).join("callhook.db"))
         .await
@@ -230,7 +282,10 @@ async fn a_private_target_is_refused_unless_allowed() {
     let states = journal.delivery_states("private".into()).await.unwrap();
     assert!(!states.is_empty());
     assert_eq!(states[0].1, "failed");
-    assert_eq!(states[0].2, 6, "the first attempt and one per pause");
+    assert_eq!(
+        states[0].2, 7,
+        "the first attempt, one per pause, and the retry asked for"
+    );
     journal.close().await.unwrap();
 }
 
@@ -297,7 +352,7 @@ async fn a_kill_mid_delivery_loses_nothing_and_repeats_only_with_the_same_id() {
     assert!(before_restart < 4 * CALLS, "all delivered before the kill");
     *receiver.delay.lock().unwrap() = Duration::ZERO;
     let daemon = ChildDaemon::spawn_with_config(&env, dir.path(), &config);
-    let got = receiver.wait_for(4 * CALLS).await;
+    let got = receiver.wait_distinct(4 * CALLS).await;
     let mut ids: Vec<&str> = got
         .iter()
         .map(|(h, _)| h["webhook-id"].to_str().unwrap())

@@ -1,0 +1,132 @@
+//! The admin routes of call events out (SPEC §7): the endpoints and their queues, the
+//! deliveries, and a retry.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::config::redacted_url;
+use crate::journal::{DeliveryUpdate, StateWrite};
+
+pub const LIST_DEFAULT: usize = 50;
+pub const LIST_MAX: usize = 1000;
+
+/// `GET /api/endpoints`: each configured endpoint, its URL without credentials, and its queue.
+pub async fn endpoints(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut out = vec![];
+    for e in &state.settings.outbound.endpoints {
+        let counts = state.journal.endpoint_counts(e.name.clone()).await?;
+        out.push(json!({
+            "name": e.name,
+            "url": redacted_url(&e.url),
+            "enabled": e.enabled,
+            "pending": counts.pending,
+            "failed": counts.failed,
+            "delivered": counts.delivered,
+            "oldest_pending_secs": counts
+                .oldest_pending_at
+                .map(|at| (Utc::now() - at).num_seconds().max(0)),
+            "last_success_at": counts.last_success_at,
+            "last_failure_at": counts.last_failure_at,
+        }));
+    }
+    Ok(Json(json!({ "endpoints": out })))
+}
+
+#[derive(Deserialize)]
+pub struct DeliveriesQuery {
+    endpoint: Option<String>,
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/deliveries?endpoint=&state=&limit=`: newest first.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let names: Vec<&str> = state
+        .settings
+        .outbound
+        .endpoints
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let endpoint = match q.endpoint.as_deref() {
+        Some(name) if names.contains(&name) => name.to_string(),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid `endpoint`: expected one of {}",
+                names.join(", ")
+            )));
+        }
+        None => match names.as_slice() {
+            [only] => only.to_string(),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "missing `endpoint`: one of {}",
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    let wanted = match q.state.as_deref() {
+        None | Some("") => None,
+        Some("pending") => Some("pending"),
+        Some("delivered") => Some("delivered"),
+        Some("failed") => Some("failed"),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "invalid `state`: expected pending, delivered or failed".into(),
+            ));
+        }
+    };
+    let limit = match q.limit.as_deref() {
+        None | Some("") => LIST_DEFAULT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=LIST_MAX).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid `limit`: expected an integer from 1 to {LIST_MAX}"
+                )));
+            }
+        },
+    };
+    let rows = state.journal.deliveries(endpoint, wanted, limit).await?;
+    Ok(Json(json!({ "deliveries": rows })))
+}
+
+/// `POST /api/deliveries/{event_id}/retry`: its pending or failed deliveries are due now.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = state.journal.retryable(event_id).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    let now = Utc::now();
+    let updates: Vec<DeliveryUpdate> = rows
+        .iter()
+        .map(|r| DeliveryUpdate {
+            endpoint: r.endpoint.clone(),
+            event_seq: r.event_seq,
+            state: "pending",
+            attempts: r.attempts,
+            next_attempt_at: now,
+            last_error: r.last_error.clone(),
+        })
+        .collect();
+    state
+        .journal
+        .write_state(StateWrite {
+            deliveries: updates,
+            ..Default::default()
+        })
+        .await?;
+    let endpoints: Vec<&str> = rows.iter().map(|r| r.endpoint.as_str()).collect();
+    Ok(Json(json!({ "status": "due", "endpoints": endpoints })))
+}
