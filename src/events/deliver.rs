@@ -27,6 +27,13 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// `callhook_outbound_deliveries_total{endpoint,outcome}`.
 pub const DELIVERIES: &str = "callhook_outbound_deliveries_total";
+/// `callhook_outbound_pending{endpoint}`: deliveries not yet delivered or failed.
+pub const PENDING: &str = "callhook_outbound_pending";
+/// `callhook_outbound_oldest_pending_seconds{endpoint}`: age of the oldest pending event.
+pub const OLDEST_PENDING: &str = "callhook_outbound_oldest_pending_seconds";
+/// How often the two gauges are read from the queue.
+const GAUGES_EVERY: Duration = Duration::from_secs(2);
+
 /// The `outcome` label values of [`DELIVERIES`].
 const OUTCOMES: &[&str] = &["delivered", "retried", "failed", "gone"];
 /// `callhook_outbound_delivery_seconds{endpoint}`.
@@ -88,6 +95,8 @@ impl Deliverer {
                     .increment(0);
             }
             let _ = metrics::histogram!(DELIVERY_SECONDS, "endpoint" => endpoint.name.clone());
+            metrics::gauge!(PENDING, "endpoint" => endpoint.name.clone()).set(0.0);
+            metrics::gauge!(OLDEST_PENDING, "endpoint" => endpoint.name.clone()).set(0.0);
             targets.push(Arc::new(Target {
                 endpoint: endpoint.clone(),
                 keys,
@@ -114,9 +123,14 @@ impl Deliverer {
 
     async fn endpoint_loop(self: Arc<Self>, target: Arc<Target>, stop: CancellationToken) {
         let name = target.endpoint.name.clone();
+        let mut gauges_at = Instant::now();
         loop {
             if stop.is_cancelled() {
                 return;
+            }
+            if gauges_at.elapsed() >= GAUGES_EVERY {
+                gauges_at = Instant::now();
+                self.set_gauges(&name).await;
             }
             // Registered before the queue is read, so a wake-up between the read and the wait
             // is not missed.
@@ -172,6 +186,21 @@ impl Deliverer {
             if let Err(e) = write.await {
                 tracing::error!(endpoint = %name, error = %e, "recording delivery outcomes failed; they will be attempted again");
                 tokio::time::sleep(IDLE_POLL).await;
+            }
+        }
+    }
+
+    async fn set_gauges(&self, name: &str) {
+        match self.journal.endpoint_counts(name.to_string()).await {
+            Ok(counts) => {
+                let oldest = counts.oldest_pending_at.map_or(0.0, |at| {
+                    (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!(PENDING, "endpoint" => name.to_string()).set(counts.pending as f64);
+                metrics::gauge!(OLDEST_PENDING, "endpoint" => name.to_string()).set(oldest);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %name, error = %e, "reading the delivery queue's size failed")
             }
         }
     }

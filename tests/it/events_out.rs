@@ -238,6 +238,14 @@ async fn a_private_target_is_refused_unless_allowed() {
     .await;
     assert!(receiver.got().is_empty());
 
+    // Every series of the endpoint is there (the pending gauge is read every 2 s).
+    for series in [
+        r#"callhook_outbound_pending{endpoint="private"}"#,
+        r#"callhook_outbound_oldest_pending_seconds{endpoint="private"}"#,
+        r#"callhook_outbound_deliveries_total{endpoint="private",outcome="delivered"}"#,
+    ] {
+        assert_eq!(app.metric(series).await, 0.0, "{series}");
+    }
     // The admin API shows it and can make it due again.
     let (status, body) = app.get_admin("/api/endpoints").await;
     assert_eq!(status, 200);
