@@ -72,6 +72,44 @@ enum Command {
     /// Exit 0 when the configured daemon answers /healthz on admin.listen, else 1 (for container
     /// health checks)
     Healthcheck(ConfigArg),
+    /// The outbound endpoints of call events and their queues, from the running daemon
+    Endpoints {
+        #[command(subcommand)]
+        action: EndpointsAction,
+    },
+    /// The deliveries of call events, from the running daemon
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointsAction {
+    /// Each endpoint: URL, pending, failed, delivered, oldest pending
+    List(ConfigArg),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeliveriesAction {
+    /// The newest deliveries of an endpoint
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The endpoint's name (needed when there are several)
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// pending, delivered or failed
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Make an event's pending or failed deliveries due now
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The event id (evt_...)
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +140,21 @@ pub fn run() -> ExitCode {
         Command::Send { url, config, file } => runtime(send(url, config, file)),
         Command::Webhooks { action } => runtime(webhooks(action)),
         Command::Healthcheck(c) => runtime(healthcheck(c)),
+        Command::Endpoints {
+            action: EndpointsAction::List(c),
+        } => with_settings(&c, |s| runtime(crate::admin_cli::endpoints_list(s))),
+        Command::Deliveries { action } => match action {
+            DeliveriesAction::List {
+                config,
+                endpoint,
+                state,
+            } => with_settings(&config, |s| {
+                runtime(crate::admin_cli::deliveries_list(s, endpoint, state))
+            }),
+            DeliveriesAction::Retry { config, id } => with_settings(&config, |s| {
+                runtime(crate::admin_cli::deliveries_retry(s, id))
+            }),
+        },
     }
 }
 
@@ -115,6 +168,13 @@ fn runtime<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
             eprintln!("callhook: cannot start the runtime: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn with_settings(c: &ConfigArg, f: impl FnOnce(Settings) -> ExitCode) -> ExitCode {
+    match load(c) {
+        Ok(settings) => f(settings),
+        Err(code) => code,
     }
 }
 
@@ -357,7 +417,7 @@ async fn webhooks(action: WebhooksAction) -> ExitCode {
 
 /// `admin.listen` as a client reaches it: an unspecified address (`0.0.0.0`, `[::]`) means this
 /// host's loopback.
-fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+pub(crate) fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -2,6 +2,7 @@
 //! The event path is verify → parse → journal → ack → apply; see ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+mod admin_cli;
 pub mod app;
 pub mod calls;
 pub mod cli;

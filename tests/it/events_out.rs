@@ -398,3 +398,70 @@ async fn a_kill_mid_delivery_loses_nothing_and_repeats_only_with_the_same_id() {
     }
     drop(daemon);
 }
+
+/// `callhook endpoints list` and `callhook deliveries list|retry` against a running daemon.
+#[tokio::test]
+async fn the_cli_lists_endpoints_and_deliveries_and_retries_one() {
+    let dir = tempdir();
+    let (_receiver, url) = Receiver::start(usize::MAX).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = Env::new(dir.path());
+    env.set("admin.listen", &format!("127.0.0.1:{port}"));
+    let config = format!(
+        "[outbound]\nretry_schedule_secs = [600]\n\n[[outbound.endpoints]]\nname = \"crm\"\nurl = \"{url}\"\nsecret = \"{KEY}\"\nallow_private = true\n"
+    );
+    let daemon = ChildDaemon::spawn_with_config(&env, dir.path(), &config);
+    assert_eq!(
+        post_signed(&daemon.public, &call_status("106", "1", 0, 1))
+            .await
+            .0,
+        200
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("empty.toml"))
+            .envs(&env.0)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The first attempt fails (500) and the next is 10 minutes away: it stays pending.
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let (code, out, err) = cli(&["deliveries", "list", "--state", "pending"]);
+        assert_eq!(code, Some(0), "{err}");
+        if out.contains("HTTP 500") {
+            listed = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains("call.started"), "{listed}");
+    let id = listed
+        .split_whitespace()
+        .find(|w| w.starts_with("evt_"))
+        .unwrap()
+        .to_string();
+    let (code, out, err) = cli(&["endpoints", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("crm") && out.contains(&url), "{out}");
+    let (code, out, err) = cli(&["deliveries", "retry", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("crm"), "{out}");
+    let (code, _, err) = cli(&["deliveries", "retry", "evt_000000000000000000000000"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = cli(&["deliveries", "list", "--state", "done"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`state`"), "{err}");
+    drop(daemon);
+}
