@@ -48,7 +48,7 @@ pub struct Application {
     /// The download workers; `None` when `recordings.enabled` is false.
     recorder: Option<Recorder>,
     /// The call-event delivery workers; `None` without an enabled outbound endpoint.
-    deliverer: Option<Deliverer>,
+    deliverer: Option<Arc<Deliverer>>,
     tasks: TaskTracker,
 }
 
@@ -85,7 +85,8 @@ impl Application {
             .then(|| recorder(&settings, &journal, &providers, &mut processor));
         let nudge = Arc::new(tokio::sync::Notify::new());
         let deliverer = Deliverer::new(journal.clone(), &settings.outbound, nudge.clone())
-            .map_err(StartError::Other)?;
+            .map_err(StartError::Other)?
+            .map(Arc::new);
         if deliverer.is_some() {
             processor.produce_events(&settings.outbound.endpoints, nudge);
         }
@@ -102,6 +103,7 @@ impl Application {
         crate::outbound::redirect::register_own_listener(admin_addr);
 
         let state = AppState {
+            deliverer: deliverer.clone(),
             settings,
             journal,
             table,

@@ -112,13 +112,36 @@ impl Deliverer {
         }))
     }
 
-    pub async fn run(self, stop: CancellationToken) {
-        let this = Arc::new(self);
-        let loops = this
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let loops = self
             .targets
             .iter()
-            .map(|t| this.clone().endpoint_loop(t.clone(), stop.clone()));
+            .map(|t| self.clone().endpoint_loop(t.clone(), stop.clone()));
         join_all(loops).await;
+    }
+
+    /// Turns an endpoint a `410 Gone` turned off back on; `false` when no such endpoint runs.
+    pub fn enable(&self, name: &str) -> bool {
+        let target = self.targets.iter().find(|t| t.endpoint.name == name);
+        if let Some(t) = target {
+            t.gone.store(false, Ordering::Relaxed);
+            self.nudge.notify_waiters();
+        }
+        target.is_some()
+    }
+
+    /// Why an endpoint is not sending, if it is not.
+    pub fn disabled_reason(&self, name: &str) -> Option<&'static str> {
+        match self.targets.iter().find(|t| t.endpoint.name == name) {
+            Some(t) if t.gone.load(Ordering::Relaxed) => Some("410 Gone"),
+            Some(_) => None,
+            None => Some("enabled = false"),
+        }
+    }
+
+    /// Wakes the endpoint loops (a replay or retry made deliveries due).
+    pub fn wake(&self) {
+        self.nudge.notify_waiters();
     }
 
     async fn endpoint_loop(self: Arc<Self>, target: Arc<Target>, stop: CancellationToken) {

@@ -24,6 +24,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/calls/{provider}/{call_id}", get(one_call))
         .route("/api/history", get(history))
         .route("/api/endpoints", get(super::deliveries::endpoints))
+        .route(
+            "/api/endpoints/{name}/replay",
+            post(super::deliveries::replay),
+        )
+        .route(
+            "/api/endpoints/{name}/enable",
+            post(super::deliveries::enable),
+        )
         .route("/api/deliveries", get(super::deliveries::deliveries))
         .route(
             "/api/deliveries/{event_id}/retry",

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::config::redacted_url;
-use crate::journal::{DeliveryUpdate, StateWrite};
+use crate::journal::{DeliveryUpdate, Replay, StateWrite};
 
 pub const LIST_DEFAULT: usize = 50;
 pub const LIST_MAX: usize = 1000;
@@ -22,7 +22,8 @@ pub async fn endpoints(State(state): State<AppState>) -> Result<Json<Value>, Api
         out.push(json!({
             "name": e.name,
             "url": redacted_url(&e.url),
-            "enabled": e.enabled,
+            "enabled": e.enabled && state.deliverer.as_ref().is_some_and(|d| d.disabled_reason(&e.name).is_none()),
+            "disabled_because": state.deliverer.as_ref().map_or(Some("enabled = false"), |d| d.disabled_reason(&e.name)),
             "pending": counts.pending,
             "failed": counts.failed,
             "delivered": counts.delivered,
@@ -129,4 +130,63 @@ pub async fn retry(
         .await?;
     let endpoints: Vec<&str> = rows.iter().map(|r| r.endpoint.as_str()).collect();
     Ok(Json(json!({ "status": "due", "endpoints": endpoints })))
+}
+
+#[derive(Deserialize)]
+pub struct ReplayQuery {
+    since: Option<String>,
+}
+
+/// `POST /api/endpoints/{name}/replay?since=RFC3339`: every event produced since then goes to
+/// the endpoint again, in order, with its original id.
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ReplayQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let deliverer = running(&state, &name)?;
+    let since = q
+        .since
+        .as_deref()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "invalid `since`: expected an RFC 3339 time such as 2025-04-14T15:04:23Z".into(),
+            )
+        })?
+        .with_timezone(&Utc);
+    let events = state.journal.replayable(name.clone(), since).await?;
+    state
+        .journal
+        .write_state(StateWrite {
+            replays: vec![Replay {
+                endpoint: name,
+                since,
+            }],
+            ..Default::default()
+        })
+        .await?;
+    deliverer.wake();
+    Ok(Json(json!({ "status": "replaying", "events": events })))
+}
+
+/// `POST /api/endpoints/{name}/enable`: an endpoint a `410 Gone` turned off sends again.
+pub async fn enable(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    running(&state, &name)?.enable(&name);
+    Ok(Json(json!({ "status": "enabled" })))
+}
+
+/// The delivery workers, when `name` is one of their endpoints.
+fn running<'s>(
+    state: &'s AppState,
+    name: &str,
+) -> Result<&'s crate::events::deliver::Deliverer, ApiError> {
+    state
+        .deliverer
+        .as_deref()
+        .filter(|d| d.disabled_reason(name) != Some("enabled = false"))
+        .ok_or(ApiError::NotFound)
 }

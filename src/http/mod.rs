@@ -37,6 +37,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub journal: Journal,
     pub table: Arc<CallTable>,
+    /// The call-event delivery workers; `None` without an enabled outbound endpoint.
+    pub deliverer: Option<Arc<crate::events::deliver::Deliverer>>,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
 }

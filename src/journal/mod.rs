@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::calls::{Call, CallKey, ParticipantKey, Provider, Tracked};
 
-pub use outbox::{DeliveryRow, DeliveryUpdate, Due, EndpointCounts, NewCallEvent};
+pub use outbox::{DeliveryRow, DeliveryUpdate, Due, EndpointCounts, NewCallEvent, Replay};
 pub use writer::{JobUpdate, NewJob};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,8 @@ pub struct StateWrite {
     pub call_events: Vec<NewCallEvent>,
     /// Outcomes of delivery attempts.
     pub deliveries: Vec<DeliveryUpdate>,
+    /// Replays asked for through the admin API.
+    pub replays: Vec<Replay>,
     pub cursor: Option<i64>,
 }
 
@@ -106,6 +108,7 @@ impl StateWrite {
             && self.new_jobs.is_empty()
             && self.call_events.is_empty()
             && self.deliveries.is_empty()
+            && self.replays.is_empty()
             && self.cursor.is_none()
     }
 }

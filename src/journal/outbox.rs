@@ -42,6 +42,23 @@ pub struct DeliveryUpdate {
     pub last_error: Option<String>,
 }
 
+/// Every event produced since `since` delivered again to `endpoint`, in order, with its id.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub endpoint: String,
+    pub since: DateTime<Utc>,
+}
+
+pub(super) fn replay(tx: &Connection, r: &Replay) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?3,
+                               last_error = NULL, updated_ms = ?3
+         WHERE endpoint = ?1 AND event_seq IN (SELECT seq FROM call_events WHERE created_ms >= ?2)",
+    )?
+    .execute(params![r.endpoint, ms(r.since), ms(Utc::now())])?;
+    Ok(())
+}
+
 pub(super) fn insert(tx: &Connection, e: &NewCallEvent) -> rusqlite::Result<()> {
     let now = ms(Utc::now());
     let seq: Option<i64> = tx
@@ -255,6 +272,23 @@ impl Journal {
             ))?;
             let rows = stmt.query_map(params![event_id], delivery_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// How many of `endpoint`'s deliveries a replay since `since` would send again.
+    pub async fn replayable(
+        &self,
+        endpoint: String,
+        since: DateTime<Utc>,
+    ) -> Result<u64, JournalError> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
+                 WHERE d.endpoint = ?1 AND e.created_ms >= ?2",
+                params![endpoint, ms(since)],
+                |r| r.get(0),
+            )?)
         })
         .await
     }

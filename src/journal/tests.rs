@@ -89,6 +89,7 @@ async fn state_and_cursor_round_trip() {
         new_jobs: vec![],
         call_events: vec![],
         deliveries: vec![],
+        replays: vec![],
         cursor: Some(42),
     })
     .await
@@ -178,6 +179,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
         new_jobs: vec![],
         call_events: vec![],
         deliveries: vec![],
+        replays: vec![],
         cursor: Some(applied),
     })
     .await
@@ -343,6 +345,7 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
         new_jobs: vec![],
         call_events: vec![],
         deliveries: vec![],
+        replays: vec![],
         cursor: None,
     })
     .await

@@ -587,6 +587,9 @@ fn write_state(tx: &Connection, state: &StateWrite) -> Result<(), rusqlite::Erro
     for delivery in &state.deliveries {
         super::outbox::update(tx, delivery)?;
     }
+    for replay in &state.replays {
+        super::outbox::replay(tx, replay)?;
+    }
     if let Some(cursor) = state.cursor {
         tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES ('applied_cursor', ?1)

@@ -172,6 +172,40 @@ async fn a_calls_events_arrive_in_order_signed_and_carrying_the_call() {
     }
     assert_eq!(got[3].1["call"]["state"], "ended");
     assert_eq!(got[1].1["participant"]["participant_id"], "1");
+
+    // A replay since before the call sends the same events again, in order, with their ids.
+    let post = |path: String| {
+        let url = format!("{}{path}", app.admin);
+        let http = app.http.clone();
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, body) = post("/api/endpoints/crm/replay?since=2000-01-01T00:00:00Z".into()).await;
+    assert_eq!((status, body["events"].as_u64()), (200, Some(4)), "{body}");
+    let again = receiver.wait_for(8).await;
+    let ids = |g: &[(HeaderMap, Value)]| -> Vec<String> {
+        g.iter()
+            .map(|(_, b)| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&again[4..]), ids(&got));
+    assert_eq!(
+        post("/api/endpoints/crm/replay?since=yesterday".into())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post("/api/endpoints/nope/replay?since=2000-01-01T00:00:00Z".into())
+            .await
+            .0,
+        404
+    );
     app.stop().await.unwrap();
 }
 
@@ -323,6 +357,18 @@ async fn gone_disables_the_endpoint() {
         assert_eq!(receiver.got().len(), 1);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let (status, body) = app.get_admin("/api/endpoints").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["endpoints"][0]["disabled_because"], "410 Gone",
+        "{body}"
+    );
+    // Enabled again, it gets what waited, the refused event first.
+    let url = format!("{}/api/endpoints/gone/enable", app.admin);
+    assert_eq!(app.http.post(url).send().await.unwrap().status(), 200);
+    let got = receiver.wait_for(4).await;
+    assert_eq!(got[0].0["webhook-id"], got[1].0["webhook-id"]);
+    assert_eq!(got[1].1["type"], "call.started");
     app.stop().await.unwrap();
 }
 
