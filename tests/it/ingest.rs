@@ -353,3 +353,188 @@ fn status_says_registration_is_pending_and_the_watchdog_stops_while_the_journal_
     let after = read_for(Duration::from_millis(1000));
     assert!(!after.iter().any(|m| m.contains("WATCHDOG=1")), "{after:?}");
 }
+
+/// The effective user id, read from `/proc/self/status` (no libc in this crate).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A tmpfs of `kib` KiB mounted on a folder, unmounted when dropped (lazily if a file on it is
+/// still open, e.g. after a failed assertion left a daemon running).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None`, with the reason printed, only when this process may not mount: not root, or the
+    /// kernel refuses (a container without CAP_SYS_ADMIN). Any other failure fails the test.
+    fn mount(dir: &std::path::Path, kib: u64) -> Option<Tmpfs> {
+        let euid = effective_uid();
+        if euid != Some(0) {
+            eprintln!(
+                "skipped: a full disk needs a tmpfs mount, and this test runs as euid {euid:?}, not root"
+            );
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        if ["permission denied", "not permitted", "must be superuser"]
+            .iter()
+            .any(|m| err.contains(m))
+        {
+            eprintln!(
+                "skipped: mounting a tmpfs is not permitted here: {}",
+                err.trim()
+            );
+            return None;
+        }
+        panic!("mount -t tmpfs failed: {err}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut cmd = std::process::Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("could not unmount {}", self.0.display());
+        }
+    }
+}
+
+/// Writes `path` until the file system is full; returns how many bytes it took.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    total
+}
+
+/// A participant event with a kilobyte of padding, so a few fill what a full disk leaves.
+fn padded_event(n: i64) -> String {
+    json!({
+        "eventName": "call_status",
+        "timestamp": event_time(n),
+        "data": {"event": {"entity": format!("/callcontrol/101/participants/{n}"), "event_type": 0},
+                 "sequence": n, "padding": "p".repeat(1024)}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_503_on_webhooks_and_readyz_and_both_recover_when_space_returns() {
+    let dir = tempdir();
+    let mount = dir.path().join("disk");
+    let Some(_tmpfs) = Tmpfs::mount(&mount, 1024) else {
+        return;
+    };
+    let mut env = Env::new(dir.path());
+    env.set("storage.path", mount.join("callhook.db").to_str().unwrap())
+        .set("recordings.enabled", "false");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let (status, _) = app.post_jas(&padded_event(0)).await;
+    assert_eq!(status, 200);
+
+    let filler = mount.join("filler");
+    let filled = fill(&filler);
+    let mut accepted = vec![padded_event(0)];
+    let mut refused = None;
+    for n in 1..2000 {
+        let body = padded_event(n);
+        let (status, reply) = app.post_jas(&body).await;
+        match status {
+            200 => {
+                assert_eq!(reply["status"], "accepted", "{reply}");
+                accepted.push(body);
+            }
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("event {n}: {other} {reply}"),
+        }
+    }
+    let refused = refused.unwrap_or_else(|| {
+        panic!("2000 events were all accepted on a full disk ({filled} bytes of filler)")
+    });
+    assert!(refused["error"].is_string(), "{refused}");
+    let (status, ready) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false, "{ready}");
+    assert!(
+        ready["reason"].as_str().is_some_and(|r| r.contains("full")),
+        "{ready}"
+    );
+    assert!(
+        ready["journal"]
+            .as_str()
+            .is_some_and(|r| r.contains("full")),
+        "{ready}"
+    );
+    eprintln!("refused: {refused}; readyz: {ready}");
+    // Still full two probes later: still refused, nothing stored is acknowledged.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (status, _) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503);
+    let (status, reply) = app.post_jas(&padded_event(5000)).await;
+    assert_eq!(status, 503, "{reply}");
+
+    // Space returns: ready again by itself (the next probe), events accepted again.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        app.get_admin("/readyz").await.0 == 200
+    })
+    .await;
+    let (_, ready) = app.get_admin("/readyz").await;
+    assert_eq!(ready["journal"], "ok", "{ready}");
+    let body = padded_event(5001);
+    let (status, reply) = app.post_jas(&body).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+    accepted.push(body);
+    app.stop().await.unwrap();
+
+    // Every event that got a 200 survived: after a restart each is a duplicate.
+    let app = TestApp::spawn(&env, dir.path()).await;
+    for body in &accepted {
+        let (status, reply) = app.post_jas(body).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("duplicate")),
+            "{reply}"
+        );
+    }
+    eprintln!(
+        "{} events accepted before the disk was full ({filled} bytes of filler)",
+        accepted.len() - 2
+    );
+    app.stop().await.unwrap();
+}
