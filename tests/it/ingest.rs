@@ -538,3 +538,48 @@ async fn a_full_disk_is_503_on_webhooks_and_readyz_and_both_recover_when_space_r
     );
     app.stop().await.unwrap();
 }
+
+#[test]
+fn a_database_file_that_is_not_a_database_stops_serve_with_exit_1_naming_the_path() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let db = data_dir(dir.path()).join("callhook.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    // Not SQLite at all, and a file with SQLite's magic over garbage pages.
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut forged = b"SQLite format 3\0".to_vec();
+    forged.extend_from_slice(&garbage);
+    for contents in [garbage, forged] {
+        std::fs::write(&db, &contents).unwrap();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .args(["serve", "--config"])
+            .arg(&empty)
+            .envs(&env.0)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a daemon that started anyway is killed, and the test fails below.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stderr}{stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&path_str(&db)) && stderr.contains("not a database"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(SECRET) && !stdout.contains(SECRET));
+        // Refused, not repaired nor replaced: the file is as it was.
+        assert_eq!(std::fs::read(&db).unwrap(), contents);
+    }
+}
