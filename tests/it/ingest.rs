@@ -583,3 +583,42 @@ fn a_database_file_that_is_not_a_database_stops_serve_with_exit_1_naming_the_pat
         assert_eq!(std::fs::read(&db).unwrap(), contents);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_overwritten_in_place_while_running_is_503_until_a_restart() {
+    use std::io::Write;
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    for n in 0..20 {
+        let (status, _) = app.post_jas(&padded_event(n)).await;
+        assert_eq!(status, 200);
+    }
+    // Another program writes over the file: same inode, so the identity check sees nothing.
+    let db = data_dir(dir.path()).join("callhook.db");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.write_all(&[0x5a; 4096]).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    // The checkpoint thread reads the header back before its next checkpoint (every 250 ms),
+    // which would write page 1 back from the WAL and hide the damage; the next sync (the 1 s
+    // probe's at the latest) refuses from then on.
+    wait_until(Duration::from_secs(5), || async {
+        app.get_admin("/readyz").await.0 == 503
+    })
+    .await;
+    let (_, ready) = app.get_admin("/readyz").await;
+    let journal = ready["journal"].as_str().unwrap();
+    assert!(
+        journal.contains("overwritten") && journal.contains(&path_str(&db)),
+        "{ready}"
+    );
+    let (status, reply) = app.post_jas(&padded_event(100)).await;
+    assert_eq!(status, 503, "{reply}");
+    // Checkpoints write page 1 back from the WAL; the rest of the file is still garbage, so it
+    // stays refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, reply) = app.post_jas(&padded_event(101)).await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(app.get_admin("/readyz").await.0, 503);
+}
