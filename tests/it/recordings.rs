@@ -32,15 +32,17 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Every file under `dir`, relative to it, sorted.
+/// Every file under `dir`, relative to it, sorted; a symbolic link below it is listed, not
+/// followed.
 fn files_under(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
                 walk(base, &p, out);
             } else {
                 out.push(p.strip_prefix(base).unwrap().display().to_string());
@@ -1177,6 +1179,81 @@ async fn a_symbolic_link_below_the_recordings_folder_is_never_followed() {
     let error = recording(&call, "1").unwrap()["error"].as_str().unwrap();
     assert!(error.contains("symbolic link"), "{error}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// Every file under `dir` with its bytes.
+fn contents_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_symbolic_link_planted_before_a_resumed_download_is_refused_and_nothing_outside_changes()
+{
+    let dir = tempdir();
+    // No in-process daemon installs it for this test's own client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = audio(600_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Stall { sent: 300_000 }]);
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let recordings = dir.path().join("recordings");
+    let folder = recordings.join("jas/101");
+
+    // The first run dies with the job `downloading` and half the body in its temp file.
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let (status, _) = post_signed(&daemon.public, &new_recording("26", NAME, 1)).await;
+    assert_eq!(status, 200);
+    let part = || {
+        std::fs::read_dir(&folder)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| {
+                e.file_name().to_string_lossy().contains(".part-")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+    };
+    wait_until(Duration::from_secs(10), || async { part().is_some() }).await;
+    daemon.signal("KILL");
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait(Duration::from_secs(5)), None);
+    drop(daemon);
+
+    // Before the restart the job's folder becomes a link to a folder outside, holding a file
+    // under the recording's final name and one under the dead attempt's temp name: a resume
+    // that followed the link would take the first as already downloaded, remove the second as
+    // stale, or write the recording there.
+    let part_name = part().unwrap().file_name();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let final_name = Path::new(NAME).file_name().unwrap();
+    std::fs::write(outside.join(final_name), b"not this call's recording").unwrap();
+    std::fs::write(outside.join(&part_name), b"someone else's file").unwrap();
+    std::fs::rename(&folder, dir.path().join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&outside, &folder).unwrap();
+    let before = contents_under(&outside);
+
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let call = poll_call(&daemon, "jas", "26", |c| {
+        in_state(c, "1", "failed") || in_state(c, "1", "downloaded")
+    })
+    .await;
+    let rec = recording(&call, "1").unwrap();
+    assert_eq!(rec["state"], "failed", "{rec}");
+    let error = rec["error"].as_str().unwrap();
+    assert!(
+        error.contains("symbolic link") && error.contains("jas/101"),
+        "{rec}"
+    );
+    assert!(rec["sha256"].is_null(), "{rec}");
+    assert_eq!(contents_under(&outside), before);
+    // Nothing was written anywhere else below recordings.dir either: only the link is there.
+    assert_eq!(files_under(&recordings), ["jas/101"]);
 }
 
 #[tokio::test]
