@@ -1289,6 +1289,56 @@ async fn redirects_go_to_the_same_host_but_never_to_the_admin_listener() {
 }
 
 #[tokio::test]
+async fn five_redirects_are_followed_and_a_sixth_fails_the_job_as_too_many() {
+    let dir = tempdir();
+    let body = audio(5000);
+    let upstream = Upstream::start(body.clone()).await;
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    // Each hop to the same host and port (the only redirect loopback may take).
+    let hops = |n: usize, tag: &str| {
+        (1..=n)
+            .map(|i| {
+                let to = format!("{}/hop/{tag}/{i}", upstream.base());
+                Reply::status(302, &[("Location", to.as_str())], b"")
+            })
+            .collect::<Vec<_>>()
+    };
+
+    upstream.script(hops(5, "a"));
+    app.post_jas(&new_recording("25", "101/a.wav", 1)).await;
+    let call = wait_call_for(&app, "jas", "25", Duration::from_secs(10), |c| {
+        in_state(c, "1", "downloaded") || in_state(c, "1", "failed")
+    })
+    .await;
+    let rec = recording(&call, "1").unwrap();
+    assert_eq!(rec["state"], "downloaded", "{rec}");
+    assert_eq!(rec["sha256"], sha256(&body));
+    let targets: Vec<String> = upstream.hits().into_iter().map(|h| h.target).collect();
+    assert_eq!(targets.len(), 6, "{targets:?}");
+    assert_eq!(targets[5], "/v2/hop/a/5");
+
+    upstream.script(hops(6, "b"));
+    app.post_jas(&new_recording("26", "101/b.wav", 2)).await;
+    let call = wait_call_for(&app, "jas", "26", Duration::from_secs(10), |c| {
+        in_state(c, "2", "downloaded") || in_state(c, "2", "failed")
+    })
+    .await;
+    let rec = recording(&call, "2").unwrap();
+    assert_eq!(rec["state"], "failed", "{rec}");
+    let error = rec["error"].as_str().unwrap();
+    assert!(error.contains("more than 5 redirects"), "{error}");
+    // The sixth redirect was not followed, and a redirect loop is not retried.
+    let targets: Vec<String> = upstream.hits().into_iter().map(|h| h.target).collect();
+    assert_eq!(targets.len(), 12, "{targets:?}");
+    assert_eq!(targets[11], "/v2/hop/b/5");
+    assert_eq!(
+        files_under(&dir.path().join("recordings")),
+        ["jas/101/a.wav"]
+    );
+}
+
+#[tokio::test]
 async fn a_255_byte_name_is_downloaded() {
     let dir = tempdir();
     let body = audio(2000);
