@@ -5,8 +5,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -75,12 +75,17 @@ pub struct JobUpdate {
     pub rel_path: Option<String>,
 }
 
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
 /// The files behind the journal as they were opened: the WAL the sync thread makes durable, the
-/// identity (device, inode) of it and of the database, and the lock held for the writer's life.
+/// identity (device, inode) of it and of the database, the database's header check, and the lock
+/// held for the writer's life.
 pub(super) struct Files {
     wal: std::fs::File,
     wal_path: PathBuf,
     wal_id: (u64, u64),
+    header: Arc<Header>,
     db_path: PathBuf,
     db_id: (u64, u64),
     _lock: std::fs::File,
@@ -101,16 +106,21 @@ impl Files {
             .metadata()
             .map(|m| (m.dev(), m.ino()))
             .map_err(wal_err)?;
-        let db_id = std::fs::metadata(&db_path)
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|source| JournalError::Wal {
-                path: db_path.clone(),
-                source,
-            })?;
+        let db_err = |source| JournalError::Wal {
+            path: db_path.clone(),
+            source,
+        };
+        let db = std::fs::File::open(&db_path).map_err(db_err)?;
+        let db_id = db.metadata().map(|m| (m.dev(), m.ino())).map_err(db_err)?;
         Ok(Files {
             wal,
             wal_path,
             wal_id,
+            header: Arc::new(Header {
+                db,
+                path: db_path.clone(),
+                damage: Mutex::new(None),
+            }),
             db_path,
             db_id,
             _lock: lock,
@@ -141,6 +151,43 @@ impl Files {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the database file still starts with SQLite's header. Another program writing over the
+/// file in place keeps its inode, so the identity check sees nothing, and the writer, which has
+/// its pages in its cache and the WAL, would go on committing into a file no restart can open.
+/// The checkpoint thread looks before each checkpoint (which writes page 1 back from the WAL and
+/// so hides the damage, not repairs it: the other pages stay overwritten) and the sync thread
+/// after each sync; once seen, the damage is kept until a restart.
+struct Header {
+    db: std::fs::File,
+    path: PathBuf,
+    damage: Mutex<Option<String>>,
+}
+
+impl Header {
+    fn check(&self) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let mut damage = self.damage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &*damage {
+            return Err(why.clone());
+        }
+        let mut head = [0u8; 16];
+        let why = match self.db.read_exact_at(&mut head, 0) {
+            Ok(()) if &head == SQLITE_MAGIC => return Ok(()),
+            Ok(()) => format!(
+                "the journal's database file {} was overwritten: it no longer starts with SQLite's header; nothing stored now would survive a restart",
+                self.path.display()
+            ),
+            Err(e) => format!(
+                "the journal's database file {} cannot be read back ({e}); nothing stored now would survive a restart",
+                self.path.display()
+            ),
+        };
+        tracing::error!(error = %why, "journal database damaged; refusing events until restart");
+        *damage = Some(why.clone());
+        Err(why)
     }
 }
 
@@ -234,9 +281,10 @@ fn run(
     let stop_checkpoints = Arc::new(AtomicBool::new(false));
     let checkpoints = {
         let stop = stop_checkpoints.clone();
+        let header = files.header.clone();
         std::thread::Builder::new()
             .name("callhook-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stop))
+            .spawn(move || checkpoint_loop(checkpointer, header, stop))
             .expect("spawn the journal checkpoint thread")
     };
     let (to_sync, unsynced) = std::sync::mpsc::channel::<Unsynced>();
@@ -423,7 +471,8 @@ fn sync_loop(
     health: Health,
 ) {
     // After a failed sync the kernel may have dropped the unwritten pages and a later sync
-    // can succeed without them, so nothing is acknowledged again until a restart.
+    // can succeed without them, so nothing is acknowledged again until a restart; the same
+    // for a database file found overwritten.
     let mut poisoned: Option<String> = None;
     while let Ok(first) = unsynced.recv() {
         let mut batches = vec![first];
@@ -433,7 +482,13 @@ fn sync_loop(
             Some(why) => Err(why.clone()),
             // Checked after the sync, so a file deleted while it ran is caught too.
             None => match files.wal.sync_data().map(|()| files.check()) {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => match files.header.check() {
+                    Ok(()) => Ok(()),
+                    Err(why) => {
+                        poisoned = Some(why.clone());
+                        Err(why)
+                    }
+                },
                 Ok(Err(why)) => Err(why),
                 Err(e) => {
                     let why = format!("syncing the journal's WAL failed: {e}");
@@ -470,10 +525,12 @@ fn sync_loop(
 }
 
 /// Copies the WAL back into the database now and then, so the WAL stays small; PASSIVE never
-/// blocks the writer, and a checkpoint's own syncs stay off the ack path.
-fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
+/// blocks the writer, and a checkpoint's own syncs stay off the ack path. The database's header
+/// is checked first, before a checkpoint could write page 1 back over damage.
+fn checkpoint_loop(conn: Connection, header: Arc<Header>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(CHECKPOINT_EVERY);
+        let _ = header.check();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "journal checkpoint failed; retrying");
         }

@@ -353,3 +353,272 @@ fn status_says_registration_is_pending_and_the_watchdog_stops_while_the_journal_
     let after = read_for(Duration::from_millis(1000));
     assert!(!after.iter().any(|m| m.contains("WATCHDOG=1")), "{after:?}");
 }
+
+/// The effective user id, read from `/proc/self/status` (no libc in this crate).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A tmpfs of `kib` KiB mounted on a folder, unmounted when dropped (lazily if a file on it is
+/// still open, e.g. after a failed assertion left a daemon running).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None`, with the reason printed, only when this process may not mount: not root, or the
+    /// kernel refuses (a container without CAP_SYS_ADMIN). Any other failure fails the test.
+    fn mount(dir: &std::path::Path, kib: u64) -> Option<Tmpfs> {
+        let euid = effective_uid();
+        if euid != Some(0) {
+            eprintln!(
+                "skipped: a full disk needs a tmpfs mount, and this test runs as euid {euid:?}, not root"
+            );
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        if ["permission denied", "not permitted", "must be superuser"]
+            .iter()
+            .any(|m| err.contains(m))
+        {
+            eprintln!(
+                "skipped: mounting a tmpfs is not permitted here: {}",
+                err.trim()
+            );
+            return None;
+        }
+        panic!("mount -t tmpfs failed: {err}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut cmd = std::process::Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("could not unmount {}", self.0.display());
+        }
+    }
+}
+
+/// Writes `path` until the file system is full; returns how many bytes it took.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    total
+}
+
+/// A participant event with a kilobyte of padding, so a few fill what a full disk leaves.
+fn padded_event(n: i64) -> String {
+    json!({
+        "eventName": "call_status",
+        "timestamp": event_time(n),
+        "data": {"event": {"entity": format!("/callcontrol/101/participants/{n}"), "event_type": 0},
+                 "sequence": n, "padding": "p".repeat(1024)}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_503_on_webhooks_and_readyz_and_both_recover_when_space_returns() {
+    let dir = tempdir();
+    let mount = dir.path().join("disk");
+    let Some(_tmpfs) = Tmpfs::mount(&mount, 1024) else {
+        return;
+    };
+    let mut env = Env::new(dir.path());
+    env.set("storage.path", mount.join("callhook.db").to_str().unwrap())
+        .set("recordings.enabled", "false");
+    let app = TestApp::spawn(&env, dir.path()).await;
+    let (status, _) = app.post_jas(&padded_event(0)).await;
+    assert_eq!(status, 200);
+
+    let filler = mount.join("filler");
+    let filled = fill(&filler);
+    let mut accepted = vec![padded_event(0)];
+    let mut refused = None;
+    for n in 1..2000 {
+        let body = padded_event(n);
+        let (status, reply) = app.post_jas(&body).await;
+        match status {
+            200 => {
+                assert_eq!(reply["status"], "accepted", "{reply}");
+                accepted.push(body);
+            }
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("event {n}: {other} {reply}"),
+        }
+    }
+    let refused = refused.unwrap_or_else(|| {
+        panic!("2000 events were all accepted on a full disk ({filled} bytes of filler)")
+    });
+    assert!(refused["error"].is_string(), "{refused}");
+    let (status, ready) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false, "{ready}");
+    assert!(
+        ready["reason"].as_str().is_some_and(|r| r.contains("full")),
+        "{ready}"
+    );
+    assert!(
+        ready["journal"]
+            .as_str()
+            .is_some_and(|r| r.contains("full")),
+        "{ready}"
+    );
+    eprintln!("refused: {refused}; readyz: {ready}");
+    // Still full two probes later: still refused, nothing stored is acknowledged.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (status, _) = app.get_admin("/readyz").await;
+    assert_eq!(status, 503);
+    let (status, reply) = app.post_jas(&padded_event(5000)).await;
+    assert_eq!(status, 503, "{reply}");
+
+    // Space returns: ready again by itself (the next probe), events accepted again.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        app.get_admin("/readyz").await.0 == 200
+    })
+    .await;
+    let (_, ready) = app.get_admin("/readyz").await;
+    assert_eq!(ready["journal"], "ok", "{ready}");
+    let body = padded_event(5001);
+    let (status, reply) = app.post_jas(&body).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+    accepted.push(body);
+    app.stop().await.unwrap();
+
+    // Every event that got a 200 survived: after a restart each is a duplicate.
+    let app = TestApp::spawn(&env, dir.path()).await;
+    for body in &accepted {
+        let (status, reply) = app.post_jas(body).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("duplicate")),
+            "{reply}"
+        );
+    }
+    eprintln!(
+        "{} events accepted before the disk was full ({filled} bytes of filler)",
+        accepted.len() - 2
+    );
+    app.stop().await.unwrap();
+}
+
+#[test]
+fn a_database_file_that_is_not_a_database_stops_serve_with_exit_1_naming_the_path() {
+    let dir = tempdir();
+    let env = Env::new(dir.path());
+    let db = data_dir(dir.path()).join("callhook.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    // Not SQLite at all, and a file with SQLite's magic over garbage pages.
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut forged = b"SQLite format 3\0".to_vec();
+    forged.extend_from_slice(&garbage);
+    for contents in [garbage, forged] {
+        std::fs::write(&db, &contents).unwrap();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .args(["serve", "--config"])
+            .arg(&empty)
+            .envs(&env.0)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a daemon that started anyway is killed, and the test fails below.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stderr}{stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&path_str(&db)) && stderr.contains("not a database"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(SECRET) && !stdout.contains(SECRET));
+        // Refused, not repaired nor replaced: the file is as it was.
+        assert_eq!(std::fs::read(&db).unwrap(), contents);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_overwritten_in_place_while_running_is_503_until_a_restart() {
+    use std::io::Write;
+    let dir = tempdir();
+    let app = TestApp::spawn(&Env::new(dir.path()), dir.path()).await;
+    for n in 0..20 {
+        let (status, _) = app.post_jas(&padded_event(n)).await;
+        assert_eq!(status, 200);
+    }
+    // Another program writes over the file: same inode, so the identity check sees nothing.
+    let db = data_dir(dir.path()).join("callhook.db");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.write_all(&[0x5a; 4096]).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    // The checkpoint thread reads the header back before its next checkpoint (every 250 ms),
+    // which would write page 1 back from the WAL and hide the damage; the next sync (the 1 s
+    // probe's at the latest) refuses from then on.
+    wait_until(Duration::from_secs(5), || async {
+        app.get_admin("/readyz").await.0 == 503
+    })
+    .await;
+    let (_, ready) = app.get_admin("/readyz").await;
+    let journal = ready["journal"].as_str().unwrap();
+    assert!(
+        journal.contains("overwritten") && journal.contains(&path_str(&db)),
+        "{ready}"
+    );
+    let (status, reply) = app.post_jas(&padded_event(100)).await;
+    assert_eq!(status, 503, "{reply}");
+    // Checkpoints write page 1 back from the WAL; the rest of the file is still garbage, so it
+    // stays refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, reply) = app.post_jas(&padded_event(101)).await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(app.get_admin("/readyz").await.0, 503);
+}

@@ -32,15 +32,17 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Every file under `dir`, relative to it, sorted.
+/// Every file under `dir`, relative to it, sorted; a symbolic link below it is listed, not
+/// followed.
 fn files_under(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
                 walk(base, &p, out);
             } else {
                 out.push(p.strip_prefix(base).unwrap().display().to_string());
@@ -1177,6 +1179,81 @@ async fn a_symbolic_link_below_the_recordings_folder_is_never_followed() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
+/// Every file under `dir` with its bytes.
+fn contents_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_symbolic_link_planted_before_a_resumed_download_is_refused_and_nothing_outside_changes()
+{
+    let dir = tempdir();
+    // No in-process daemon installs it for this test's own client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = audio(600_000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([Reply::Stall { sent: 300_000 }]);
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let recordings = dir.path().join("recordings");
+    let folder = recordings.join("jas/101");
+
+    // The first run dies with the job `downloading` and half the body in its temp file.
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let (status, _) = post_signed(&daemon.public, &new_recording("26", NAME, 1)).await;
+    assert_eq!(status, 200);
+    let part = || {
+        std::fs::read_dir(&folder)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| {
+                e.file_name().to_string_lossy().contains(".part-")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+    };
+    wait_until(Duration::from_secs(10), || async { part().is_some() }).await;
+    daemon.signal("KILL");
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait(Duration::from_secs(5)), None);
+    drop(daemon);
+
+    // Before the restart the job's folder becomes a link to a folder outside, holding a file
+    // under the recording's final name and one under the dead attempt's temp name: a resume
+    // that followed the link would take the first as already downloaded, remove the second as
+    // stale, or write the recording there.
+    let part_name = part().unwrap().file_name();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let final_name = Path::new(NAME).file_name().unwrap();
+    std::fs::write(outside.join(final_name), b"not this call's recording").unwrap();
+    std::fs::write(outside.join(&part_name), b"someone else's file").unwrap();
+    std::fs::rename(&folder, dir.path().join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&outside, &folder).unwrap();
+    let before = contents_under(&outside);
+
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    let call = poll_call(&daemon, "jas", "26", |c| {
+        in_state(c, "1", "failed") || in_state(c, "1", "downloaded")
+    })
+    .await;
+    let rec = recording(&call, "1").unwrap();
+    assert_eq!(rec["state"], "failed", "{rec}");
+    let error = rec["error"].as_str().unwrap();
+    assert!(
+        error.contains("symbolic link") && error.contains("jas/101"),
+        "{rec}"
+    );
+    assert!(rec["sha256"].is_null(), "{rec}");
+    assert_eq!(contents_under(&outside), before);
+    // Nothing was written anywhere else below recordings.dir either: only the link is there.
+    assert_eq!(files_under(&recordings), ["jas/101"]);
+}
+
 #[tokio::test]
 async fn redirects_go_to_the_same_host_but_never_to_the_admin_listener() {
     let dir = tempdir();
@@ -1207,6 +1284,56 @@ async fn redirects_go_to_the_same_host_but_never_to_the_admin_listener() {
     assert_eq!(recording(&call, "2").unwrap()["sha256"], sha256(&body));
     assert_eq!(upstream.hits().len(), 3);
     assert_eq!(upstream.hits()[2].target, "/v2/elsewhere/b.wav");
+}
+
+#[tokio::test]
+async fn five_redirects_are_followed_and_a_sixth_fails_the_job_as_too_many() {
+    let dir = tempdir();
+    let body = audio(5000);
+    let upstream = Upstream::start(body.clone()).await;
+    let env = jas_upstream_env(dir.path(), &upstream);
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    // Each hop to the same host and port (the only redirect loopback may take).
+    let hops = |n: usize, tag: &str| {
+        (1..=n)
+            .map(|i| {
+                let to = format!("{}/hop/{tag}/{i}", upstream.base());
+                Reply::status(302, &[("Location", to.as_str())], b"")
+            })
+            .collect::<Vec<_>>()
+    };
+
+    upstream.script(hops(5, "a"));
+    app.post_jas(&new_recording("25", "101/a.wav", 1)).await;
+    let call = wait_call_for(&app, "jas", "25", Duration::from_secs(10), |c| {
+        in_state(c, "1", "downloaded") || in_state(c, "1", "failed")
+    })
+    .await;
+    let rec = recording(&call, "1").unwrap();
+    assert_eq!(rec["state"], "downloaded", "{rec}");
+    assert_eq!(rec["sha256"], sha256(&body));
+    let targets: Vec<String> = upstream.hits().into_iter().map(|h| h.target).collect();
+    assert_eq!(targets.len(), 6, "{targets:?}");
+    assert_eq!(targets[5], "/v2/hop/a/5");
+
+    upstream.script(hops(6, "b"));
+    app.post_jas(&new_recording("26", "101/b.wav", 2)).await;
+    let call = wait_call_for(&app, "jas", "26", Duration::from_secs(10), |c| {
+        in_state(c, "2", "downloaded") || in_state(c, "2", "failed")
+    })
+    .await;
+    let rec = recording(&call, "2").unwrap();
+    assert_eq!(rec["state"], "failed", "{rec}");
+    let error = rec["error"].as_str().unwrap();
+    assert!(error.contains("more than 5 redirects"), "{error}");
+    // The sixth redirect was not followed, and a redirect loop is not retried.
+    let targets: Vec<String> = upstream.hits().into_iter().map(|h| h.target).collect();
+    assert_eq!(targets.len(), 12, "{targets:?}");
+    assert_eq!(targets[11], "/v2/hop/b/5");
+    assert_eq!(
+        files_under(&dir.path().join("recordings")),
+        ["jas/101/a.wav"]
+    );
 }
 
 #[tokio::test]
