@@ -493,9 +493,9 @@ fn table(n: usize) {
         let seq = i as i64;
         let _ = table.upsert(&key, seq, Some(now), now);
         let details = Details {
-            call_id: (i / 2).to_string(),
+            call_id: (i / 2).to_string().into(),
             status: if i % 2 == 0 { "Ringing" } else { "Connected" }.into(),
-            dn: Some(dn),
+            dn: Some(dn.into()),
             party_number: "5148888888".into(),
             party_dn: "10000".into(),
             party_dn_type: "Wexternalline".into(),
