@@ -132,6 +132,34 @@ impl Driver {
         resp.json().await.ok()
     }
 
+    /// Ready comes before the background registration is done: waits for both.
+    async fn wait_ready_and_registered(&self) -> Result<(), String> {
+        let ready = format!("{}/readyz", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = self.http.get(&ready).send().await {
+                if r.status() == 200 {
+                    let body: Value = r.json().await.unwrap_or_default();
+                    if body["registration"] == "registered" || body["registration"] == "off" {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("the daemon did not become ready".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the call lists a participant (its lookup has answered).
+    async fn wait_for_participants(&self, id: &str) -> Result<Value, String> {
+        self.wait_call(id, Duration::from_secs(10), |c| {
+            !c["participants"].as_array().is_none_or(Vec::is_empty)
+        })
+        .await
+    }
+
     /// Polls until `check` holds for the call, or gives up after `limit`.
     async fn wait_call(
         &self,
@@ -166,40 +194,7 @@ async fn demo(dir: &Path) -> Result<(), String> {
     println!("  simulated JAS Connect API at {}", server.base_url);
     sim.add_recording(RECORDING, wav());
 
-    let public_port = free_port()?;
-    let env: std::collections::BTreeMap<String, String> = [
-        ("SERVER__LISTEN", format!("127.0.0.1:{public_port}")),
-        ("ADMIN__LISTEN", "127.0.0.1:0".to_string()),
-        ("JAS__API_BASE", server.base_url.clone()),
-        ("JAS__TOKEN", TOKEN.to_string()),
-        ("JAS__WEBHOOK_SECRET", SECRET.to_string()),
-        (
-            "JAS__CALLBACK_URL",
-            format!("http://127.0.0.1:{public_port}/webhooks/jas"),
-        ),
-        (
-            "STORAGE__PATH",
-            dir.join("data/callhook.db").display().to_string(),
-        ),
-        (
-            "RECORDINGS__DIR",
-            dir.join("recordings").display().to_string(),
-        ),
-        ("TELECMI__ENABLED", "false".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("CALLHOOK__{k}"), v))
-    .collect();
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let empty = dir.join("demo.toml");
-    std::fs::write(&empty, "").map_err(|e| e.to_string())?;
-    let settings = Settings::load(&Sources {
-        file: Some(empty),
-        env: Some(env),
-    })
-    .map_err(|e| e.to_string())?;
-
-    let app = Application::build(settings)
+    let app = Application::build(settings(dir, &server.base_url)?)
         .await
         .map_err(|e| e.to_string())?;
     let driver = Driver {
@@ -215,162 +210,13 @@ async fn demo(dir: &Path) -> Result<(), String> {
     );
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let ready = format!("{}/readyz", driver.admin);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Ready comes before the background registration is done: wait for both.
-    loop {
-        if let Ok(r) = driver.http.get(&ready).send().await {
-            if r.status() == 200 {
-                let body: serde_json::Value = r.json().await.unwrap_or_default();
-                if body["registration"] == "registered" || body["registration"] == "off" {
-                    break;
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            return Err("the daemon did not become ready".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    driver.wait_ready_and_registered().await?;
     let mut registered: Vec<String> = sim.registrations().into_iter().map(|(e, _)| e).collect();
     registered.sort();
     println!("  registered webhooks: {}", registered.join(", "));
 
-    println!("\noutbound call 26: extension 101 dials 5148888888");
-    sim.set_participant("101", "172", participant("101", "172", 26, "Dialing"));
-    driver
-        .post(
-            "call_status 101/172 insert  seq 1",
-            &call_status("101", "172", 0, 1),
-        )
-        .await?;
-    driver
-        .wait_call("26", Duration::from_secs(10), |c| {
-            !c["participants"].as_array().is_none_or(Vec::is_empty)
-        })
-        .await?;
-    sim.set_participant("101", "172", participant("101", "172", 26, "Connected"));
-    let late = call_status("101", "172", 0, 2);
-    driver
-        .post(
-            "call_status 101/172 update  seq 3",
-            &call_status("101", "172", 0, 3),
-        )
-        .await?;
-    driver
-        .post("call_status 101/172 update  seq 2 (late)", &late)
-        .await?;
-    driver
-        .post("call_status 101/172 update  seq 2 (again)", &late)
-        .await?;
-
-    println!("\ninbound call 27: 5148888888 rings extension 102");
-    sim.set_participant("102", "180", participant("102", "180", 27, "Ringing"));
-    driver
-        .post(
-            "call_status 102/180 insert  seq 4",
-            &call_status("102", "180", 0, 4),
-        )
-        .await?;
-    driver
-        .wait_call("27", Duration::from_secs(10), |c| {
-            !c["participants"].as_array().is_none_or(Vec::is_empty)
-        })
-        .await?;
-    sim.set_participant("102", "180", participant("102", "180", 27, "Connected"));
-    driver
-        .post(
-            "call_status 102/180 update  seq 5",
-            &call_status("102", "180", 0, 5),
-        )
-        .await?;
-    driver
-        .wait_call("26", Duration::from_secs(10), |c| {
-            c["participants"][0]["status"] == "Connected"
-        })
-        .await?;
-    driver
-        .wait_call("27", Duration::from_secs(10), |c| {
-            c["participants"][0]["status"] == "Connected"
-        })
-        .await?;
-
-    println!("\nhang up both, then the recording of call 26 arrives");
-    driver
-        .post(
-            "call_status 101/172 remove  seq 6",
-            &call_status("101", "172", 1, 6),
-        )
-        .await?;
-    driver
-        .post(
-            "call_status 102/180 remove  seq 7",
-            &call_status("102", "180", 1, 7),
-        )
-        .await?;
-    let recording = json!({
-        "eventName": "new_recording",
-        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "data": {"call_id": "26", "recording_url": RECORDING, "id_recording": 1,
-                 "cdr_id": "61f450de-8b46-4326-a306-32eb6ad5e534",
-                 "start_time": Utc::now().to_rfc3339(), "end_time": Utc::now().to_rfc3339()}
-    })
-    .to_string();
-    driver.post("new_recording call 26", &recording).await?;
-    let outbound = driver
-        .wait_call("26", Duration::from_secs(20), |c| {
-            c["state"] == "ended" && c["recordings"][0]["state"] == "downloaded"
-        })
-        .await?;
-    let inbound = driver
-        .wait_call("27", Duration::from_secs(10), |c| c["state"] == "ended")
-        .await?;
-
-    println!("\ncall table");
-    println!(
-        "  {:<9} {:<8} {:<9} {:<9} {:<40} recording",
-        "call", "state", "direction", "duration", "participants"
-    );
-    for call in [&outbound, &inbound] {
-        let duration = match (call["started_at"].as_str(), call["ended_at"].as_str()) {
-            (Some(s), Some(e)) => match (
-                chrono::DateTime::parse_from_rfc3339(s),
-                chrono::DateTime::parse_from_rfc3339(e),
-            ) {
-                (Ok(s), Ok(e)) => format!("{:.1}s", (e - s).num_milliseconds() as f64 / 1000.0),
-                _ => "?".into(),
-            },
-            _ => "-".into(),
-        };
-        let participants: Vec<String> = call["participants"]
-            .as_array()
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| {
-                        format!(
-                            "{} <-> {} ({})",
-                            p["dn"].as_str().unwrap_or(""),
-                            p["party_number"].as_str().unwrap_or(""),
-                            p["status"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let recording = call["recordings"][0]["path"]
-            .as_str()
-            .map(|p| dir.join("recordings").join(p).display().to_string())
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "  jas/{:<5} {:<8} {:<9} {:<9} {:<40} {}",
-            call["call_id"].as_str().unwrap_or(""),
-            call["state"].as_str().unwrap_or(""),
-            call["direction"].as_str().unwrap_or(""),
-            duration,
-            participants.join(", "),
-            recording
-        );
-    }
+    let (outbound, inbound) = drive_calls(&driver, &sim).await?;
+    print_calls(dir, &[&outbound, &inbound]);
     if let Some(bytes) = outbound["recordings"][0]["bytes"].as_u64() {
         println!(
             "\nrecording: {} bytes, sha256 {}",
@@ -397,4 +243,182 @@ async fn demo(dir: &Path) -> Result<(), String> {
         rec = dir.join("recordings").display(),
     );
     Ok(())
+}
+
+/// The daemon's settings: loopback ports, the simulated API, its files in `dir`.
+fn settings(dir: &Path, api_base: &str) -> Result<Settings, String> {
+    let public_port = free_port()?;
+    let env: std::collections::BTreeMap<String, String> = [
+        ("SERVER__LISTEN", format!("127.0.0.1:{public_port}")),
+        ("ADMIN__LISTEN", "127.0.0.1:0".to_string()),
+        ("JAS__API_BASE", api_base.to_string()),
+        ("JAS__TOKEN", TOKEN.to_string()),
+        ("JAS__WEBHOOK_SECRET", SECRET.to_string()),
+        (
+            "JAS__CALLBACK_URL",
+            format!("http://127.0.0.1:{public_port}/webhooks/jas"),
+        ),
+        (
+            "STORAGE__PATH",
+            dir.join("data/callhook.db").display().to_string(),
+        ),
+        (
+            "RECORDINGS__DIR",
+            dir.join("recordings").display().to_string(),
+        ),
+        ("TELECMI__ENABLED", "false".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("CALLHOOK__{k}"), v))
+    .collect();
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let empty = dir.join("demo.toml");
+    std::fs::write(&empty, "").map_err(|e| e.to_string())?;
+    Settings::load(&Sources {
+        file: Some(empty),
+        env: Some(env),
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The two calls, their hang-ups and the recording; returns the calls once both have ended
+/// and the recording is downloaded.
+async fn drive_calls(driver: &Driver, sim: &JasSim) -> Result<(Value, Value), String> {
+    println!("\noutbound call 26: extension 101 dials 5148888888");
+    sim.set_participant("101", "172", participant("101", "172", 26, "Dialing"));
+    driver
+        .post(
+            "call_status 101/172 insert  seq 1",
+            &call_status("101", "172", 0, 1),
+        )
+        .await?;
+    driver.wait_for_participants("26").await?;
+    sim.set_participant("101", "172", participant("101", "172", 26, "Connected"));
+    let late = call_status("101", "172", 0, 2);
+    driver
+        .post(
+            "call_status 101/172 update  seq 3",
+            &call_status("101", "172", 0, 3),
+        )
+        .await?;
+    driver
+        .post("call_status 101/172 update  seq 2 (late)", &late)
+        .await?;
+    driver
+        .post("call_status 101/172 update  seq 2 (again)", &late)
+        .await?;
+
+    println!("\ninbound call 27: 5148888888 rings extension 102");
+    sim.set_participant("102", "180", participant("102", "180", 27, "Ringing"));
+    driver
+        .post(
+            "call_status 102/180 insert  seq 4",
+            &call_status("102", "180", 0, 4),
+        )
+        .await?;
+    driver.wait_for_participants("27").await?;
+    sim.set_participant("102", "180", participant("102", "180", 27, "Connected"));
+    driver
+        .post(
+            "call_status 102/180 update  seq 5",
+            &call_status("102", "180", 0, 5),
+        )
+        .await?;
+    for call in ["26", "27"] {
+        driver
+            .wait_call(call, Duration::from_secs(10), |c| {
+                c["participants"][0]["status"] == "Connected"
+            })
+            .await?;
+    }
+
+    println!("\nhang up both, then the recording of call 26 arrives");
+    driver
+        .post(
+            "call_status 101/172 remove  seq 6",
+            &call_status("101", "172", 1, 6),
+        )
+        .await?;
+    driver
+        .post(
+            "call_status 102/180 remove  seq 7",
+            &call_status("102", "180", 1, 7),
+        )
+        .await?;
+    driver
+        .post("new_recording call 26", &new_recording("26"))
+        .await?;
+    let outbound = driver
+        .wait_call("26", Duration::from_secs(20), |c| {
+            c["state"] == "ended" && c["recordings"][0]["state"] == "downloaded"
+        })
+        .await?;
+    let inbound = driver
+        .wait_call("27", Duration::from_secs(10), |c| c["state"] == "ended")
+        .await?;
+    Ok((outbound, inbound))
+}
+
+fn new_recording(call_id: &str) -> String {
+    json!({
+        "eventName": "new_recording",
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {"call_id": call_id, "recording_url": RECORDING, "id_recording": 1,
+                 "cdr_id": "61f450de-8b46-4326-a306-32eb6ad5e534",
+                 "start_time": Utc::now().to_rfc3339(), "end_time": Utc::now().to_rfc3339()}
+    })
+    .to_string()
+}
+
+/// The call table as the admin API gave it, one line a call.
+fn print_calls(dir: &Path, calls: &[&Value]) {
+    println!("\ncall table");
+    println!(
+        "  {:<9} {:<8} {:<9} {:<9} {:<40} recording",
+        "call", "state", "direction", "duration", "participants"
+    );
+    for call in calls {
+        let participants: Vec<String> = call["participants"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{} <-> {} ({})",
+                            p["dn"].as_str().unwrap_or(""),
+                            p["party_number"].as_str().unwrap_or(""),
+                            p["status"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let recording = call["recordings"][0]["path"]
+            .as_str()
+            .map(|p| dir.join("recordings").join(p).display().to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  jas/{:<5} {:<8} {:<9} {:<9} {:<40} {}",
+            call["call_id"].as_str().unwrap_or(""),
+            call["state"].as_str().unwrap_or(""),
+            call["direction"].as_str().unwrap_or(""),
+            duration(call),
+            participants.join(", "),
+            recording
+        );
+    }
+}
+
+/// From `started_at` to `ended_at`, in seconds.
+fn duration(call: &Value) -> String {
+    match (call["started_at"].as_str(), call["ended_at"].as_str()) {
+        (Some(s), Some(e)) => match (
+            chrono::DateTime::parse_from_rfc3339(s),
+            chrono::DateTime::parse_from_rfc3339(e),
+        ) {
+            (Ok(s), Ok(e)) => format!("{:.1}s", (e - s).num_milliseconds() as f64 / 1000.0),
+            _ => "?".into(),
+        },
+        _ => "-".into(),
+    }
 }

@@ -242,6 +242,66 @@ async fn durable_floor(listen: SocketAddr, db: &Path) {
     serve(listen, router).await
 }
 
+/// A body to append, and who waits for it to be durable.
+type Append = (Bytes, tokio::sync::oneshot::Sender<()>);
+
+/// A file floor lane's file, preallocated and positioned at its start.
+fn open_lane(path: &Path, prealloc_mib: u64, dsync: bool) -> std::fs::File {
+    let mut out = std::fs::File::create(path).expect("create the journal file");
+    if prealloc_mib > 0 {
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..prealloc_mib {
+            out.write_all(&zeros).unwrap();
+        }
+        out.sync_all().unwrap();
+    }
+    if dsync {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        const O_DSYNC: i32 = 0o10000; // Linux, x86-64 and aarch64
+        out = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_DSYNC)
+            .open(path)
+            .unwrap();
+    }
+    use std::io::Seek as _;
+    out.seek(std::io::SeekFrom::Start(0)).unwrap();
+    out
+}
+
+/// A lane's thread: everything queued in one `write`, one sync, then every waiter answered.
+fn write_lane(
+    mut out: std::fs::File,
+    queue: &std::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Append>>,
+    dsync: bool,
+) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut waiting = Vec::new();
+    loop {
+        {
+            let mut queue = queue.lock().unwrap();
+            let Some(first) = queue.blocking_recv() else {
+                return;
+            };
+            let mut next = Some(first);
+            while let Some((body, done)) = next {
+                buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&body);
+                waiting.push(done);
+                next = queue.try_recv().ok();
+            }
+        }
+        out.write_all(&buf).expect("write");
+        if !dsync {
+            out.sync_data().expect("fdatasync");
+        }
+        buf.clear();
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
 async fn file_floor(
     listen: SocketAddr,
     file: PathBuf,
@@ -249,7 +309,6 @@ async fn file_floor(
     lanes: usize,
     dsync: bool,
 ) {
-    type Append = (Bytes, tokio::sync::oneshot::Sender<()>);
     struct Floor {
         verifier: Verifier,
         appends: tokio::sync::mpsc::UnboundedSender<Append>,
@@ -281,54 +340,9 @@ async fn file_floor(
     // Each lane is a file of its own and a thread: it takes everything queued, writes it with
     // one call, syncs once and answers all. With two lanes one gathers while the other syncs.
     for lane in 0..lanes.max(1) {
-        let path = file.with_extension(format!("{lane}"));
-        let mut out = std::fs::File::create(&path).expect("create the journal file");
-        if prealloc_mib > 0 {
-            let zeros = vec![0u8; 1 << 20];
-            for _ in 0..prealloc_mib {
-                out.write_all(&zeros).unwrap();
-            }
-            out.sync_all().unwrap();
-        }
-        if dsync {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            const O_DSYNC: i32 = 0o10000; // Linux, x86-64 and aarch64
-            out = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(O_DSYNC)
-                .open(&path)
-                .unwrap();
-        }
-        use std::io::Seek as _;
-        out.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let out = open_lane(&file.with_extension(format!("{lane}")), prealloc_mib, dsync);
         let queue = queue.clone();
-        std::thread::spawn(move || {
-            let mut buf = Vec::with_capacity(1 << 20);
-            let mut waiting = Vec::new();
-            loop {
-                {
-                    let mut queue = queue.lock().unwrap();
-                    let Some(first) = queue.blocking_recv() else {
-                        return;
-                    };
-                    let mut next = Some(first);
-                    while let Some((body, done)) = next {
-                        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                        buf.extend_from_slice(&body);
-                        waiting.push(done);
-                        next = queue.try_recv().ok();
-                    }
-                }
-                out.write_all(&buf).expect("write");
-                if !dsync {
-                    out.sync_data().expect("fdatasync");
-                }
-                buf.clear();
-                for done in waiting.drain(..) {
-                    let _ = done.send(());
-                }
-            }
-        });
+        std::thread::spawn(move || write_lane(out, &queue, dsync));
     }
     let floor = Arc::new(Floor {
         verifier: Verifier::new(vec![SecretString::from(SECRET)]),
@@ -488,9 +502,9 @@ fn table(n: usize) {
         let seq = i as i64;
         let _ = table.upsert(&key, seq, Some(now), now);
         let details = Details {
-            call_id: (i / 2).to_string(),
+            call_id: (i / 2).to_string().into(),
             status: if i % 2 == 0 { "Ringing" } else { "Connected" }.into(),
-            dn: Some(dn),
+            dn: Some(dn.into()),
             party_number: "5148888888".into(),
             party_dn: "10000".into(),
             party_dn_type: "Wexternalline".into(),
@@ -1036,37 +1050,124 @@ fn floor(
     )
 }
 
-fn row(rows: &mut Vec<Row>, what: &str, measured: String, target: &str, met: Option<bool>) {
-    eprintln!("  {what}: {measured} (target {target})");
-    rows.push(Row {
-        what: what.into(),
-        measured,
-        target: target.into(),
-        met,
-    });
+/// What every part of `all` shares, and the rows measured so far.
+struct Run {
+    args: AllArgs,
+    /// This driver, started again for the servers it runs as children.
+    exe: PathBuf,
+    /// The callhook binary under test.
+    bin: PathBuf,
+    work: PathBuf,
+    bodies: PathBuf,
+    http: reqwest::Client,
+    rows: Vec<Row>,
 }
 
 async fn all(args: AllArgs) {
-    let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
-    let exe = std::env::current_exe().unwrap();
-    let bin = std::fs::canonicalize(&args.callhook).expect("the callhook release binary");
-    if !args.reuse {
-        let _ = std::fs::remove_dir_all(&args.work);
+    let mut run = Run::prepare(args);
+    if run.wants("plain") {
+        run.measure_disk();
     }
-    std::fs::create_dir_all(&args.work).unwrap();
-    let work = std::fs::canonicalize(&args.work).unwrap();
-    let http = reqwest::Client::new();
-    let mut rows: Vec<Row> = vec![];
-    let (secs, conns) = (args.duration, args.connections);
+    let ceiling_rps = run.wants("ceiling").then(|| run.measure_ceiling());
+    if run.wants("floor") {
+        run.measure_durable_floor(ceiling_rps);
+    }
+    if run.wants("file-floor") {
+        run.measure_file_floor(ceiling_rps);
+    }
+    if run.wants("plain") {
+        run.measure_plain(ceiling_rps).await;
+    }
+    if run.wants("lookups") {
+        run.measure_lookups().await;
+    }
+    if run.wants("memory") {
+        run.measure_memory().await;
+    }
+    if run.wants("download") {
+        run.measure_download_alone();
+        run.measure_download_by_worker().await;
+    }
+    if run.wants("restart") {
+        run.measure_restart().await;
+    }
+    run.print_table();
+}
 
-    let bodies = work.join("bodies.txt");
-    eprintln!("writing {} signed bodies", args.bodies);
-    write_bodies(&bodies, args.bodies);
+impl Run {
+    fn prepare(args: AllArgs) -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let bin = std::fs::canonicalize(&args.callhook).expect("the callhook release binary");
+        if !args.reuse {
+            let _ = std::fs::remove_dir_all(&args.work);
+        }
+        std::fs::create_dir_all(&args.work).unwrap();
+        let work = std::fs::canonicalize(&args.work).unwrap();
+        let bodies = work.join("bodies.txt");
+        eprintln!("writing {} signed bodies", args.bodies);
+        write_bodies(&bodies, args.bodies);
+        Self {
+            args,
+            exe,
+            bin,
+            work,
+            bodies,
+            http: reqwest::Client::new(),
+            rows: vec![],
+        }
+    }
 
-    if wants("plain") {
-        let (p50, p99) = fsync_probe(&work, 500);
-        row(
-            &mut rows,
+    fn wants(&self, part: &str) -> bool {
+        self.args.only.is_empty() || self.args.only.iter().any(|o| o == part)
+    }
+
+    /// Seconds of load and connections per throughput measurement.
+    fn load(&self) -> (u64, usize) {
+        (self.args.duration, self.args.connections)
+    }
+
+    fn row(&mut self, what: &str, measured: String, target: &str, met: Option<bool>) {
+        eprintln!("  {what}: {measured} (target {target})");
+        self.rows.push(Row {
+            what: what.into(),
+            measured,
+            target: target.into(),
+            met,
+        });
+    }
+
+    fn print_table(self) {
+        println!("\n| measurement | result | target | met |\n| --- | --- | --- | --- |");
+        for r in self.rows {
+            let met = match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            };
+            println!("| {} | {} | {} | {met} |", r.what, r.measured, r.target);
+        }
+    }
+
+    /// A daemon that looks participants up in the mock API, which it returns too (keep it
+    /// alive while the daemon runs).
+    fn daemon_with_lookups(&self, dir: &str) -> (Daemon, Proc) {
+        let (api, addr) = start_server(&self.exe, "mock-api");
+        let base = format!("http://{addr}/v2");
+        let (d, _) = start_daemon(
+            &self.bin,
+            &self.work.join(dir),
+            &[
+                ("jas.lookup_participants", "true"),
+                ("jas.token", "bench"),
+                ("jas.api_base", &base),
+            ],
+        );
+        (d, api)
+    }
+
+    fn measure_disk(&mut self) {
+        let (p50, p99) = fsync_probe(&self.work, 500);
+        self.row(
             "0. this disk: 4 KiB append + fdatasync (the floor under a durable ack)",
             format!("p50 {p50:.2} ms, p99 {p99:.2} ms (500 syncs)"),
             "—",
@@ -1074,15 +1175,15 @@ async fn all(args: AllArgs) {
         );
     }
 
-    let mut ceiling_rps = None;
-    if wants("ceiling") {
+    /// Returns the ceiling's requests per second, which later rows are compared with.
+    fn measure_ceiling(&mut self) -> f64 {
+        let (secs, conns) = self.load();
         eprintln!("[1] ceiling: verify X-SIG + parse JSON, {conns} connections, {secs} s");
-        let (server, addr) = start_server(&exe, "ceiling");
+        let (server, addr) = start_server(&self.exe, "ceiling");
         let url = format!("http://{addr}/webhooks/jas");
-        let w = wrk_on(&server.pid(), &url, &bodies, 1, secs, conns);
+        let w = wrk_on(&server.pid(), &url, &self.bodies, 1, secs, conns);
         drop(server);
-        row(
-            &mut rows,
+        self.row(
             "1. ceiling (verify + parse only)",
             format!(
                 "{:.0} req/s ({} in {secs} s), p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms)",
@@ -1097,21 +1198,21 @@ async fn all(args: AllArgs) {
             "—",
             None,
         );
-        ceiling_rps = Some(w.rps);
+        w.rps
     }
 
-    if wants("floor") {
+    fn measure_durable_floor(&mut self, ceiling_rps: Option<f64>) {
+        let (secs, conns) = self.load();
         eprintln!("[1b] durable floor: ceiling + Journal::append, {conns} connections, {secs} s");
-        let db = work.join("floor/callhook.db");
+        let db = self.work.join("floor/callhook.db");
         let measured = floor(
-            &exe,
+            &self.exe,
             &["durable-floor", "--db", db.to_str().unwrap()],
-            &bodies,
+            &self.bodies,
             (secs, conns),
             ceiling_rps,
         );
-        row(
-            &mut rows,
+        self.row(
             "1b. durable floor: (1) + `Journal::append` (group commit, WAL fdatasync) before the reply",
             measured,
             "—",
@@ -1119,12 +1220,13 @@ async fn all(args: AllArgs) {
         );
     }
 
-    if wants("file-floor") {
+    fn measure_file_floor(&mut self, ceiling_rps: Option<f64>) {
+        let (secs, conns) = self.load();
         eprintln!("[1c] file floor: ceiling + append-only file, {conns} connections, {secs} s");
-        let file = work.join("file-floor/journal.bin");
+        let file = self.work.join("file-floor/journal.bin");
         let (prealloc, lanes) = (
-            args.file_floor_prealloc_mib.to_string(),
-            args.file_floor_lanes.to_string(),
+            self.args.file_floor_prealloc_mib.to_string(),
+            self.args.file_floor_lanes.to_string(),
         );
         let server_args: Vec<&str> = [
             "file-floor",
@@ -1136,64 +1238,59 @@ async fn all(args: AllArgs) {
             &lanes,
         ]
         .into_iter()
-        .chain(args.file_floor_dsync.then_some("--dsync"))
+        .chain(self.args.file_floor_dsync.then_some("--dsync"))
         .collect();
-        let measured = floor(&exe, &server_args, &bodies, (secs, conns), ceiling_rps);
-        row(
-            &mut rows,
-            &format!(
-                "1c. file floor: (1) + one `write` per batch to a preallocated file ({}), {} lane(s), before the reply",
-                if args.file_floor_dsync {
-                    "O_DSYNC"
-                } else {
-                    "then `fdatasync`"
-                },
-                args.file_floor_lanes
-            ),
-            measured,
-            "—",
-            None,
+        let measured = floor(
+            &self.exe,
+            &server_args,
+            &self.bodies,
+            (secs, conns),
+            ceiling_rps,
         );
+        let what = format!(
+            "1c. file floor: (1) + one `write` per batch to a preallocated file ({}), {} lane(s), before the reply",
+            if self.args.file_floor_dsync {
+                "O_DSYNC"
+            } else {
+                "then `fdatasync`"
+            },
+            self.args.file_floor_lanes
+        );
+        self.row(&what, measured, "—", None);
     }
 
-    if wants("plain") {
+    async fn measure_plain(&mut self, ceiling_rps: Option<f64>) {
+        let (secs, conns) = self.load();
         eprintln!("[2] callhook, journal synced per batch, lookups off");
-        let dir = work.join("plain");
-        let (d, _) = start_daemon(&bin, &dir, &[]);
+        let (d, _) = start_daemon(&self.bin, &self.work.join("plain"), &[]);
         let url = format!("{}/webhooks/jas", d.public);
-        let w = wrk_on(&d.proc.pid(), &url, &bodies, 1, secs, conns);
+        let w = wrk_on(&d.proc.pid(), &url, &self.bodies, 1, secs, conns);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let m = metrics(&http, &d).await;
+        let m = metrics(&self.http, &d).await;
         let accepted = metric(&m, "callhook_events_total", &["outcome=\"accepted\""]);
         let duplicate = metric(&m, "callhook_events_total", &["outcome=\"duplicate\""]);
         let batches = metric(&m, "callhook_journal_batch_size_count", &[]);
         let batch_mean = metric(&m, "callhook_journal_batch_size_sum", &[]) / batches.max(1.0);
         let rss = rss_kib(&d.proc.pid());
-        let stages = format!(
-            "p50/p99 bucket bounds: commit {}/{} ms, WAL sync {}/{} ms",
-            quantile_ms(&m, "callhook_journal_commit_seconds", 0.5),
-            quantile_ms(&m, "callhook_journal_commit_seconds", 0.99),
-            quantile_ms(&m, "callhook_journal_sync_seconds", 0.5),
-            quantile_ms(&m, "callhook_journal_sync_seconds", 0.99),
-        );
+        let stages = stage_bounds(&m);
         // The same daemon with 4× the connections, on bodies it has not seen yet.
+        let first_unseen = w.requests as usize + conns + 1;
         let wide = wrk_on(
             &d.proc.pid(),
             &url,
-            &bodies,
-            w.requests as usize + conns + 1,
+            &self.bodies,
+            first_unseen,
             secs,
             conns * 4,
         );
-        let m2 = metrics(&http, &d).await;
+        let m2 = metrics(&self.http, &d).await;
         let dup2 = metric(&m2, "callhook_events_total", &["outcome=\"duplicate\""]);
         let batches2 = metric(&m2, "callhook_journal_batch_size_count", &[]) - batches;
         let batch_mean2 = (metric(&m2, "callhook_journal_batch_size_sum", &[])
             - batch_mean * batches)
             / batches2.max(1.0);
         d.proc.term();
-        row(
-            &mut rows,
+        self.row(
             &format!("2. callhook JAS endpoint, {conns} connections"),
             format!(
                 "{:.0} req/s ({accepted} accepted, {duplicate} duplicate, {} errors); {:.0} ms CPU per 1000 requests (wrk {:.0} ms); mean journal batch {batch_mean:.1} events, {batches} commits ({stages}); RSS after {} MiB",
@@ -1206,8 +1303,7 @@ async fn all(args: AllArgs) {
             "—",
             None,
         );
-        row(
-            &mut rows,
+        self.row(
             &format!("2b. the same, {} connections", conns * 4),
             format!(
                 "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({} duplicate in all, {} errors); mean journal batch {batch_mean2:.1} events",
@@ -1218,16 +1314,14 @@ async fn all(args: AllArgs) {
         );
         if let Some(c) = ceiling_rps {
             let ratio = w.rps / c;
-            row(
-                &mut rows,
+            self.row(
                 "2. ratio to the ceiling",
                 format!("{ratio:.2}"),
                 "≥ 0.6",
                 Some(ratio >= 0.6),
             );
         }
-        row(
-            &mut rows,
+        self.row(
             "2. ack latency p50 / p99 (max)",
             format!(
                 "{:.2} ms / {:.2} ms ({:.1} ms)",
@@ -1238,39 +1332,29 @@ async fn all(args: AllArgs) {
         );
     }
 
-    if wants("lookups") {
+    async fn measure_lookups(&mut self) {
+        let (secs, conns) = self.load();
         eprintln!("[3] callhook with participant lookups against the mock API");
-        let (api, addr) = start_server(&exe, "mock-api");
-        let base = format!("http://{addr}/v2");
-        let dir = work.join("lookups");
-        let (d, _) = start_daemon(
-            &bin,
-            &dir,
-            &[
-                ("jas.lookup_participants", "true"),
-                ("jas.token", "bench"),
-                ("jas.api_base", &base),
-            ],
-        );
+        let (d, api) = self.daemon_with_lookups("lookups");
         let started = Instant::now();
         let url = format!("{}/webhooks/jas", d.public);
-        let w = wrk_on(&d.proc.pid(), &url, &bodies, 1, secs, conns);
+        let w = wrk_on(&d.proc.pid(), &url, &self.bodies, 1, secs, conns);
         let load_secs = started.elapsed().as_secs_f64();
         // Requests still in flight when wrk stopped are answered a moment later.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let m = metrics(&http, &d).await;
+        let m = metrics(&self.http, &d).await;
         let accepted = metric(&m, "callhook_events_total", &["outcome=\"accepted\""]);
         let looked_up_during = lookups_done(&m);
-        let applied_at = wait_metric(&http, &d, accepted, Duration::from_secs(300), lookups_done)
+        let limit = Duration::from_secs(300);
+        let applied_at = wait_metric(&self.http, &d, accepted, limit, lookups_done)
             .await
             .expect("every lookup answered within 5 minutes");
         let total = (applied_at - started).as_secs_f64();
-        let m = metrics(&http, &d).await;
+        let m = metrics(&self.http, &d).await;
         let ok = metric(&m, "callhook_lookups_total", &["outcome=\"ok\""]);
         d.proc.term();
         drop(api);
-        row(
-            &mut rows,
+        self.row(
             "3. with lookups: acks",
             format!(
                 "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({accepted} accepted)",
@@ -1279,8 +1363,7 @@ async fn all(args: AllArgs) {
             "—",
             None,
         );
-        row(
-            &mut rows,
+        self.row(
             "3. with lookups: events fully applied",
             format!(
                 "{:.0} events/s ({accepted} events, {ok} lookups ok, last applied {total:.1} s after the load began; {:.0}/s during the {load_secs:.0} s of load)",
@@ -1292,43 +1375,39 @@ async fn all(args: AllArgs) {
         );
     }
 
-    if wants("memory") {
-        let n = args.participants;
+    async fn measure_memory(&mut self) {
+        let n = self.args.participants;
+        let conns = self.args.connections;
         eprintln!("[4a] RSS with {n} active participants (lookups on, mock API)");
-        let (api, addr) = start_server(&exe, "mock-api");
-        let base = format!("http://{addr}/v2");
-        let dir = work.join("memory");
-        let (d, _) = start_daemon(
-            &bin,
-            &dir,
-            &[
-                ("jas.lookup_participants", "true"),
-                ("jas.token", "bench"),
-                ("jas.api_base", &base),
-            ],
-        );
+        let (d, api) = self.daemon_with_lookups("memory");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = rss_kib(&d.proc.pid());
-        let accepted = feed(&format!("{}/webhooks/jas", d.public), &bodies, n, conns).await;
+        let accepted = feed(
+            &format!("{}/webhooks/jas", d.public),
+            &self.bodies,
+            n,
+            conns,
+        )
+        .await;
         assert_eq!(accepted, n);
-        wait_metric(&http, &d, n as f64, Duration::from_secs(300), lookups_done)
-            .await
-            .expect("lookups finished");
+        wait_metric(
+            &self.http,
+            &d,
+            n as f64,
+            Duration::from_secs(300),
+            lookups_done,
+        )
+        .await
+        .expect("lookups finished");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_kib(&d.proc.pid());
-        let m = metrics(&http, &d).await;
+        let m = metrics(&self.http, &d).await;
         let calls = metric(&m, "callhook_active_calls", &["provider=\"jas\""]);
         d.proc.term();
         drop(api);
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-        let out = Command::new(&exe)
-            .args(["table", "--participants", &n.to_string()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let t: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
-        row(
-            &mut rows,
+        let t = child_json(&self.exe, &["table", "--participants", &n.to_string()]);
+        self.row(
             &format!("4. RSS per active participant ({n} participants, {calls} calls)"),
             format!(
                 "{per:.0} B (RSS {} MiB idle → {} MiB)",
@@ -1338,8 +1417,7 @@ async fn all(args: AllArgs) {
             "≤ 1 KiB",
             Some(per <= 1024.0),
         );
-        row(
-            &mut rows,
+        self.row(
             "4. of which the call table alone (same participants, no daemon)",
             format!(
                 "{:.0} B per participant",
@@ -1350,21 +1428,23 @@ async fn all(args: AllArgs) {
         );
     }
 
-    if wants("download") {
-        let mib = args.download_mib;
+    fn measure_download_alone(&mut self) {
+        let mib = self.args.download_mib;
         eprintln!("[4b] RSS while downloading a {mib} MiB recording from loopback");
-        let dir = work.join("download");
+        let dir = self.work.join("download");
         std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new(&exe)
-            .args(["download", "--size-mib", &mib.to_string(), "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
+        let v = child_json(
+            &self.exe,
+            &[
+                "download",
+                "--size-mib",
+                &mib.to_string(),
+                "--dir",
+                &path_str(&dir),
+            ],
+        );
         let growth = v["growth_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
-        row(
-            &mut rows,
+        self.row(
             &format!("4. RSS growth during a {mib} MiB download (`download_to` alone)"),
             format!(
                 "{growth:.1} MiB ({} MiB before, peak {} MiB; {:.0} MiB/s)",
@@ -1377,54 +1457,38 @@ async fn all(args: AllArgs) {
         );
     }
 
-    if wants("download") {
-        let mib = args.download_mib;
+    async fn measure_download_by_worker(&mut self) {
+        let mib = self.args.download_mib;
         eprintln!("[4c] daemon RSS while its recording worker downloads {mib} MiB from loopback");
-        let (server, addr) =
-            start_server_args(&exe, &["recording-server", "--size-mib", &mib.to_string()]);
+        let (server, addr) = start_server_args(
+            &self.exe,
+            &["recording-server", "--size-mib", &mib.to_string()],
+        );
         let base = format!("http://{addr}/v2");
-        let dir = work.join("worker");
+        let dir = self.work.join("worker");
         let (d, _) = start_daemon(
-            &bin,
+            &self.bin,
             &dir,
             &[("jas.token", "bench"), ("jas.api_base", &base)],
         );
         let url = format!("{}/webhooks/jas", d.public);
-        let recording = |n: i64, name: &str| {
-            format!(
-                r#"{{"eventName":"new_recording","data":{{"call_id":"{n}","recording_url":"101/{name}.wav","id_recording":{n}}}}}"#
-            )
-        };
-        let post = |body: String| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let sig = sign(SECRET.as_bytes(), body.as_bytes());
-                let r = http
-                    .post(&url)
-                    .header("x-sig", sig)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-            }
-        };
+        let http = &self.http;
         let downloaded =
             |m: &str| metric(m, "callhook_recordings_total", &["outcome=\"downloaded\""]);
         // A small one first, so the baseline holds the worker's one-time allocations.
-        post(recording(1, "warm")).await;
-        wait_metric(&http, &d, 1.0, Duration::from_secs(60), downloaded)
+        post_recording(http, &url, 1, "warm").await;
+        wait_metric(http, &d, 1.0, Duration::from_secs(60), downloaded)
             .await
             .expect("warm-up recording downloaded");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pid = d.proc.pid();
         let before = rss_kib(&pid);
         let started = Instant::now();
-        post(recording(2, "big")).await;
+        post_recording(http, &url, 2, "big").await;
         let mut peak = before;
         loop {
             peak = peak.max(rss_kib(&pid));
-            if downloaded(&metrics(&http, &d).await) >= 2.0 {
+            if downloaded(&metrics(http, &d).await) >= 2.0 {
                 break;
             }
             assert!(
@@ -1440,8 +1504,7 @@ async fn all(args: AllArgs) {
         d.proc.term();
         drop(server);
         let growth = peak.saturating_sub(before) as f64 / 1024.0;
-        row(
-            &mut rows,
+        self.row(
             &format!("4. daemon RSS growth while its worker downloads a {mib} MiB recording"),
             format!(
                 "{growth:.1} MiB ({} MiB before, peak {} MiB; {} bytes on disk; {:.0} MiB/s event to file)",
@@ -1455,14 +1518,14 @@ async fn all(args: AllArgs) {
         );
     }
 
-    if wants("restart") {
-        let n = args.journal_events;
+    async fn measure_restart(&mut self) {
+        let n = self.args.journal_events;
         eprintln!("[5] restart with {n} journaled events");
         let small_n = (n / 100).max(1000);
-        let big = work.join("restart-big/callhook.db");
-        let recent = work.join("restart-recent/callhook.db");
-        let small = work.join("restart-small/callhook.db");
-        if !(args.reuse && big.exists() && recent.exists() && small.exists()) {
+        let big = self.work.join("restart-big/callhook.db");
+        let recent = self.work.join("restart-recent/callhook.db");
+        let small = self.work.join("restart-small/callhook.db");
+        if !(self.args.reuse && big.exists() && recent.exists() && small.exists()) {
             std::fs::create_dir_all(big.parent().unwrap()).unwrap();
             fill_journal(&big, n).await;
             copy_db(&big, &recent);
@@ -1476,10 +1539,9 @@ async fn all(args: AllArgs) {
             ("ended calls a week old", &big, n),
             ("all of it in the last 6 h", &recent, n),
         ] {
-            let (times, restored) = restarts(&bin, db.parent().unwrap(), 5);
+            let (times, restored) = restarts(&self.bin, db.parent().unwrap(), 5);
             let median = times[times.len() / 2];
-            row(
-                &mut rows,
+            self.row(
                 &format!("5. time to ready, {events} events, {label}"),
                 format!(
                     "median {median:.0} ms, max {:.0} ms of 5 (restored {restored})",
@@ -1490,14 +1552,38 @@ async fn all(args: AllArgs) {
             );
         }
     }
+}
 
-    println!("\n| measurement | result | target | met |\n| --- | --- | --- | --- |");
-    for r in rows {
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "",
-        };
-        println!("| {} | {} | {} | {met} |", r.what, r.measured, r.target);
-    }
+/// The journal's commit and WAL-sync p50/p99, as the bucket bounds they fall under.
+fn stage_bounds(m: &str) -> String {
+    format!(
+        "p50/p99 bucket bounds: commit {}/{} ms, WAL sync {}/{} ms",
+        quantile_ms(m, "callhook_journal_commit_seconds", 0.5),
+        quantile_ms(m, "callhook_journal_commit_seconds", 0.99),
+        quantile_ms(m, "callhook_journal_sync_seconds", 0.5),
+        quantile_ms(m, "callhook_journal_sync_seconds", 0.99),
+    )
+}
+
+/// Runs this driver's subcommand `args` to the end; its last line of output, as JSON.
+fn child_json(exe: &Path, args: &[&str]) -> Value {
+    let out = Command::new(exe).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap()
+}
+
+/// Posts a signed `new_recording` of `101/{name}.wav` on call `n`.
+async fn post_recording(http: &reqwest::Client, url: &str, n: i64, name: &str) {
+    let body = format!(
+        r#"{{"eventName":"new_recording","data":{{"call_id":"{n}","recording_url":"101/{name}.wav","id_recording":{n}}}}}"#
+    );
+    let sig = sign(SECRET.as_bytes(), body.as_bytes());
+    let r = http
+        .post(url)
+        .header("x-sig", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -1,12 +1,12 @@
 //! Which way a call goes, decided from its participants (SPEC §4). Pure, so that the same set of
 //! participants gives the same answer whatever order their events arrived in.
 
-use super::model::{Direction, Provider};
+use super::model::{Direction, Provider, Tracked};
 
 const EXTERNAL_LINE: &str = "wexternalline";
 
-/// What the direction is decided from, about one participant: borrowed from the table's own form
-/// of it (`Held::side`). Empty strings where it has no details.
+/// What the direction is decided from, about one participant: borrowed from its row
+/// (`Tracked::side`). Empty strings where it has no details.
 pub(super) struct Side<'a> {
     pub status: &'a str,
     /// The status it was first seen in (the oldest details by sequence), else its status.
@@ -17,6 +17,23 @@ pub(super) struct Side<'a> {
     pub party_dn_type: &'a str,
     pub leg: Option<&'a str>,
     pub leg_direction: Option<&'a str>,
+}
+
+impl<K> Tracked<K> {
+    /// What the direction of its call is decided from; `dn` is its key's.
+    pub(super) fn side<'a>(&'a self, dn: &'a str) -> Side<'a> {
+        let d = self.details.as_ref();
+        let status = d.map_or("", |d| d.status.as_str());
+        Side {
+            status,
+            first_status: self.first_status.as_deref().unwrap_or(status),
+            dn: d.and_then(|d| d.dn.as_deref()).unwrap_or(dn),
+            party_dn: d.map_or("", |d| &d.party_dn),
+            party_dn_type: d.map_or("", |d| &d.party_dn_type),
+            leg: d.and_then(|d| d.leg.as_deref()),
+            leg_direction: d.and_then(|d| d.leg_direction.as_deref()),
+        }
+    }
 }
 
 impl Side<'_> {
@@ -78,18 +95,13 @@ fn jas_direction(members: &[Side]) -> Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calls::compact::Held;
-    use crate::calls::model::{Details, ParticipantKey, Tracked};
+    use crate::calls::model::{Details, ParticipantKey};
     use chrono::Utc;
 
     /// The direction of a call of these participants, through the same `Side`s the table
-    /// builds from its compact rows.
+    /// builds from its rows.
     fn direction_of(provider: Provider, members: &[&Tracked]) -> Direction {
-        let held: Vec<_> = members
-            .iter()
-            .map(|t| Held::from_tracked((*t).clone()))
-            .collect();
-        let sides: Vec<Side> = held.iter().map(|(k, h)| h.side(&k.member)).collect();
+        let sides: Vec<Side> = members.iter().map(|t| t.side(&t.key.dn)).collect();
         decide(provider, &sides)
     }
 

@@ -7,6 +7,7 @@ mod direction;
 mod model;
 mod table;
 
+pub use compact::{Extra, RareText, Text};
 pub use model::{
     Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Provider, Recording,
     RecordingState, Tracked,

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::compact::{Extra, RareText, Text};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
@@ -71,45 +73,49 @@ impl ParticipantKey {
     }
 }
 
-/// What a lookup (JAS) or the event itself (TeleCMI) says about a participant.
+/// What a lookup (JAS) or the event itself (TeleCMI) says about a participant, in the form the
+/// table holds it (`compact.rs`): texts inline, what most participants lack behind a pointer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Details {
     /// The call it is on; its membership follows the newest details.
-    pub call_id: String,
-    pub status: String,
+    pub call_id: Text,
+    pub status: Text,
     #[serde(default)]
-    pub dn: Option<String>,
+    pub dn: Option<Text>,
     #[serde(default)]
-    pub party_number: String,
+    pub party_number: Text,
     #[serde(default)]
-    pub party_name: String,
+    pub party_name: Text,
     #[serde(default)]
-    pub party_dn: String,
+    pub party_dn: Text,
     #[serde(default)]
-    pub party_dn_type: String,
+    pub party_dn_type: Text,
     #[serde(default)]
     pub leg_id: Option<i64>,
     /// TeleCMI's leg ("a" or "b"); the call's direction comes from leg a.
     #[serde(default)]
-    pub leg: Option<String>,
+    pub leg: Option<Text>,
     #[serde(default)]
-    pub leg_direction: Option<String>,
+    pub leg_direction: Option<Text>,
     /// The number shown to the far end (TeleCMI `callerid`), as text with its leading zeros.
     #[serde(default)]
-    pub caller_id: Option<String>,
+    pub caller_id: Option<RareText>,
     /// The DID dialled on an inbound call (TeleCMI `virtual_number`, else `to`; JAS `party_did`).
     #[serde(default)]
-    pub did: Option<String>,
+    pub did: Option<RareText>,
     /// Provider-specific facts worth keeping (hang-up reason, answered seconds, ...).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub extra: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Extra::is_empty")]
+    pub extra: Extra,
 }
 
 /// The ordering state of one participant. Kept after its removal as a tombstone, so that late or
 /// duplicated deliveries cannot bring it back.
+///
+/// `K` names it: a `ParticipantKey` where it stands alone (persisted, restored, read out of the
+/// table); nothing in the table itself, whose map key names it (`compact::Held`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tracked {
-    pub key: ParticipantKey,
+pub struct Tracked<K = ParticipantKey> {
+    pub key: K,
     /// Highest sequence seen for this participant.
     pub last_seq: i64,
     /// Set by the first remove: final.
@@ -120,7 +126,7 @@ pub struct Tracked {
     pub details: Option<Details>,
     pub details_seq: i64,
     /// The status of the oldest details, which is what direction is decided from.
-    pub first_status: Option<String>,
+    pub first_status: Option<Text>,
     pub first_details_seq: i64,
     pub updated_at: Option<DateTime<Utc>>,
     /// Wall-clock time of the last event that touched it, for the stale sweep.
@@ -131,8 +137,8 @@ pub struct Tracked {
     pub swept: bool,
 }
 
-impl Tracked {
-    pub fn new(key: ParticipantKey, now: DateTime<Utc>) -> Self {
+impl<K> Tracked<K> {
+    pub fn new(key: K, now: DateTime<Utc>) -> Self {
         Self {
             key,
             last_seq: i64::MIN,
@@ -149,41 +155,64 @@ impl Tracked {
         }
     }
 
-    pub fn call_key(&self) -> Option<CallKey> {
-        self.details
-            .as_ref()
-            .map(|d| CallKey::new(self.key.provider, d.call_id.clone()))
-    }
-
     pub fn is_removed(&self) -> bool {
         self.removed_seq.is_some()
     }
 
-    /// The participant as the API shows it. The table builds its views from its compact rows
-    /// (`Held::view`); this plain version is the property test's reference for those.
-    pub fn view(&self) -> Participant {
-        let d = self.details.clone().unwrap_or_default();
+    /// The same state under another name: the table's row given its key, or the reverse.
+    pub fn keyed<J>(self, key: J) -> Tracked<J> {
+        Tracked {
+            key,
+            last_seq: self.last_seq,
+            removed_seq: self.removed_seq,
+            joined_at: self.joined_at,
+            left_at: self.left_at,
+            details: self.details,
+            details_seq: self.details_seq,
+            first_status: self.first_status,
+            first_details_seq: self.first_details_seq,
+            updated_at: self.updated_at,
+            last_activity: self.last_activity,
+            swept: self.swept,
+        }
+    }
+
+    /// The participant as the API shows it, given the DN and id of its key.
+    pub(super) fn view_as(&self, dn: &str, participant_id: &str) -> Participant {
+        let d = self.details.as_ref();
+        let text = |f: fn(&Details) -> &Text| d.map(|d| f(d).to_string()).unwrap_or_default();
+        let rare = |f: fn(&Details) -> &Option<RareText>| d.and_then(|d| f(d).as_deref());
+        let status = d.map_or("", |d| d.status.as_str());
         Participant {
-            dn: d.dn.unwrap_or_else(|| self.key.dn.clone()),
-            participant_id: self.key.participant_id.clone(),
-            status: if d.status.is_empty() {
-                "unknown".into()
-            } else {
-                d.status
-            },
-            party_number: d.party_number,
-            party_name: d.party_name,
-            party_dn: d.party_dn,
-            party_dn_type: d.party_dn_type,
-            leg_id: d.leg_id,
-            leg: d.leg,
-            caller_id: d.caller_id,
-            did: d.did,
+            dn: d.and_then(|d| d.dn.as_deref()).unwrap_or(dn).to_string(),
+            participant_id: participant_id.to_string(),
+            status: if status.is_empty() { "unknown" } else { status }.to_string(),
+            party_number: text(|d| &d.party_number),
+            party_name: text(|d| &d.party_name),
+            party_dn: text(|d| &d.party_dn),
+            party_dn_type: text(|d| &d.party_dn_type),
+            leg_id: d.and_then(|d| d.leg_id),
+            leg: d.and_then(|d| d.leg.as_ref().map(Text::to_string)),
+            caller_id: rare(|d| &d.caller_id).map(str::to_string),
+            did: rare(|d| &d.did).map(str::to_string),
             updated_at: self.updated_at,
             joined_at: self.joined_at,
             left_at: self.left_at,
-            extra: d.extra,
+            extra: d.map(|d| Map::clone(&d.extra)).unwrap_or_default(),
         }
+    }
+}
+
+impl Tracked {
+    pub fn call_key(&self) -> Option<CallKey> {
+        self.details
+            .as_ref()
+            .map(|d| CallKey::new(self.key.provider, d.call_id.as_str()))
+    }
+
+    /// The participant as the API shows it (what a call's `participants` list).
+    pub fn view(&self) -> Participant {
+        self.view_as(&self.key.dn, &self.key.participant_id)
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashMap;
+use dashmap::mapref::one::RefMut;
 use serde_json::Value;
 
 use super::compact::{CKey, Held, MemberKey, PKey, Text};
@@ -105,16 +106,8 @@ impl CallTable {
         now: DateTime<Utc>,
     ) -> Changes {
         let mut changes = Changes::default();
-        let mut t = self
-            .participants
-            .entry(PKey::of(key))
-            .or_insert_with(|| Box::new(Held::new(now)));
-        // When it joined is the oldest event's time, whatever order they arrive in.
-        if let Some(at) = at {
-            if t.joined_at.is_none_or(|j| at < j) {
-                t.joined_at = Some(at);
-            }
-        }
+        let mut t = self.row(PKey::of(key), now);
+        t.seen_at(at);
         t.last_activity = now;
         if t.swept && seq > t.last_seq {
             // The stale sweep ended it, yet the provider is still talking about it.
@@ -146,10 +139,7 @@ impl CallTable {
         now: DateTime<Utc>,
     ) -> Changes {
         let mut changes = Changes::default();
-        let mut t = self
-            .participants
-            .entry(PKey::of(key))
-            .or_insert_with(|| Box::new(Held::new(now)));
+        let mut t = self.row(PKey::of(key), now);
         t.last_activity = now;
         if t.is_removed() || seq < t.last_seq {
             return changes;
@@ -180,26 +170,19 @@ impl CallTable {
     ) -> Changes {
         let mut changes = Changes::default();
         let pkey = PKey::of(key);
-        let mut t = self
-            .participants
-            .entry(pkey.clone())
-            .or_insert_with(|| Box::new(Held::new(now)));
+        let mut t = self.row(pkey.clone(), now);
         t.last_activity = now;
-        if let Some(at) = at {
-            if t.joined_at.is_none_or(|j| at < j) {
-                t.joined_at = Some(at);
-            }
-        }
+        t.seen_at(at);
         if seq < t.first_details_seq {
             t.first_details_seq = seq;
-            t.first_status = Some(Text::new(&details.status));
+            t.first_status = Some(details.status.clone());
             changes.applied = true;
         }
         let old_call = t.call_key(key.provider);
         if seq >= t.details_seq {
             t.details_seq = seq;
             t.updated_at = at.or(Some(now));
-            t.details = Some(details.into());
+            t.details = Some(details);
             changes.applied = true;
         }
         t.last_seq = t.last_seq.max(seq);
@@ -246,6 +229,13 @@ impl CallTable {
             }
         }
         changes
+    }
+
+    /// A participant's row, a new one if it has none.
+    fn row(&self, key: PKey, now: DateTime<Utc>) -> RefMut<'_, PKey, Box<Held>> {
+        self.participants
+            .entry(key)
+            .or_insert_with(|| Box::new(Held::new((), now)))
     }
 
     /// A participant that is not visible to this token (403): not tracked at all.
@@ -449,7 +439,7 @@ impl CallTable {
     pub fn participant(&self, key: &ParticipantKey) -> Option<Tracked> {
         self.participants
             .get(&PKey::of(key))
-            .map(|t| t.to_tracked(key.clone()))
+            .map(|t| Held::clone(&t).keyed(key.clone()))
     }
 
     /// The persisted form of a call: its JSON and the wall clock of its last change.
@@ -511,7 +501,8 @@ impl CallTable {
             // A participant already in memory is newer than its row (state is written a moment
             // after it changes), so a call loaded late never overwrites one: it is only linked
             // to the call its in-memory version names.
-            let (key, held) = Held::from_tracked(t);
+            let key = PKey::of(&t.key);
+            let held = t.keyed(());
             let in_memory = self
                 .participants
                 .get(&key)
@@ -553,7 +544,9 @@ impl CallTable {
                     provider: call.provider,
                     member: member.clone(),
                 };
-                self.participants.get(&key).map(|t| t.view(member))
+                self.participants
+                    .get(&key)
+                    .map(|t| t.view_as(&member.dn, &member.participant_id))
             })
             .collect();
         participants.sort_by(|a, b| {
@@ -602,7 +595,7 @@ impl CallTable {
             return;
         }
 
-        let sides: Vec<_> = tracked.iter().map(|(k, t)| t.side(k)).collect();
+        let sides: Vec<_> = tracked.iter().map(|(k, t)| t.side(&k.dn)).collect();
         let direction = decide(key.provider, &sides);
         let joined = tracked.iter().filter_map(|(_, t)| t.joined_at).min();
         let left = tracked.iter().filter_map(|(_, t)| t.left_at).max();

@@ -392,7 +392,7 @@ fn restore_gives_back_the_same_documents() {
             leg_direction: Some("inbound".into()),
             caller_id: Some("04471000000".into()),
             did: Some("+44 0000 000000 a DID longer than 24 bytes".into()),
-            extra,
+            extra: extra.into(),
         },
         Some(t(1)),
         t(1),

@@ -52,7 +52,7 @@ impl Event for JasEvent {
                         } else if fresh {
                             // Without lookups a participant is its own call.
                             let details = Details {
-                                call_id: format!("{}:{}", cs.dn, cs.participant_id),
+                                call_id: format!("{}:{}", cs.dn, cs.participant_id).into(),
                                 ..Default::default()
                             };
                             let changes = ctx.table.details(&key, cs.sequence, details, at, now);
@@ -156,15 +156,15 @@ pub(super) fn details_from(key: &ParticipantKey, p: ParticipantDetails) -> Detai
         p.callid
     };
     Details {
-        call_id,
-        status: p.status,
-        dn: (!p.dn.is_empty()).then_some(p.dn),
-        party_number: p.party_caller_id,
-        party_name: p.party_caller_name,
-        party_dn: p.party_dn,
-        party_dn_type: p.party_dn_type,
+        call_id: call_id.into(),
+        status: p.status.into(),
+        dn: (!p.dn.is_empty()).then_some(p.dn.into()),
+        party_number: p.party_caller_id.into(),
+        party_name: p.party_caller_name.into(),
+        party_dn: p.party_dn.into(),
+        party_dn_type: p.party_dn_type.into(),
         leg_id: p.legid,
-        did: (!p.party_did.is_empty()).then_some(p.party_did),
+        did: (!p.party_did.is_empty()).then_some(p.party_did.into()),
         ..Default::default()
     }
 }

@@ -81,7 +81,7 @@ pub fn call_key(table: &CallTable, event: &TelecmiEvent) -> CallKey {
         None => table
             .participant(&leg_key(event))
             .and_then(|t| t.details)
-            .map(|d| d.call_id)
+            .map(|d| d.call_id.into())
             .unwrap_or_else(|| event.cmiuuid.clone()),
     };
     CallKey::new(Provider::Telecmi, call_id)
@@ -271,17 +271,25 @@ fn leg_details(
         extra.insert("waitedsec".into(), Value::from(secs));
     }
     Details {
-        call_id: call.call_id.clone(),
-        status,
-        dn: event.user.clone().or(known.dn),
+        call_id: call.call_id.as_str().into(),
+        status: status.into(),
+        dn: event.user.as_deref().map(Into::into).or(known.dn),
         party_number: event
             .far_end()
-            .map(str::to_string)
+            .map(Into::into)
             .unwrap_or(known.party_number),
-        leg: leg.map(|l| l.as_str().to_string()).or(known.leg),
-        leg_direction: event.direction.clone().or(known.leg_direction),
-        caller_id: event.callerid.clone().or(known.caller_id),
-        did: event.did().map(str::to_string).or(known.did),
+        leg: leg.map(|l| l.as_str().into()).or(known.leg),
+        leg_direction: event
+            .direction
+            .as_deref()
+            .map(Into::into)
+            .or(known.leg_direction),
+        caller_id: event
+            .callerid
+            .as_deref()
+            .map(Into::into)
+            .or(known.caller_id),
+        did: event.did().map(Into::into).or(known.did),
         extra,
         ..Default::default()
     }
