@@ -148,22 +148,6 @@ async fn an_environment_secret_with_a_comma_is_one_secret() {
     }
 }
 
-/// Waits until a log line satisfies `pred`, up to 10 s.
-fn wait_log(daemon: &mut ChildDaemon, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = daemon.logs().into_iter().find(|l| pred(l)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no such line: {:#?}",
-            daemon.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_is_logged_and_changes_nothing() {
     crypto();
@@ -171,7 +155,7 @@ async fn sighup_is_logged_and_changes_nothing() {
     let env = Env::new(dir.path());
     let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
     daemon.signal("HUP");
-    let line = tokio::task::block_in_place(|| wait_log(&mut daemon, |l| l["signal"] == "SIGHUP"));
+    let line = tokio::task::block_in_place(|| daemon.wait_log(|l| l["signal"] == "SIGHUP"));
     assert_eq!(
         line["message"],
         "configuration is read at start; restart to apply changes"
@@ -239,7 +223,7 @@ async fn a_call_in_a_child(redact: bool) -> (Vec<Value>, Value) {
     assert_eq!(post(insert.clone(), None).await.unwrap().status(), 401);
     assert_eq!(post("{".into(), signed("{")).await.unwrap().status(), 400);
     tokio::task::block_in_place(|| {
-        wait_log(&mut daemon, |l| l["message"] == "call started");
+        daemon.wait_log(|l| l["message"] == "call started");
     });
     // A recording whose name holds the number, as 3CX names them.
     let recording = new_recording("26", "/recordings/101/[Bob]_5148888888-101_20250414.wav", 7);
@@ -259,7 +243,7 @@ async fn a_call_in_a_child(redact: bool) -> (Vec<Value>, Value) {
         200
     );
     tokio::task::block_in_place(|| {
-        wait_log(&mut daemon, |l| l["message"] == "call ended");
+        daemon.wait_log(|l| l["message"] == "call ended");
     });
     let call: Value = http
         .get(format!("{}/api/calls/jas/26", daemon.admin))

@@ -622,3 +622,61 @@ async fn a_database_overwritten_in_place_while_running_is_503_until_a_restart() 
     assert_eq!(status, 503, "{reply}");
     assert_eq!(app.get_admin("/readyz").await.0, 503);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repaired_time_is_logged_at_warn_naming_the_provider_event_and_field() {
+    let dir = tempdir();
+    let mut env = Env::new(dir.path());
+    env.set("recordings.enabled", "false")
+        .set("telecmi.path_token", "ingest-path-token");
+    let mut daemon = tokio::task::block_in_place(|| ChildDaemon::spawn(&env, dir.path()));
+    let http = reqwest::Client::new();
+    // `start_time` missing, `end_time` a number: both repaired, `timestamp` readable.
+    let recording = json!({
+        "eventName": "new_recording", "timestamp": event_time(0),
+        "data": {"call_id": "78", "recording_url": "101/y.wav", "id_recording": 10,
+                 "end_time": 1744643063}
+    });
+    let (status, reply) = post_signed(&http, &daemon.public, &recording.to_string()).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("accepted")),
+        "{reply}"
+    );
+    let telecmi = json!({"cmiuuid": "u2", "conversation_uuid": "c2", "type": "event",
+                         "leg": "a", "status": "started", "direction": "inbound", "time": "soon"});
+    let resp = http
+        .post(format!(
+            "{}/webhooks/telecmi/ingest-path-token",
+            daemon.public
+        ))
+        .header("content-type", "application/json")
+        .body(telecmi.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let message = "event field missing or unreadable; using the time it was received";
+    let mut warned = |provider: &str, event: &str, field: &str| {
+        let line = tokio::task::block_in_place(|| {
+            daemon.wait_log(|l| l["message"] == message && l["field"] == field)
+        });
+        assert_eq!(
+            (&line["level"], &line["provider"], &line["event"]),
+            (&json!("WARN"), &json!(provider), &json!(event)),
+            "{line}"
+        );
+    };
+    warned("jas", "new_recording", "start_time");
+    warned("jas", "new_recording", "end_time");
+    warned("telecmi", "event", "time");
+    // A readable field is not warned about.
+    let logs = daemon.logs();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l["message"] == message && l["field"] == "timestamp"),
+        "{logs:#?}"
+    );
+}

@@ -1194,8 +1194,6 @@ fn contents_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
 async fn a_symbolic_link_planted_before_a_resumed_download_is_refused_and_nothing_outside_changes()
 {
     let dir = tempdir();
-    // No in-process daemon installs it for this test's own client.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let body = audio(600_000);
     let upstream = Upstream::start(body.clone()).await;
     upstream.script([Reply::Stall { sent: 300_000 }]);

@@ -322,6 +322,8 @@ impl ChildDaemon {
         dir: &Path,
         config: &str,
     ) -> (Child, std::sync::mpsc::Receiver<String>) {
+        // The test's own reqwest clients need it, and no in-process daemon may have installed it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let empty = dir.join("empty.toml");
         std::fs::write(&empty, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_callhook"))
@@ -389,6 +391,22 @@ impl ChildDaemon {
                 return status.code();
             }
             assert!(std::time::Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a log line satisfies `pred`, up to 10 s.
+    pub fn wait_log(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| pred(l)) {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such line: {:#?}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
