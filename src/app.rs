@@ -49,6 +49,8 @@ pub struct Application {
     recorder: Option<Recorder>,
     /// The call-event delivery workers; `None` without an enabled outbound endpoint.
     deliverer: Option<Arc<Deliverer>>,
+    /// Both listeners' addresses, refused as redirect targets while the daemon lives.
+    own_listeners: [crate::outbound::redirect::OwnListener; 2],
     tasks: TaskTracker,
 }
 
@@ -99,8 +101,10 @@ impl Application {
         let (public, public_addr) = bind(settings.server.listen).await?;
         let (admin, admin_addr) = bind(settings.admin.listen).await?;
         // No upstream redirect is followed to our own listeners (recordings/redirect.rs).
-        crate::outbound::redirect::register_own_listener(public_addr);
-        crate::outbound::redirect::register_own_listener(admin_addr);
+        let own_listeners = [
+            crate::outbound::redirect::register_own_listener(public_addr),
+            crate::outbound::redirect::register_own_listener(admin_addr),
+        ];
 
         let state = AppState {
             deliverer: deliverer.clone(),
@@ -120,6 +124,7 @@ impl Application {
             providers,
             recorder,
             deliverer,
+            own_listeners,
             tasks,
         })
     }
@@ -147,6 +152,7 @@ impl Application {
             providers,
             recorder,
             deliverer,
+            own_listeners: _own_listeners,
             tasks,
             public_addr,
             admin_addr,
@@ -326,7 +332,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 /// The call table as the journal left it, and the applied cursor.
 async fn restore(journal: &Journal) -> Result<(Arc<CallTable>, i64), JournalError> {
     let restored = journal.restore(Utc::now() - KEEP_ENDED).await?;
-    let table = Arc::new(CallTable::new());
+    let table = Arc::new(CallTable::new(crate::providers::DIRECTIONS));
     tracing::info!(
         participants = restored.participants.len(),
         calls = restored.calls.len(),

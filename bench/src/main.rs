@@ -493,7 +493,7 @@ async fn download(size_mib: u64, dir: &Path) {
 fn table(n: usize) {
     use callhook::calls::{Details, ParticipantKey, Provider};
     let me = std::process::id().to_string();
-    let table = CallTable::new();
+    let table = CallTable::new(callhook::providers::DIRECTIONS);
     let before = rss_kib(&me);
     let now = Utc::now();
     for i in 0..n {
@@ -958,7 +958,7 @@ async fn fill_journal(db: &Path, events: usize) {
     let providers = callhook::providers::Providers::from_settings(&Arc::new(settings)).unwrap();
     let mut processor = Processor::new(
         journal.clone(),
-        Arc::new(CallTable::new()),
+        Arc::new(CallTable::new(callhook::providers::DIRECTIONS)),
         Arc::new(providers),
         0,
         tokio_util::task::TaskTracker::new(),

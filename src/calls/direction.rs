@@ -3,11 +3,13 @@
 
 use super::model::{Direction, Provider, Tracked};
 
-const EXTERNAL_LINE: &str = "wexternalline";
+/// A provider's rule: the direction of a call of these participants. Each provider's lives in
+/// its folder; `providers::DIRECTIONS` lists them and `CallTable::new` takes that list.
+pub type DirectionRule = fn(&[Side]) -> Direction;
 
 /// What the direction is decided from, about one participant: borrowed from its row
 /// (`Tracked::side`). Empty strings where it has no details.
-pub(super) struct Side<'a> {
+pub struct Side<'a> {
     pub status: &'a str,
     /// The status it was first seen in (the oldest details by sequence), else its status.
     pub first_status: &'a str,
@@ -36,60 +38,16 @@ impl<K> Tracked<K> {
     }
 }
 
-impl Side<'_> {
-    fn far_side_external(&self) -> bool {
-        self.party_dn_type.eq_ignore_ascii_case(EXTERNAL_LINE)
-    }
-}
-
-pub(super) fn decide(provider: Provider, members: &[Side]) -> Direction {
-    match provider {
-        Provider::Telecmi => telecmi_direction(members),
-        Provider::Jas => jas_direction(members),
-    }
-}
-
-fn telecmi_direction(members: &[Side]) -> Direction {
-    let leg_a = members.iter().find(|s| s.leg == Some("a"));
-    match leg_a.and_then(|s| s.leg_direction) {
-        Some(d) if d.eq_ignore_ascii_case("inbound") => Direction::Inbound,
-        Some(d) if d.eq_ignore_ascii_case("outbound") => Direction::Outbound,
-        _ => Direction::Unknown,
-    }
-}
-
-fn jas_direction(members: &[Side]) -> Direction {
-    // Details with no status come from the event alone (lookups off): they say nothing about
-    // which way the call goes.
-    let known: Vec<&Side> = members.iter().filter(|s| !s.status.is_empty()).collect();
-    if known.is_empty() {
-        return Direction::Unknown;
-    }
-    // A local DN that dialled out toward an external party.
-    if known
+/// The direction by `provider`'s rule; `unknown` for a provider without one.
+pub(super) fn decide(
+    rules: &[(Provider, DirectionRule)],
+    provider: Provider,
+    members: &[Side],
+) -> Direction {
+    rules
         .iter()
-        .any(|s| s.far_side_external() && s.first_status.eq_ignore_ascii_case("dialing"))
-    {
-        return Direction::Outbound;
-    }
-    // DNs the call shows to be external lines (someone's far side is that DN).
-    let external_dns: Vec<&str> = known
-        .iter()
-        .filter(|s| s.far_side_external())
-        .map(|s| s.party_dn)
-        .filter(|dn| !dn.is_empty())
-        .collect();
-    // An external party reached a local DN that did not dial.
-    if known.iter().any(|s| {
-        (s.far_side_external() && s.first_status.eq_ignore_ascii_case("ringing"))
-            || external_dns.contains(&s.dn)
-    }) {
-        return Direction::Inbound;
-    }
-    if !known.iter().any(|s| s.far_side_external()) {
-        return Direction::Internal;
-    }
-    Direction::Unknown
+        .find(|(p, _)| *p == provider)
+        .map_or(Direction::Unknown, |(_, rule)| rule(members))
 }
 
 #[cfg(test)]
@@ -102,7 +60,7 @@ mod tests {
     /// builds from its rows.
     fn direction_of(provider: Provider, members: &[&Tracked]) -> Direction {
         let sides: Vec<Side> = members.iter().map(|t| t.side(&t.key.dn)).collect();
-        decide(provider, &sides)
+        decide(crate::providers::DIRECTIONS, provider, &sides)
     }
 
     fn member(dn: &str, first: &str, now: &str, party_dn: &str, party_type: &str) -> Tracked {

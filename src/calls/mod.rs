@@ -8,6 +8,7 @@ mod model;
 mod table;
 
 pub use compact::{Extra, RareText, Text};
+pub use direction::{DirectionRule, Side};
 pub use model::{
     Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Provider, Recording,
     RecordingState, Tracked,

@@ -9,7 +9,7 @@ use dashmap::mapref::one::RefMut;
 use serde_json::Value;
 
 use super::compact::{CKey, Held, MemberKey, PKey, Text};
-use super::direction::decide;
+use super::direction::{DirectionRule, decide};
 use super::model::{
     Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Recording, Tracked,
 };
@@ -89,11 +89,16 @@ struct CallRecord {
 pub struct CallTable {
     participants: DashMap<PKey, Box<Held>>,
     calls: DashMap<CKey, Box<CallRecord>>,
+    /// Each provider's direction rule (`providers::DIRECTIONS`).
+    directions: &'static [(super::Provider, DirectionRule)],
 }
 
 impl CallTable {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(directions: &'static [(super::Provider, DirectionRule)]) -> Self {
+        Self {
+            directions,
+            ..Self::default()
+        }
     }
 
     /// An insert or update event at `seq`. Returns `applied = true` when it is the newest thing
@@ -596,7 +601,7 @@ impl CallTable {
         }
 
         let sides: Vec<_> = tracked.iter().map(|(k, t)| t.side(&k.dn)).collect();
-        let direction = decide(key.provider, &sides);
+        let direction = decide(self.directions, key.provider, &sides);
         let joined = tracked.iter().filter_map(|(_, t)| t.joined_at).min();
         let left = tracked.iter().filter_map(|(_, t)| t.left_at).max();
         let (rec_start, rec_end) = rec.recording_times.unwrap_or((None, None));

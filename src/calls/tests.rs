@@ -27,7 +27,7 @@ fn details(call: &str, status: &str, party_type: &str) -> Details {
 
 #[test]
 fn older_event_changes_nothing() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     assert!(table.upsert(&k, 5, Some(t(5)), t(5)).applied);
     assert!(!table.upsert(&k, 4, Some(t(4)), t(6)).applied);
@@ -63,7 +63,7 @@ fn older_event_changes_nothing() {
 
 #[test]
 fn remove_is_final() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     table.upsert(&k, 1, Some(t(1)), t(1));
     table.details(
@@ -92,7 +92,7 @@ fn remove_is_final() {
 
 #[test]
 fn call_ends_when_its_last_participant_leaves() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let (a, b) = (key("101", "1"), key("102", "2"));
     for (k, s) in [(&a, 1), (&b, 2)] {
         table.upsert(k, s, Some(t(s)), t(s));
@@ -122,7 +122,7 @@ fn call_ends_when_its_last_participant_leaves() {
 
 #[test]
 fn stale_calls_end_and_stay_ended() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     table.upsert(&k, 1, Some(t(1)), t(1));
     table.details(
@@ -148,7 +148,7 @@ fn stale_calls_end_and_stay_ended() {
 
 #[test]
 fn a_stale_call_resumes_when_the_provider_speaks_of_it_again() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     let call = CallKey::new(Provider::Jas, "9");
     table.upsert(&k, 1, Some(t(1)), t(1));
@@ -178,7 +178,7 @@ fn a_stale_call_resumes_when_the_provider_speaks_of_it_again() {
 
 #[test]
 fn forget_untracks_a_forbidden_participant() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     table.upsert(&k, 1, Some(t(1)), t(1));
     let changes = table.forget(&k, t(2));
@@ -188,7 +188,7 @@ fn forget_untracks_a_forbidden_participant() {
 
 #[test]
 fn recording_for_a_call_never_seen_makes_an_ended_call() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let call = CallKey::new(Provider::Jas, "99");
     let rec = Recording {
         id: "1".into(),
@@ -294,7 +294,7 @@ proptest! {
         shuffle in any::<prop::sample::Index>().prop_map(|i| i.index(usize::MAX)),
         dups in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
-        let in_order = CallTable::new();
+        let in_order = CallTable::new(crate::providers::DIRECTIONS);
         for i in &inputs {
             apply(&in_order, &parts, i);
         }
@@ -311,7 +311,7 @@ proptest! {
             state ^= state << 17;
             delivered.swap(i, (state % (i as u64 + 1)) as usize);
         }
-        let shuffled = CallTable::new();
+        let shuffled = CallTable::new(crate::providers::DIRECTIONS);
         for i in &delivered {
             apply(&shuffled, &parts, i);
         }
@@ -337,7 +337,7 @@ proptest! {
 
 #[test]
 fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let call = CallKey::new(Provider::Jas, "26");
     let rec = Recording {
         id: "1".into(),
@@ -367,7 +367,7 @@ fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
 /// and served, must be what it was given, whatever the strings' lengths and the optional fields.
 #[test]
 fn restore_gives_back_the_same_documents() {
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let long = "d965c6e0-5493-44f8-8d7d-b9a8077013a4";
     let call = CallKey::new(Provider::Telecmi, long);
     let a = ParticipantKey::new(Provider::Telecmi, "", format!("{long}-a"));
@@ -438,7 +438,7 @@ fn restore_gives_back_the_same_documents() {
     };
     let before = docs(&table);
     let (doc, at, people) = before.clone();
-    let restored = CallTable::new();
+    let restored = CallTable::new(crate::providers::DIRECTIONS);
     restored.restore(
         people
             .iter()
@@ -456,7 +456,7 @@ fn restore_gives_back_the_same_documents() {
 fn a_call_loaded_late_never_overwrites_a_newer_participant_in_memory() {
     // Rows are written a moment after they change, so a stored call can name a participant in
     // an older version than memory holds (here: before it moved to call 27).
-    let table = CallTable::new();
+    let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     table.upsert(&k, 5, Some(t(5)), t(5));
     table.details(

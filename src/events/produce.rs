@@ -291,7 +291,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             allow_private: true,
         };
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         let key = crate::calls::ParticipantKey::new(Provider::Jas, "101", "1");
         let now = Utc::now();
         let changes = table.upsert(&key, 1, Some(now), now);

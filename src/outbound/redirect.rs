@@ -15,11 +15,26 @@ pub const MAX_REDIRECTS: usize = 5;
 /// The addresses this process listens on (every daemon started in it, for the tests' sake).
 static OWN_LISTENERS: RwLock<Vec<SocketAddr>> = RwLock::new(Vec::new());
 
-/// Records a listener of this process: no redirect is ever followed to it.
-pub fn register_own_listener(addr: SocketAddr) {
+/// Records a listener of this process: no redirect is ever followed to it while the returned
+/// guard lives (the daemon's life). Dropped, it forgets the address, so a later server on the
+/// same port (another test's, in one process) is not taken for this daemon.
+#[must_use = "the address is forgotten when the guard is dropped"]
+pub fn register_own_listener(addr: SocketAddr) -> OwnListener {
     let mut own = OWN_LISTENERS.write().unwrap_or_else(|e| e.into_inner());
-    if !own.contains(&addr) {
-        own.push(addr);
+    own.push(addr);
+    OwnListener(addr)
+}
+
+/// Keeps an address in the own-listener list; see [`register_own_listener`].
+#[derive(Debug)]
+pub struct OwnListener(SocketAddr);
+
+impl Drop for OwnListener {
+    fn drop(&mut self) {
+        let mut own = OWN_LISTENERS.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = own.iter().position(|a| *a == self.0) {
+            own.swap_remove(i);
+        }
     }
 }
 

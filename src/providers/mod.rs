@@ -182,6 +182,13 @@ pub struct MetricNames {
     pub apis: &'static [crate::outbound::Api],
 }
 
+/// Every provider's direction rule, for `CallTable::new` (the table decides a call's
+/// direction on every change of its members, knowing no provider objects).
+pub const DIRECTIONS: &[(Provider, crate::calls::DirectionRule)] = &[
+    (Provider::Jas, jas::direction::direction),
+    (Provider::Telecmi, telecmi::direction::direction),
+];
+
 /// Every provider's metric names, in the order of `Providers::from_settings`.
 pub const METRIC_NAMES: &[MetricNames] = &[jas::METRIC_NAMES, telecmi::METRIC_NAMES];
 

@@ -894,7 +894,7 @@ async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
     let dir = tempdir();
     // An outbound call that ended ten hours ago: stored, but not restored into memory.
     let ended = Utc::now() - chrono::Duration::hours(10);
-    let table = CallTable::new();
+    let table = CallTable::new(callhook::providers::DIRECTIONS);
     let key = ParticipantKey::new(Provider::Jas, "101", "1");
     let details = Details {
         call_id: "26".into(),

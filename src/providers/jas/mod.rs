@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod direction;
 pub mod events;
 pub mod registration;
 pub mod routes;

@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn inbound_answered_call() {
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         run(
             &table,
             &[
@@ -450,7 +450,7 @@ mod tests {
 
     #[test]
     fn leg_a_hangup_ends_the_call_with_leg_b_still_on_it() {
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         run(
             &table,
             &[
@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn late_answered_after_hangup_changes_nothing() {
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         run(
             &table,
             &[
@@ -507,7 +507,7 @@ mod tests {
 
     #[test]
     fn missed_call_known_only_from_its_cdr() {
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         run(
             &table,
             &[event(json!({
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn cdr_ends_an_active_call_and_attaches_its_recording_once() {
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         run(
             &table,
             &[
@@ -578,7 +578,7 @@ mod tests {
             "type": "cdr", "cmiuuid": "R", "status": "answered", "record": "true",
             "filename": "../etc/passwd",
         }));
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         apply(&table, &cdr, Utc::now(), Utc::now(), true);
         let r = &call(&table, "R").recordings[0];
         assert_eq!((r.state, r.path.as_deref()), (RecordingState::Failed, None));
@@ -588,7 +588,7 @@ mod tests {
             "type": "cdr", "cmiuuid": "R", "status": "answered", "record": "true",
             "filename": "rec-R.mp3",
         }));
-        let table = CallTable::new();
+        let table = CallTable::new(crate::providers::DIRECTIONS);
         apply(&table, &cdr, Utc::now(), Utc::now(), false);
         let r = &call(&table, "R").recordings[0];
         assert_eq!((r.state, r.path.as_deref()), (RecordingState::Failed, None));
@@ -606,7 +606,7 @@ mod tests {
             leg_event("a", "A", "hangup", "inbound", 30),
         ];
         let summary = |order: &[usize]| {
-            let table = CallTable::new();
+            let table = CallTable::new(crate::providers::DIRECTIONS);
             for &i in order {
                 run(&table, std::slice::from_ref(&events[i]));
             }

@@ -2,6 +2,7 @@
 //! address), live leg events and CDRs, recordings named by CDRs.
 
 pub mod apply;
+pub mod direction;
 pub mod events;
 pub mod routes;
 
