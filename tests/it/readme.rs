@@ -109,3 +109,45 @@ fn signal_group(signal: &str, group: u32) -> bool {
         .unwrap()
         .success()
 }
+
+/// What the Docker image promises, read from the Dockerfile (Docker itself is not on the CI
+/// machine, and base images come from a registry it cannot reach): fully qualified base images
+/// (podman refuses short names), a stripped binary, the health check through `callhook
+/// healthcheck` (no curl, no hard-coded port), volumes where the README says, and a build
+/// context without `target/`.
+#[test]
+fn the_dockerfile_keeps_what_the_readme_says() {
+    let dockerfile = include_str!("../../Dockerfile");
+    let readme = include_str!("../../README.md");
+    let ignore = include_str!("../../.dockerignore");
+    for from in dockerfile.lines().filter(|l| l.starts_with("FROM ")) {
+        let image = from.split_whitespace().nth(1).unwrap();
+        assert!(
+            image.starts_with("docker.io/"),
+            "not fully qualified: {from}"
+        );
+    }
+    assert!(dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=true"));
+    assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/callhook", "healthcheck"]"#));
+    assert!(
+        !dockerfile
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .any(|l| l.contains("curl")),
+        "curl in an instruction"
+    );
+    for volume in ["/var/lib/callhook/data", "/var/lib/callhook/recordings"] {
+        assert!(dockerfile.contains(volume), "{volume}");
+        assert!(readme.contains(volume), "README lacks {volume}");
+    }
+    assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    // What the image's build copies is not ignored.
+    for copied in ["Cargo.toml", "Cargo.lock", "src", "config"] {
+        assert!(dockerfile.contains(&format!("COPY {copied}")) || dockerfile.contains(copied));
+        assert!(
+            !ignore
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == copied)
+        );
+    }
+}
