@@ -132,6 +132,20 @@ impl Driver {
         resp.json().await.ok()
     }
 
+    /// A `call_status` event: `change` is `insert`, `update` or `remove`.
+    async fn participant_event(
+        &self,
+        dn: &str,
+        id: &str,
+        change: &str,
+        seq: u64,
+    ) -> Result<(), String> {
+        let event_type = if change == "remove" { 1 } else { 0 };
+        let what = format!("call_status {dn}/{id} {change}  seq {seq}");
+        self.post(&what, &call_status(dn, id, event_type, seq))
+            .await
+    }
+
     /// Ready comes before the background registration is done: waits for both.
     async fn wait_ready_and_registered(&self) -> Result<(), String> {
         let ready = format!("{}/readyz", self.admin);
@@ -285,22 +299,9 @@ fn settings(dir: &Path, api_base: &str) -> Result<Settings, String> {
 /// and the recording is downloaded.
 async fn drive_calls(driver: &Driver, sim: &JasSim) -> Result<(Value, Value), String> {
     println!("\noutbound call 26: extension 101 dials 5148888888");
-    sim.set_participant("101", "172", participant("101", "172", 26, "Dialing"));
-    driver
-        .post(
-            "call_status 101/172 insert  seq 1",
-            &call_status("101", "172", 0, 1),
-        )
-        .await?;
-    driver.wait_for_participants("26").await?;
-    sim.set_participant("101", "172", participant("101", "172", 26, "Connected"));
+    join_and_answer(driver, sim, ("101", "172", 26), "Dialing", 1).await?;
     let late = call_status("101", "172", 0, 2);
-    driver
-        .post(
-            "call_status 101/172 update  seq 3",
-            &call_status("101", "172", 0, 3),
-        )
-        .await?;
+    driver.participant_event("101", "172", "update", 3).await?;
     driver
         .post("call_status 101/172 update  seq 2 (late)", &late)
         .await?;
@@ -309,21 +310,8 @@ async fn drive_calls(driver: &Driver, sim: &JasSim) -> Result<(Value, Value), St
         .await?;
 
     println!("\ninbound call 27: 5148888888 rings extension 102");
-    sim.set_participant("102", "180", participant("102", "180", 27, "Ringing"));
-    driver
-        .post(
-            "call_status 102/180 insert  seq 4",
-            &call_status("102", "180", 0, 4),
-        )
-        .await?;
-    driver.wait_for_participants("27").await?;
-    sim.set_participant("102", "180", participant("102", "180", 27, "Connected"));
-    driver
-        .post(
-            "call_status 102/180 update  seq 5",
-            &call_status("102", "180", 0, 5),
-        )
-        .await?;
+    join_and_answer(driver, sim, ("102", "180", 27), "Ringing", 4).await?;
+    driver.participant_event("102", "180", "update", 5).await?;
     for call in ["26", "27"] {
         driver
             .wait_call(call, Duration::from_secs(10), |c| {
@@ -333,18 +321,8 @@ async fn drive_calls(driver: &Driver, sim: &JasSim) -> Result<(Value, Value), St
     }
 
     println!("\nhang up both, then the recording of call 26 arrives");
-    driver
-        .post(
-            "call_status 101/172 remove  seq 6",
-            &call_status("101", "172", 1, 6),
-        )
-        .await?;
-    driver
-        .post(
-            "call_status 102/180 remove  seq 7",
-            &call_status("102", "180", 1, 7),
-        )
-        .await?;
+    driver.participant_event("101", "172", "remove", 6).await?;
+    driver.participant_event("102", "180", "remove", 7).await?;
     driver
         .post("new_recording call 26", &new_recording("26"))
         .await?;
@@ -357,6 +335,22 @@ async fn drive_calls(driver: &Driver, sim: &JasSim) -> Result<(Value, Value), St
         .wait_call("27", Duration::from_secs(10), |c| c["state"] == "ended")
         .await?;
     Ok((outbound, inbound))
+}
+
+/// A participant that joins `call` in `status` at `seq` and, once its lookup has answered,
+/// is connected (for the next lookup).
+async fn join_and_answer(
+    driver: &Driver,
+    sim: &JasSim,
+    (dn, id, call): (&str, &str, u32),
+    status: &str,
+    seq: u64,
+) -> Result<(), String> {
+    sim.set_participant(dn, id, participant(dn, id, call, status));
+    driver.participant_event(dn, id, "insert", seq).await?;
+    driver.wait_for_participants(&call.to_string()).await?;
+    sim.set_participant(dn, id, participant(dn, id, call, "Connected"));
+    Ok(())
 }
 
 fn new_recording(call_id: &str) -> String {

@@ -128,10 +128,7 @@ impl CallTable {
         }
         let call = t.call_key(key.provider);
         drop(t);
-        changes.participants.insert(key.clone());
-        if let Some(call) = call {
-            self.refresh(&call, now, &mut changes);
-        }
+        self.participant_changed(key, call, now, &mut changes);
         changes
     }
 
@@ -155,11 +152,22 @@ impl CallTable {
         let call = t.call_key(key.provider);
         drop(t);
         changes.applied = true;
+        self.participant_changed(key, call, now, &mut changes);
+        changes
+    }
+
+    /// Notes a participant's row as changed and refreshes the call it is on.
+    fn participant_changed(
+        &self,
+        key: &ParticipantKey,
+        call: Option<CKey>,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) {
         changes.participants.insert(key.clone());
         if let Some(call) = call {
-            self.refresh(&call, now, &mut changes);
+            self.refresh(&call, now, changes);
         }
-        changes
     }
 
     /// Details that answer the event at `seq` (a lookup, or the event itself). The newest

@@ -14,6 +14,12 @@ fn key(dn: &str, id: &str) -> ParticipantKey {
     ParticipantKey::new(Provider::Jas, dn, id)
 }
 
+/// An insert at `s` that its lookup answers at once with `d`.
+fn joined(table: &CallTable, k: &ParticipantKey, s: i64, d: Details) {
+    table.upsert(k, s, Some(t(s)), t(s));
+    table.details(k, s, d, Some(t(s)), t(s));
+}
+
 fn details(call: &str, status: &str, party_type: &str) -> Details {
     Details {
         call_id: call.into(),
@@ -65,14 +71,7 @@ fn older_event_changes_nothing() {
 fn remove_is_final() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
-    table.upsert(&k, 1, Some(t(1)), t(1));
-    table.details(
-        &k,
-        1,
-        details("26", "Dialing", "Wexternalline"),
-        Some(t(1)),
-        t(1),
-    );
+    joined(&table, &k, 1, details("26", "Dialing", "Wexternalline"));
     assert!(table.remove(&k, 2, Some(t(2)), t(2)).applied);
     // A later insert, a late lookup answer, a duplicate remove: none revives it.
     assert!(!table.upsert(&k, 3, Some(t(3)), t(3)).applied);
@@ -95,14 +94,7 @@ fn call_ends_when_its_last_participant_leaves() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let (a, b) = (key("101", "1"), key("102", "2"));
     for (k, s) in [(&a, 1), (&b, 2)] {
-        table.upsert(k, s, Some(t(s)), t(s));
-        table.details(
-            k,
-            s,
-            details("7", "Connected", "Wextension"),
-            Some(t(s)),
-            t(s),
-        );
+        joined(&table, k, s, details("7", "Connected", "Wextension"));
     }
     let changes = table.remove(&a, 3, Some(t(3)), t(3));
     assert!(changes.transitions.is_empty());
@@ -124,14 +116,7 @@ fn call_ends_when_its_last_participant_leaves() {
 fn stale_calls_end_and_stay_ended() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
-    table.upsert(&k, 1, Some(t(1)), t(1));
-    table.details(
-        &k,
-        1,
-        details("9", "Connected", "Wextension"),
-        Some(t(1)),
-        t(1),
-    );
+    joined(&table, &k, 1, details("9", "Connected", "Wextension"));
     let later = t(1) + Duration::hours(7);
     let changes = table.sweep_stale(later, Duration::hours(6));
     assert_eq!(
@@ -151,14 +136,7 @@ fn a_stale_call_resumes_when_the_provider_speaks_of_it_again() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     let call = CallKey::new(Provider::Jas, "9");
-    table.upsert(&k, 1, Some(t(1)), t(1));
-    table.details(
-        &k,
-        1,
-        details("9", "Connected", "Wextension"),
-        Some(t(1)),
-        t(1),
-    );
+    joined(&table, &k, 1, details("9", "Connected", "Wextension"));
     let later = t(1) + Duration::hours(7);
     table.sweep_stale(later, Duration::hours(6));
     assert_eq!(table.call(&call).unwrap().state, CallState::Ended);
@@ -458,14 +436,7 @@ fn a_call_loaded_late_never_overwrites_a_newer_participant_in_memory() {
     // an older version than memory holds (here: before it moved to call 27).
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
-    table.upsert(&k, 5, Some(t(5)), t(5));
-    table.details(
-        &k,
-        5,
-        details("27", "Connected", "Wexternalline"),
-        Some(t(5)),
-        t(5),
-    );
+    joined(&table, &k, 5, details("27", "Connected", "Wexternalline"));
     let mut stale = table.participant(&k).unwrap();
     stale.last_seq = 1;
     stale.details = Some(details("26", "Dialing", "Wexternalline"));

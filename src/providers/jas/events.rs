@@ -163,99 +163,113 @@ pub fn decode(body: &[u8], received_at: DateTime<Utc>) -> Result<Decoded, Decode
     let root: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let root = root.as_object().ok_or(DecodeError::NotObject)?;
-    let name = match root.get("eventName") {
-        Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-        Some(_) => {
-            return Err(DecodeError::Invalid {
-                field: "eventName",
-                reason: "expected a non-empty string",
-            });
-        }
-        None => return Err(DecodeError::Missing("eventName")),
-    };
-    let mut repaired = vec![];
-    let mut time = |value: Option<&Value>, field: &'static str| match value
-        .and_then(Value::as_str)
-        .and_then(parse_time)
-    {
-        Some(t) => Some(t),
-        None => {
-            repaired.push(field);
-            Some(received_at)
-        }
+    let name = non_empty_string(root.get("eventName"), "eventName")?;
+    let mut times = Times {
+        received_at,
+        repaired: vec![],
     };
     let data = root.get("data");
-
     let event = match name {
         "call_status" => {
-            let data = object(data, "data")?;
-            let event = object(data.get("event"), "data.event")?;
-            let entity = match event.get("entity") {
-                Some(Value::String(s)) => s.as_str(),
-                Some(_) => {
-                    return Err(DecodeError::Invalid {
-                        field: "data.event.entity",
-                        reason: "expected a string",
-                    });
-                }
-                None => return Err(DecodeError::Missing("data.event.entity")),
-            };
-            let (dn, participant_id) = parse_entity(entity)?;
-            let code = integer(event.get("event_type"), "data.event.event_type")?;
-            let sequence = integer(data.get("sequence"), "data.sequence")?;
-            JasEvent::CallStatus(CallStatus {
-                dn,
-                participant_id,
-                change: ParticipantChange::from_code(code),
-                sequence,
-                timestamp: time(root.get("timestamp"), "timestamp"),
-            })
+            JasEvent::CallStatus(call_status(root, object(data, "data")?, &mut times)?)
         }
         "new_recording" => {
-            let data = object(data, "data")?;
-            let call_id = id_text(data.get("call_id"), "data.call_id")?
-                .ok_or(DecodeError::Missing("data.call_id"))?;
-            let recording_url = match data.get("recording_url") {
-                Some(Value::String(s)) if !s.is_empty() => s.clone(),
-                Some(_) => {
-                    return Err(DecodeError::Invalid {
-                        field: "data.recording_url",
-                        reason: "expected a non-empty string",
-                    });
-                }
-                None => return Err(DecodeError::Missing("data.recording_url")),
-            };
-            JasEvent::NewRecording(NewRecording {
-                call_id,
-                recording_url,
-                id_recording: id_text(data.get("id_recording"), "data.id_recording")?,
-                cdr_id: id_text(data.get("cdr_id"), "data.cdr_id")?,
-                start_time: time(data.get("start_time"), "start_time"),
-                end_time: time(data.get("end_time"), "end_time"),
-                timestamp: time(root.get("timestamp"), "timestamp"),
-            })
+            JasEvent::NewRecording(new_recording(root, object(data, "data")?, &mut times)?)
         }
         "call_summary" | "call_analysis" => {
-            let data = data.cloned().unwrap_or(Value::Null);
-            let call_id = match data.as_object() {
-                Some(obj) => ["call_id", "callid", "callId"]
-                    .iter()
-                    .find_map(|k| obj.get(*k))
-                    .map(|v| id_text(Some(v), "data.call_id"))
-                    .transpose()?
-                    .flatten(),
-                None => None,
-            };
-            JasEvent::CallSummary(CallSummary {
-                call_id,
-                timestamp: time(root.get("timestamp"), "timestamp"),
-                data,
-            })
+            JasEvent::CallSummary(call_summary(root, data, &mut times)?)
         }
         other => JasEvent::Unknown(other.to_string()),
     };
+    Ok(Decoded {
+        dedupe_key: dedupe_key(&event, body),
+        event,
+        repaired: times.repaired,
+    })
+}
 
-    let dedupe_key = match &event {
+type Object = serde_json::Map<String, Value>;
+
+/// Reads the time fields an event can do without, noting each one replaced by the receive time.
+struct Times {
+    received_at: DateTime<Utc>,
+    repaired: Vec<&'static str>,
+}
+
+impl Times {
+    fn read(&mut self, value: Option<&Value>, field: &'static str) -> Option<DateTime<Utc>> {
+        match value.and_then(Value::as_str).and_then(parse_time) {
+            Some(t) => Some(t),
+            None => {
+                self.repaired.push(field);
+                Some(self.received_at)
+            }
+        }
+    }
+}
+
+fn call_status(root: &Object, data: &Object, times: &mut Times) -> Result<CallStatus, DecodeError> {
+    let event = object(data.get("event"), "data.event")?;
+    let entity = string(event.get("entity"), "data.event.entity")?;
+    let (dn, participant_id) = parse_entity(entity)?;
+    let code = integer(event.get("event_type"), "data.event.event_type")?;
+    let sequence = integer(data.get("sequence"), "data.sequence")?;
+    Ok(CallStatus {
+        dn,
+        participant_id,
+        change: ParticipantChange::from_code(code),
+        sequence,
+        timestamp: times.read(root.get("timestamp"), "timestamp"),
+    })
+}
+
+fn new_recording(
+    root: &Object,
+    data: &Object,
+    times: &mut Times,
+) -> Result<NewRecording, DecodeError> {
+    let call_id = id_text(data.get("call_id"), "data.call_id")?
+        .ok_or(DecodeError::Missing("data.call_id"))?;
+    let recording_url = non_empty_string(data.get("recording_url"), "data.recording_url")?;
+    Ok(NewRecording {
+        call_id,
+        recording_url: recording_url.to_string(),
+        id_recording: id_text(data.get("id_recording"), "data.id_recording")?,
+        cdr_id: id_text(data.get("cdr_id"), "data.cdr_id")?,
+        start_time: times.read(data.get("start_time"), "start_time"),
+        end_time: times.read(data.get("end_time"), "end_time"),
+        timestamp: times.read(root.get("timestamp"), "timestamp"),
+    })
+}
+
+/// A summary is kept whatever its `data` holds; the call it names, if any, under one of the
+/// names JAS has used for it.
+fn call_summary(
+    root: &Object,
+    data: Option<&Value>,
+    times: &mut Times,
+) -> Result<CallSummary, DecodeError> {
+    let data = data.cloned().unwrap_or(Value::Null);
+    let call_id = match data.as_object() {
+        Some(obj) => ["call_id", "callid", "callId"]
+            .iter()
+            .find_map(|k| obj.get(*k))
+            .map(|v| id_text(Some(v), "data.call_id"))
+            .transpose()?
+            .flatten(),
+        None => None,
+    };
+    Ok(CallSummary {
+        call_id,
+        timestamp: times.read(root.get("timestamp"), "timestamp"),
+        data,
+    })
+}
+
+/// What names an event once: a participant's change at its sequence, a recording's id, else
+/// the body itself.
+fn dedupe_key(event: &JasEvent, body: &[u8]) -> String {
+    match event {
         JasEvent::CallStatus(cs) => format!(
             "jas:call_status:/callcontrol/{}/participants/{}:{}:{}",
             cs.dn,
@@ -265,12 +279,7 @@ pub fn decode(body: &[u8], received_at: DateTime<Utc>) -> Result<Decoded, Decode
         ),
         JasEvent::NewRecording(r) => format!("jas:new_recording:{}", r.id()),
         _ => format!("jas:sha256:{}", hex::encode(Sha256::digest(body))),
-    };
-    Ok(Decoded {
-        event,
-        dedupe_key,
-        repaired,
-    })
+    }
 }
 
 /// `/callcontrol/{dn}/participants/{id}` → (dn, id). Anything else is a 400 naming the field.
@@ -295,18 +304,32 @@ pub fn parse_entity(entity: &str) -> Result<(String, String), DecodeError> {
     Ok((dn.to_string(), id.to_string()))
 }
 
-fn object<'a>(
+/// A field the event cannot do without, as `pick` reads it; `reason` says what it must be.
+fn required<'a, T: ?Sized>(
     value: Option<&'a Value>,
     field: &'static str,
-) -> Result<&'a serde_json::Map<String, Value>, DecodeError> {
-    match value {
-        Some(Value::Object(o)) => Ok(o),
-        Some(_) => Err(DecodeError::Invalid {
-            field,
-            reason: "expected an object",
-        }),
-        None => Err(DecodeError::Missing(field)),
-    }
+    reason: &'static str,
+    pick: impl Fn(&'a Value) -> Option<&'a T>,
+) -> Result<&'a T, DecodeError> {
+    let value = value.ok_or(DecodeError::Missing(field))?;
+    pick(value).ok_or(DecodeError::Invalid { field, reason })
+}
+
+fn object<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a Object, DecodeError> {
+    required(value, field, "expected an object", Value::as_object)
+}
+
+fn string<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a str, DecodeError> {
+    required(value, field, "expected a string", Value::as_str)
+}
+
+fn non_empty_string<'a>(
+    value: Option<&'a Value>,
+    field: &'static str,
+) -> Result<&'a str, DecodeError> {
+    required(value, field, "expected a non-empty string", |v| {
+        v.as_str().filter(|s| !s.is_empty())
+    })
 }
 
 fn integer(value: Option<&Value>, field: &'static str) -> Result<i64, DecodeError> {
