@@ -61,24 +61,29 @@ fn table(rows: &[Value], columns: &[&str]) -> Table {
     t
 }
 
-pub async fn endpoints_list(settings: Settings) -> ExitCode {
-    match admin(&settings, reqwest::Method::GET, "/api/endpoints").await {
+/// `GET path` and the array under `key` as a table of `columns`.
+async fn list(settings: &Settings, path: &str, key: &str, columns: &[&str]) -> ExitCode {
+    match admin(settings, reqwest::Method::GET, path).await {
         Ok(body) => {
-            let rows = body["endpoints"].as_array().cloned().unwrap_or_default();
-            let columns = [
-                "name",
-                "url",
-                "enabled",
-                "pending",
-                "failed",
-                "delivered",
-                "oldest_pending_secs",
-            ];
-            println!("{}", table(&rows, &columns));
+            let rows = body[key].as_array().cloned().unwrap_or_default();
+            println!("{}", table(&rows, columns));
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+pub async fn endpoints_list(settings: Settings) -> ExitCode {
+    let columns = [
+        "name",
+        "url",
+        "enabled",
+        "pending",
+        "failed",
+        "delivered",
+        "oldest_pending_secs",
+    ];
+    list(&settings, "/api/endpoints", "endpoints", &columns).await
 }
 
 pub async fn deliveries_list(
@@ -86,38 +91,27 @@ pub async fn deliveries_list(
     endpoint: Option<String>,
     state: Option<String>,
 ) -> ExitCode {
-    let mut query = vec![];
-    if let Some(e) = endpoint {
-        query.push(format!(
-            "endpoint={}",
-            crate::outbound::path::encode_segment(&e)
-        ));
-    }
-    if let Some(s) = state {
-        query.push(format!(
-            "state={}",
-            crate::outbound::path::encode_segment(&s)
-        ));
-    }
+    let query: Vec<String> = [("endpoint", endpoint), ("state", state)]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{k}={}",
+                crate::outbound::path::encode_segment(&v?)
+            ))
+        })
+        .collect();
     let path = format!("/api/deliveries?{}", query.join("&"));
-    match admin(&settings, reqwest::Method::GET, &path).await {
-        Ok(body) => {
-            let rows = body["deliveries"].as_array().cloned().unwrap_or_default();
-            let columns = [
-                "event_id",
-                "type",
-                "provider",
-                "call_id",
-                "state",
-                "attempts",
-                "last_error",
-                "next_attempt_at",
-            ];
-            println!("{}", table(&rows, &columns));
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
+    let columns = [
+        "event_id",
+        "type",
+        "provider",
+        "call_id",
+        "state",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+    ];
+    list(&settings, &path, "deliveries", &columns).await
 }
 
 pub async fn deliveries_retry(settings: Settings, id: String) -> ExitCode {
