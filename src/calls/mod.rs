@@ -9,8 +9,8 @@ mod table;
 
 pub use compact::{Extra, RareText, Text};
 pub use model::{
-    Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Provider, Recording,
-    RecordingState, Tracked,
+    Call, CallKey, CallState, Details, Direction, Leg, Participant, ParticipantKey, Provider,
+    Recording, RecordingState, Tracked,
 };
 pub use table::{CallTable, Changes, Transition};
 
