@@ -1,7 +1,7 @@
 //! Which way a call goes, decided from its participants (SPEC §4). Pure, so that the same set of
 //! participants gives the same answer whatever order their events arrived in.
 
-use super::model::{Direction, Provider, Tracked};
+use super::model::{Direction, Leg, Provider, Tracked};
 
 /// A provider's rule: the direction of a call of these participants. Each provider's lives in
 /// its folder; `providers::DIRECTIONS` lists them and `CallTable::new` takes that list.
@@ -17,7 +17,7 @@ pub struct Side<'a> {
     pub dn: &'a str,
     pub party_dn: &'a str,
     pub party_dn_type: &'a str,
-    pub leg: Option<&'a str>,
+    pub leg: Option<Leg>,
     pub leg_direction: Option<&'a str>,
 }
 
@@ -32,7 +32,7 @@ impl<K> Tracked<K> {
             dn: d.and_then(|d| d.dn.as_deref()).unwrap_or(dn),
             party_dn: d.map_or("", |d| &d.party_dn),
             party_dn_type: d.map_or("", |d| &d.party_dn_type),
-            leg: d.and_then(|d| d.leg.as_deref()),
+            leg: d.and_then(|d| d.leg),
             leg_direction: d.and_then(|d| d.leg_direction.as_deref()),
         }
     }
@@ -123,13 +123,13 @@ mod tests {
     fn telecmi_follows_leg_a() {
         let mut a = Tracked::new(ParticipantKey::new(Provider::Telecmi, "", "x"), Utc::now());
         a.details = Some(Details {
-            leg: Some("a".into()),
+            leg: Some(Leg::A),
             leg_direction: Some("inbound".into()),
             ..Default::default()
         });
         let mut b = Tracked::new(ParticipantKey::new(Provider::Telecmi, "", "y"), Utc::now());
         b.details = Some(Details {
-            leg: Some("b".into()),
+            leg: Some(Leg::B),
             leg_direction: Some("outbound".into()),
             ..Default::default()
         });

@@ -92,9 +92,9 @@ pub struct Details {
     pub party_dn_type: Text,
     #[serde(default)]
     pub leg_id: Option<i64>,
-    /// TeleCMI's leg ("a" or "b"); the call's direction comes from leg a.
+    /// Which leg of the call it is (TeleCMI's); the call's direction comes from leg a.
     #[serde(default)]
-    pub leg: Option<Text>,
+    pub leg: Option<Leg>,
     #[serde(default)]
     pub leg_direction: Option<Text>,
     /// The number shown to the far end (TeleCMI `callerid`), as text with its leading zeros.
@@ -192,7 +192,7 @@ impl<K> Tracked<K> {
             party_dn: text(|d| &d.party_dn),
             party_dn_type: text(|d| &d.party_dn_type),
             leg_id: d.and_then(|d| d.leg_id),
-            leg: d.and_then(|d| d.leg.as_ref().map(Text::to_string)),
+            leg: d.and_then(|d| d.leg).map(|l| l.as_str().to_string()),
             caller_id: rare(|d| &d.caller_id).map(str::to_string),
             did: rare(|d| &d.did).map(str::to_string),
             updated_at: self.updated_at,
@@ -213,6 +213,23 @@ impl Tracked {
     /// The participant as the API shows it (what a call's `participants` list).
     pub fn view(&self) -> Participant {
         self.view_as(&self.key.dn, &self.key.participant_id)
+    }
+}
+
+/// Which call leg a participant is: `a` the caller's, `b` the called party's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Leg {
+    A,
+    B,
+}
+
+impl Leg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leg::A => "a",
+            Leg::B => "b",
+        }
     }
 }
 

@@ -366,7 +366,7 @@ fn restore_gives_back_the_same_documents() {
             party_dn: "".into(),
             party_dn_type: "".into(),
             leg_id: Some(-1),
-            leg: Some("a".into()),
+            leg: Some(Leg::A),
             leg_direction: Some("inbound".into()),
             caller_id: Some("04471000000".into()),
             did: Some("+44 0000 000000 a DID longer than 24 bytes".into()),
@@ -382,7 +382,7 @@ fn restore_gives_back_the_same_documents() {
         Details {
             call_id: long.into(),
             status: "".into(),
-            leg: Some("b".into()),
+            leg: Some(Leg::B),
             ..Default::default()
         },
         None,

@@ -224,8 +224,7 @@ pub fn apply(
             // the call's own id is leg a's.
             let status = event.status.clone().unwrap_or_default();
             let leg = event.leg.or_else(|| {
-                (known.as_ref().and_then(|d| d.leg.as_deref()).is_none()
-                    && event.cmiuuid == call.call_id)
+                (known.as_ref().and_then(|d| d.leg).is_none() && event.cmiuuid == call.call_id)
                     .then_some(Leg::A)
             });
             let details = leg_details(event, leg, &call, known, status);
@@ -278,7 +277,7 @@ fn leg_details(
             .far_end()
             .map(Into::into)
             .unwrap_or(known.party_number),
-        leg: leg.map(|l| l.as_str().into()).or(known.leg),
+        leg: leg.or(known.leg),
         leg_direction: event
             .direction
             .as_deref()

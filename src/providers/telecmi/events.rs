@@ -26,20 +26,7 @@ impl Kind {
 }
 
 /// Which call leg an event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
-    A,
-    B,
-}
-
-impl Leg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Leg::A => "a",
-            Leg::B => "b",
-        }
-    }
-}
+pub use crate::calls::Leg;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelecmiEvent {
