@@ -552,7 +552,8 @@ mod tests {
         assert!(text.contains("token = \"***\""));
     }
 
-    fn load_file(text: &str) -> Result<Settings, ConfigError> {
+    /// Settings from a configuration file of `text` and no environment.
+    pub(super) fn load_file(text: &str) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();

@@ -234,21 +234,9 @@ impl Endpoint {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use crate::config::{ConfigError, Settings, Sources};
+    use crate::config::tests::load_file as load;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-    fn load(text: &str) -> Result<Settings, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
-        Settings::load(&Sources {
-            file: Some(path),
-            env: Some(BTreeMap::new()),
-        })
-    }
 
     fn endpoint(extra: &str) -> String {
         format!(
