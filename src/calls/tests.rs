@@ -20,6 +20,20 @@ fn joined(table: &CallTable, k: &ParticipantKey, s: i64, d: Details) {
     table.details(k, s, d, Some(t(s)), t(s));
 }
 
+/// Recording 1 of its call, at `url`, not downloaded yet.
+fn pending_recording(url: &str) -> Recording {
+    Recording {
+        id: "1".into(),
+        url: url.into(),
+        path: None,
+        state: RecordingState::Pending,
+        bytes: None,
+        sha256: None,
+        dn: None,
+        error: None,
+    }
+}
+
 fn details(call: &str, status: &str, party_type: &str) -> Details {
     Details {
         call_id: call.into(),
@@ -317,16 +331,7 @@ proptest! {
 fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let call = CallKey::new(Provider::Jas, "26");
-    let rec = Recording {
-        id: "1".into(),
-        url: "101/a.wav".into(),
-        path: None,
-        state: RecordingState::Pending,
-        bytes: None,
-        sha256: None,
-        dn: None,
-        error: None,
-    };
+    let rec = pending_recording("101/a.wav");
     table.attach_recording(&call, rec, (None, None), t(1));
     let k = key("101", "1");
     table.upsert(&k, 1, Some(t(2)), t(2));
@@ -341,8 +346,9 @@ fn a_call_first_known_from_its_recording_is_started_by_its_first_participant() {
     assert_eq!(table.call(&call).unwrap().recordings.len(), 1);
 }
 
-/// The table holds its rows in its own compact form: what it gives back, and so the JSON persisted
-/// and served, must be what it was given, whatever the strings' lengths and the optional fields.
+/// The table holds its rows compactly (texts inline or boxed, optional fields behind pointers):
+/// what it gives back, and so the JSON persisted and served, must be what it was given, whatever
+/// the strings' lengths and the optional fields.
 #[test]
 fn restore_gives_back_the_same_documents() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
@@ -389,16 +395,7 @@ fn restore_gives_back_the_same_documents() {
         t(2),
     );
     table.remove(&b, 3, Some(t(3)), t(3));
-    let rec = Recording {
-        id: "1".into(),
-        url: "a.wav".into(),
-        path: None,
-        state: RecordingState::Pending,
-        bytes: None,
-        sha256: None,
-        dn: None,
-        error: None,
-    };
+    let rec = pending_recording("a.wav");
     table.attach_recording(&call, rec, (None, None), t(4));
     table.attach_summary(&call, serde_json::json!({"text": "hello"}), t(4));
     table.end_call(&call, "hangup", Some(t(5)), t(5));
