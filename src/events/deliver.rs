@@ -44,7 +44,7 @@ struct Target {
     endpoint: Endpoint,
     keys: Vec<Key>,
     http: reqwest::Client,
-    /// Turned off by a `410 Gone` until the next start.
+    /// Turned off by a `410 Gone` until `enable` or the next start.
     gone: AtomicBool,
 }
 
@@ -128,6 +128,11 @@ impl Deliverer {
             self.nudge.notify_waiters();
         }
         target.is_some()
+    }
+
+    /// Whether `name` is one of the endpoints this runs (enabled in the configuration).
+    pub fn serves(&self, name: &str) -> bool {
+        self.targets.iter().any(|t| t.endpoint.name == name)
     }
 
     /// Why an endpoint is not sending, if it is not.
@@ -254,7 +259,7 @@ impl Deliverer {
                 metrics::counter!(DELIVERIES, "endpoint" => name.clone(), "outcome" => "gone")
                     .increment(1);
                 tracing::error!(endpoint = %name, event_id = %d.id,
-                    "endpoint answered 410 Gone; it is disabled until the next start");
+                    "endpoint answered 410 Gone; it is disabled until POST /api/endpoints/{name}/enable or the next start");
                 update("pending", now, Some("410 Gone: endpoint disabled".into()))
             }
             Attempt::Failed {

@@ -187,6 +187,6 @@ fn running<'s>(
     state
         .deliverer
         .as_deref()
-        .filter(|d| d.disabled_reason(name) != Some("enabled = false"))
+        .filter(|d| d.serves(name))
         .ok_or(ApiError::NotFound)
 }

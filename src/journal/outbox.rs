@@ -244,7 +244,7 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
 }
 
 impl Journal {
-    /// `endpoint`'s deliveries, newest first, in `state` if given, older than `before_seq`.
+    /// Up to `limit` of `endpoint`'s deliveries, newest first, in `state` if given.
     pub async fn deliveries(
         &self,
         endpoint: String,
