@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::calls::{CallTable, Provider};
 use crate::config::Settings;
 use crate::events::deliver::Deliverer;
+use crate::events::stream::Hub;
 use crate::http::{self, AppState, Readiness};
 use crate::journal::{Journal, JournalError};
 use crate::processor::{KEEP_ENDED, Processor};
@@ -89,9 +90,12 @@ impl Application {
         let deliverer = Deliverer::new(journal.clone(), &settings.outbound, nudge.clone())
             .map_err(StartError::Other)?
             .map(Arc::new);
-        if deliverer.is_some() {
-            processor.produce_events(&settings.outbound.endpoints, nudge);
-        }
+        let stream = Arc::new(Hub::default());
+        processor.produce_events(
+            &settings.outbound.endpoints,
+            deliverer.is_some().then_some(nudge),
+            stream.clone(),
+        );
         processor.catch_up().await.map_err(journal_error)?;
         for provider in Provider::ALL {
             metrics::gauge!("callhook_active_calls", "provider" => provider.as_str())
@@ -108,6 +112,7 @@ impl Application {
 
         let state = AppState {
             deliverer: deliverer.clone(),
+            stream,
             settings,
             journal,
             table,
@@ -200,6 +205,7 @@ impl Application {
         crate::systemd::stopping();
         state.readiness.set(Some("shutting down"));
         stop_serving.cancel();
+        state.stream.close();
         drain(public_server, admin_server).await;
         for b in &background {
             b.stop().await;

@@ -82,12 +82,24 @@ enum Command {
         #[command(subcommand)]
         action: DeliveriesAction,
     },
+    /// Print each call event as the running daemon produces it, one JSON object a line
+    Tail(ConfigArg),
 }
 
 #[derive(Subcommand, Debug)]
 enum EndpointsAction {
     /// Each endpoint: URL, pending, failed, delivered, oldest pending
     List(ConfigArg),
+    /// Deliver every event produced since a time again, in order, with its original id
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The endpoint's name
+        name: String,
+        /// RFC 3339 time, e.g. 2026-12-01T09:00:00Z
+        #[arg(long, value_name = "T")]
+        since: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,9 +152,19 @@ pub fn run() -> ExitCode {
         Command::Send { url, config, file } => runtime(send(url, config, file)),
         Command::Webhooks { action } => runtime(webhooks(action)),
         Command::Healthcheck(c) => runtime(healthcheck(c)),
-        Command::Endpoints {
-            action: EndpointsAction::List(c),
-        } => with_settings(&c, |s| runtime(crate::admin_cli::endpoints_list(s))),
+        Command::Endpoints { action } => match action {
+            EndpointsAction::List(c) => {
+                with_settings(&c, |s| runtime(crate::admin_cli::endpoints_list(s)))
+            }
+            EndpointsAction::Replay {
+                config,
+                name,
+                since,
+            } => with_settings(&config, |s| {
+                runtime(crate::admin_cli::endpoints_replay(s, name, since))
+            }),
+        },
+        Command::Tail(c) => with_settings(&c, |s| runtime(crate::admin_cli::tail(s))),
         Command::Deliveries { action } => match action {
             DeliveriesAction::List {
                 config,

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Transition};
 use crate::config::Endpoint;
 use crate::events::produce::{Cause, Producer};
+use crate::events::stream::Hub;
 use crate::journal::{Journal, JournalError, StoredEvent};
 use crate::providers::{Apply, Event, LookupError, Providers, Wants};
 use crate::recordings::RecordingUpdate;
@@ -71,10 +72,13 @@ pub struct Processor {
     recordings_rx: mpsc::Receiver<RecordingUpdate>,
     /// Wakes the recording workers; `None` when downloads are off.
     downloads: Option<Arc<Notify>>,
-    /// Turns applied changes into call events; `None` without an outbound endpoint.
+    /// Turns applied changes into call events; `None` until `produce_events`.
     producer: Option<Producer>,
-    /// Wakes the delivery workers once new call events are written.
+    /// Wakes the delivery workers once new call events are written; `None` without an
+    /// enabled outbound endpoint.
     deliveries: Option<Arc<Notify>>,
+    /// Where committed call events are published for `/api/stream`.
+    stream: Option<Arc<Hub>>,
     /// A call started or ended since `callhook_active_calls` was last set. The count walks
     /// every call in memory, so it is taken at most once a second, not once per transition
     /// (which made applying events quadratic in the calls kept in memory).
@@ -116,6 +120,7 @@ impl Processor {
             downloads: None,
             producer: None,
             deliveries: None,
+            stream: None,
             gauge_stale: false,
         }
     }
@@ -131,16 +136,22 @@ impl Processor {
         self.downloads = Some(nudge);
     }
 
-    /// Call events are produced for `endpoints` and `nudge` wakes their delivery. Set before
+    /// Call events are produced, published to `stream` once committed, and kept in the outbox
+    /// for those of `endpoints` they match; `nudge` wakes their delivery. Set before
     /// `catch_up`: the calls in memory now are the state events were last produced for.
-    pub fn produce_events(&mut self, endpoints: &[Endpoint], nudge: Arc<Notify>) {
-        self.producer = Producer::new(endpoints);
-        if let Some(producer) = &mut self.producer {
-            for call in self.table.active_calls() {
-                producer.seed(call);
-            }
-            self.deliveries = Some(nudge);
+    pub fn produce_events(
+        &mut self,
+        endpoints: &[Endpoint],
+        nudge: Option<Arc<Notify>>,
+        stream: Arc<Hub>,
+    ) {
+        let mut producer = Producer::new(endpoints);
+        for call in self.table.active_calls() {
+            producer.seed(call);
         }
+        self.producer = Some(producer);
+        self.deliveries = nudge;
+        self.stream = Some(stream);
     }
 
     /// Applies the journal tail left unapplied by the last run. Called before the daemon

@@ -6,6 +6,7 @@
 
 pub mod deliver;
 pub mod produce;
+pub mod stream;
 
 /// Every event type, in the order of SPEC §7's table.
 pub const EVENT_TYPES: &[&str] = &[

@@ -51,13 +51,13 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// `None` without an enabled endpoint: no events are produced or kept.
-    pub fn new(endpoints: &[Endpoint]) -> Option<Producer> {
-        let endpoints: Vec<Endpoint> = endpoints.iter().filter(|e| e.enabled).cloned().collect();
-        (!endpoints.is_empty()).then(|| Producer {
-            endpoints,
+    /// Events are produced with or without an enabled endpoint: `/api/stream` shows them all,
+    /// and each names the endpoints it is for (maybe none).
+    pub fn new(endpoints: &[Endpoint]) -> Producer {
+        Producer {
+            endpoints: endpoints.iter().filter(|e| e.enabled).cloned().collect(),
             published: HashMap::new(),
-        })
+        }
     }
 
     /// A call as restored or loaded from disk: its events were produced with that state.
@@ -303,7 +303,7 @@ mod tests {
         let mut calls = changes.calls.clone();
         calls.extend(changes_2.calls);
         let ids = |cause| {
-            let mut p = Producer::new(std::slice::from_ref(&endpoint)).unwrap();
+            let mut p = Producer::new(std::slice::from_ref(&endpoint));
             p.observe(&table, &calls, &cause)
                 .into_iter()
                 .map(|e| (e.id, e.kind, e.endpoints))

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
             "/api/deliveries/{event_id}/retry",
             post(super::deliveries::retry),
         )
+        .route("/api/stream", get(super::stream::stream))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(not_found)

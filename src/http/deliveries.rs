@@ -57,7 +57,12 @@ pub async fn deliveries(
         .map(|e| e.name.as_str())
         .collect();
     let endpoint = match q.endpoint.as_deref() {
-        Some(name) if names.contains(&name) => name.to_string(),
+        Some(name) if names.contains(&name) => Some(name.to_string()),
+        Some(_) if names.is_empty() => {
+            return Err(ApiError::BadRequest(
+                "invalid `endpoint`: no outbound endpoint is configured".into(),
+            ));
+        }
         Some(_) => {
             return Err(ApiError::BadRequest(format!(
                 "invalid `endpoint`: expected one of {}",
@@ -65,7 +70,9 @@ pub async fn deliveries(
             )));
         }
         None => match names.as_slice() {
-            [only] => only.to_string(),
+            // Nothing is delivered anywhere, so there is nothing to list.
+            [] => None,
+            [only] => Some(only.to_string()),
             _ => {
                 return Err(ApiError::BadRequest(format!(
                     "missing `endpoint`: one of {}",
@@ -95,6 +102,9 @@ pub async fn deliveries(
                 )));
             }
         },
+    };
+    let Some(endpoint) = endpoint else {
+        return Ok(Json(json!({ "deliveries": [] })));
     };
     let rows = state.journal.deliveries(endpoint, wanted, limit).await?;
     Ok(Json(json!({ "deliveries": rows })))

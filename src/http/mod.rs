@@ -8,6 +8,7 @@ pub mod deliveries;
 pub mod error;
 pub mod listener;
 pub mod reply;
+pub mod stream;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub table: Arc<CallTable>,
     /// The call-event delivery workers; `None` without an enabled outbound endpoint.
     pub deliverer: Option<Arc<crate::events::deliver::Deliverer>>,
+    /// Every call event once committed, for `/api/stream`.
+    pub stream: Arc<crate::events::stream::Hub>,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
 }

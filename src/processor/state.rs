@@ -62,7 +62,13 @@ impl Processor {
         let written = std::mem::take(&mut self.pending.written);
         let jobs = std::mem::take(&mut self.pending.jobs);
         let new_jobs = std::mem::take(&mut self.pending.new_jobs);
-        let call_events = std::mem::take(&mut self.pending.call_events);
+        let streamed = std::mem::take(&mut self.pending.call_events);
+        // Only events some endpoint wants go to the outbox; the stream shows all of them.
+        let call_events: Vec<NewCallEvent> = streamed
+            .iter()
+            .filter(|e| !e.endpoints.is_empty())
+            .cloned()
+            .collect();
         // Rows go in chunks, each its own transaction, so that event batches committed in
         // between never wait behind one large state write (one of a whole burst held the
         // writer for up to 10 ms).
@@ -110,6 +116,9 @@ impl Processor {
             if let Some(nudge) = self.deliveries.as_ref().filter(|_| !call_events.is_empty()) {
                 nudge.notify_waiters();
             }
+            if let Some(stream) = &self.stream {
+                stream.publish(&streamed);
+            }
         } else {
             // Keep the changed keys (and the unpersisted cursor) for the next write: the
             // journal rows behind them are not behind the persisted cursor, so a restart would
@@ -117,7 +126,7 @@ impl Processor {
             tracing::error!("call state not written; it will be written with the next batch");
             self.pending.changes.merge(changes);
             self.pending.new_jobs.extend(new_jobs);
-            self.pending.call_events.extend(call_events);
+            self.pending.call_events.extend(streamed);
         }
         for done in written {
             let _ = done.send(ok);

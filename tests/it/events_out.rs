@@ -503,6 +503,19 @@ async fn the_cli_lists_endpoints_and_deliveries_and_retries_one() {
     let (code, out, err) = cli(&["deliveries", "retry", &id]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("crm"), "{out}");
+    let (code, out, err) = cli(&[
+        "endpoints",
+        "replay",
+        "crm",
+        "--since",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    // The call's two events so far: call.started and participant.joined.
+    assert_eq!(out.trim(), "crm: 2 events due again");
+    let (code, _, err) = cli(&["endpoints", "replay", "crm", "--since", "yesterday"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`since`"), "{err}");
     let (code, _, err) = cli(&["deliveries", "retry", "evt_000000000000000000000000"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("404"), "{err}");

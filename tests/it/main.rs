@@ -22,5 +22,6 @@ mod properties;
 mod readme;
 mod recordings;
 mod seam;
+mod stream;
 mod systemd;
 mod telecmi;
