@@ -2,7 +2,8 @@
 //! JAS Connect API and the daemon on free loopback ports with a data folder of its own (`--dir`, else
 //! a new one under the temporary directory), drives an outbound and an inbound call with signed
 //! events (a duplicate and an out-of-order pair among them), waits for the recording, prints the
-//! call table and where it left its files (kept, so the recording can be played), and exits.
+//! call table, the call events its own receiver got (signatures checked) and where it left its
+//! files (kept, so the recording can be played), and exits.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,109 @@ use crate::sim::JasSim;
 const SECRET: &str = "demo-webhook-secret";
 const TOKEN: &str = "demo-api-token";
 const RECORDING: &str = "101/[John Doe]_101-5148888888_20250603153720(26).wav";
+/// The demo receiver's signing key (`whsec_` + base64 of "callhook demo receiver key").
+const RECEIVER_KEY: &str = "whsec_Y2FsbGhvb2sgZGVtbyByZWNlaXZlciBrZXk=";
+
+/// One call event as the demo's receiver got it.
+struct Received {
+    id: String,
+    kind: String,
+    call: String,
+    verified: bool,
+}
+
+/// A local endpoint for the daemon's call events (SPEC §7), as a CRM would run one: it checks
+/// each delivery's Standard Webhooks signature and keeps what came.
+struct DemoReceiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl DemoReceiver {
+    async fn start() -> Result<DemoReceiver, String> {
+        use axum::http::{HeaderMap, StatusCode};
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let key = crate::outbound::signing::Key::parse(RECEIVER_KEY).map_err(|e| e.to_string())?;
+        let key = std::sync::Arc::new(key);
+        let kept = got.clone();
+        let route = move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (got, key) = (kept.clone(), key.clone());
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let id = header("webhook-id");
+                let verified = header("webhook-timestamp")
+                    .parse()
+                    .is_ok_and(|ts| key.verifies(&id, ts, &body, &header("webhook-signature")));
+                let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+                got.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Received {
+                        id,
+                        kind: event["type"].as_str().unwrap_or("?").to_string(),
+                        call: event["call"]["call_id"].as_str().unwrap_or("?").to_string(),
+                        verified,
+                    });
+                if verified {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::UNAUTHORIZED
+                }
+            }
+        };
+        let app = axum::Router::new().route("/events", axum::routing::post(route));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot start the demo receiver: {e}"))?;
+        let url = format!(
+            "http://{}/events",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(DemoReceiver { url, got })
+    }
+
+    /// Waits until `kind` has arrived for `call`, or gives up after `limit`.
+    async fn wait_for(&self, kind: &str, call: &str, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = self
+                .got
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|r| r.kind == kind && r.call == call);
+            if seen {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the receiver never got {kind} for call {call}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "
+call events delivered to the demo receiver at {}",
+            self.url
+        );
+        for r in self.got.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let check = if r.verified {
+                "signature verified"
+            } else {
+                "BAD SIGNATURE"
+            };
+            println!("  jas/{:<5} {:<20} {}  {check}", r.call, r.kind, r.id);
+        }
+    }
+}
 
 pub async fn run(dir: Option<PathBuf>) -> ExitCode {
     let dir = dir.unwrap_or_else(|| {
@@ -208,7 +312,8 @@ async fn demo(dir: &Path) -> Result<(), String> {
     println!("  simulated JAS Connect API at {}", server.base_url);
     sim.add_recording(RECORDING, wav());
 
-    let app = Application::build(settings(dir, &server.base_url)?)
+    let receiver = DemoReceiver::start().await?;
+    let app = Application::build(settings(dir, &server.base_url, &receiver.url)?)
         .await
         .map_err(|e| e.to_string())?;
     let driver = Driver {
@@ -231,6 +336,13 @@ async fn demo(dir: &Path) -> Result<(), String> {
 
     let (outbound, inbound) = drive_calls(&driver, &sim).await?;
     print_calls(dir, &[&outbound, &inbound]);
+    receiver
+        .wait_for("recording.ready", "26", Duration::from_secs(10))
+        .await?;
+    receiver
+        .wait_for("call.ended", "27", Duration::from_secs(10))
+        .await?;
+    receiver.print();
     if let Some(bytes) = outbound["recordings"][0]["bytes"].as_u64() {
         println!(
             "\nrecording: {} bytes, sha256 {}",
@@ -259,8 +371,9 @@ async fn demo(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The daemon's settings: loopback ports, the simulated API, its files in `dir`.
-fn settings(dir: &Path, api_base: &str) -> Result<Settings, String> {
+/// The daemon's settings: loopback ports, the simulated API, its files in `dir`, its call
+/// events to `receiver`.
+fn settings(dir: &Path, api_base: &str, receiver: &str) -> Result<Settings, String> {
     let public_port = free_port()?;
     let env: std::collections::BTreeMap<String, String> = [
         ("SERVER__LISTEN", format!("127.0.0.1:{public_port}")),
@@ -286,10 +399,14 @@ fn settings(dir: &Path, api_base: &str) -> Result<Settings, String> {
     .map(|(k, v)| (format!("CALLHOOK__{k}"), v))
     .collect();
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let empty = dir.join("demo.toml");
-    std::fs::write(&empty, "").map_err(|e| e.to_string())?;
+    // An endpoint is a table, which the environment cannot give.
+    let file = dir.join("demo.toml");
+    let config = format!(
+        "[outbound]\nretry_schedule_secs = [1, 2, 5]\n\n[[outbound.endpoints]]\nname = \"demo-receiver\"\nurl = \"{receiver}\"\nsecret = \"{RECEIVER_KEY}\"\n# The receiver is on loopback.\nallow_private = true\n"
+    );
+    std::fs::write(&file, config).map_err(|e| e.to_string())?;
     Settings::load(&Sources {
-        file: Some(empty),
+        file: Some(file),
         env: Some(env),
     })
     .map_err(|e| e.to_string())

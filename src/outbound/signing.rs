@@ -35,8 +35,7 @@ impl Key {
         Ok(Key(SecretBox::new(Box::new(bytes))))
     }
 
-    /// `v1,<base64 signature>` of one delivery under this key.
-    fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret())
             .expect("HMAC takes a key of any length");
         mac.update(id.as_bytes());
@@ -44,7 +43,24 @@ impl Key {
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
+        mac
+    }
+
+    /// `v1,<base64 signature>` of one delivery under this key.
+    fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mac = self.mac(id, timestamp, body);
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// Whether one of a `webhook-signature` header's `v1,` entries is this key's (compared in
+    /// constant time): what a receiver does, here `demo`'s own.
+    pub fn verifies(&self, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+        header.split(' ').any(|entry| {
+            entry
+                .strip_prefix("v1,")
+                .and_then(|sig| STANDARD.decode(sig).ok())
+                .is_some_and(|sig| self.mac(id, timestamp, body).verify_slice(&sig).is_ok())
+        })
     }
 }
 
@@ -108,6 +124,14 @@ mod tests {
         let tampered = br#"{"id":"evt_1","type":"call.ended"}"#;
         let verifier = standardwebhooks::Webhook::new(new).unwrap();
         assert!(verifier.verify(tampered, &headers).is_err());
+        // `verifies`, the demo receiver's check, agrees with the independent verifier.
+        for key in &keys {
+            assert!(key.verifies("evt_1", now, body, &header));
+            assert!(!key.verifies("evt_1", now, tampered, &header));
+            assert!(!key.verifies("evt_2", now, body, &header));
+        }
+        let stranger = Key::parse("whsec_dGhpcyBpcyBub3QgdGhlIGtleQ==").unwrap();
+        assert!(!stranger.verifies("evt_1", now, body, &header));
     }
 
     #[test]

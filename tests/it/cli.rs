@@ -213,6 +213,29 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         stdout.contains(&format!("recording: {bytes} bytes")),
         "{stdout}"
     );
+    // Its receiver got the calls' events, each signed with its key.
+    let received = stdout
+        .split_once("call events delivered to the demo receiver")
+        .unwrap_or_else(|| panic!("no receiver section:\n{stdout}"))
+        .1;
+    let got = |call: &str, kind: &str| {
+        received.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.first() == Some(&call) && words.get(1) == Some(&kind)
+        })
+    };
+    for (call, kind) in [
+        ("jas/26", "call.started"),
+        ("jas/26", "call.answered"),
+        ("jas/26", "recording.ready"),
+        ("jas/26", "call.ended"),
+        ("jas/27", "call.started"),
+        ("jas/27", "call.ended"),
+    ] {
+        assert!(got(call, kind), "no {kind} for {call}:\n{received}");
+    }
+    assert!(!received.contains("BAD SIGNATURE"), "{received}");
+    assert!(received.contains("signature verified"), "{received}");
     assert!(stdout.contains("webhooks unregistered: true"));
     // It says where it left its files, and they are there.
     assert!(path.starts_with(demo_dir.to_str().unwrap()), "{path}");
