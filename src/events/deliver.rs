@@ -3,6 +3,7 @@
 //! The `deliveries` table is the queue, so a crash loses nothing and repeats at most an
 //! attempt, with the same `webhook-id`.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -149,9 +152,15 @@ impl Deliverer {
         self.nudge.notify_waiters();
     }
 
+    /// One endpoint's deliveries. Each attempt runs on its own and is written when it ends, so
+    /// a receiver that is slow for one call (up to the endpoint's timeout) never holds back
+    /// another call's events; a call's next event is not due while one of its events is in
+    /// flight (it is still pending, and only a call's oldest pending event is due).
     async fn endpoint_loop(self: Arc<Self>, target: Arc<Target>, stop: CancellationToken) {
         let name = target.endpoint.name.clone();
         let mut gauges_at = Instant::now();
+        let mut running = FuturesUnordered::new();
+        let mut in_flight: HashSet<i64> = HashSet::new();
         loop {
             if stop.is_cancelled() {
                 return;
@@ -165,55 +174,67 @@ impl Deliverer {
             let notified = self.nudge.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let due = if target.gone.load(Ordering::Relaxed) {
-                vec![]
-            } else {
-                match self
-                    .journal
-                    .due_deliveries(name.clone(), Utc::now(), IN_FLIGHT)
-                    .await
-                {
-                    Ok(due) => due,
-                    Err(e) => {
-                        tracing::error!(endpoint = %name, error = %e, "reading the delivery queue failed");
-                        vec![]
+            let room = IN_FLIGHT - in_flight.len();
+            if room > 0 && !target.gone.load(Ordering::Relaxed) {
+                for d in self.due(&name, room + in_flight.len()).await {
+                    if running.len() == IN_FLIGHT || !in_flight.insert(d.event_seq) {
+                        continue;
+                    }
+                    let (this, target) = (self.clone(), target.clone());
+                    running.push(async move {
+                        let outcome = attempt(&target, &d).await;
+                        this.settle(&target, d, outcome)
+                    });
+                }
+            }
+            // Until an attempt ends, something wakes the loop, or the next retry is due (a
+            // due time already past belongs to an attempt in flight).
+            let wait = self
+                .journal
+                .next_delivery_due(name.clone())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(update) = running.next(), if !running.is_empty() => {
+                    // Every attempt that has ended goes in the same write.
+                    let mut updates = vec![update];
+                    while let Some(Some(more)) = running.next().now_or_never() {
+                        updates.push(more);
+                    }
+                    for u in &updates {
+                        in_flight.remove(&u.event_seq);
+                    }
+                    let write = self.journal.write_state(StateWrite {
+                        deliveries: updates,
+                        ..Default::default()
+                    });
+                    if let Err(e) = write.await {
+                        tracing::error!(endpoint = %name, error = %e, "recording delivery outcomes failed; they will be attempted again");
+                        tokio::time::sleep(IDLE_POLL).await;
                     }
                 }
-            };
-            if due.is_empty() {
-                let next = self
-                    .journal
-                    .next_delivery_due(name.clone())
-                    .await
-                    .ok()
-                    .flatten();
-                let wait = next
-                    .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-                    .unwrap_or(IDLE_POLL)
-                    .min(IDLE_POLL);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                continue;
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            let this = &self;
-            let attempts = due.into_iter().map(|d| {
-                let target = target.clone();
-                async move {
-                    let outcome = attempt(&target, &d).await;
-                    this.settle(&target, d, outcome)
-                }
-            });
-            let updates: Vec<DeliveryUpdate> = join_all(attempts).await;
-            let write = self.journal.write_state(StateWrite {
-                deliveries: updates,
-                ..Default::default()
-            });
-            if let Err(e) = write.await {
-                tracing::error!(endpoint = %name, error = %e, "recording delivery outcomes failed; they will be attempted again");
-                tokio::time::sleep(IDLE_POLL).await;
+        }
+    }
+
+    /// Up to `limit` deliveries due now, each the oldest pending event of its call.
+    async fn due(&self, name: &str, limit: usize) -> Vec<Due> {
+        match self
+            .journal
+            .due_deliveries(name.to_string(), Utc::now(), limit)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(endpoint = %name, error = %e, "reading the delivery queue failed");
+                vec![]
             }
         }
     }
@@ -245,6 +266,7 @@ impl Deliverer {
             attempts,
             next_attempt_at,
             last_error,
+            read_version: Some(d.version),
         };
         match outcome {
             Attempt::Delivered(status) => {

@@ -129,6 +129,7 @@ pub async fn retry(
             attempts: r.attempts,
             next_attempt_at: now,
             last_error: r.last_error.clone(),
+            read_version: None,
         })
         .collect();
     state

@@ -28,6 +28,9 @@ pub struct Due {
     pub call_id: String,
     pub attempts: u32,
     pub body: String,
+    /// The row's `updated_ms` when read: its outcome is written only if nothing (a replay)
+    /// changed the row meanwhile.
+    pub version: i64,
 }
 
 /// The outcome of one attempt.
@@ -40,6 +43,9 @@ pub struct DeliveryUpdate {
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    /// An attempt's outcome names the version it read ([`Due::version`]); without one (the
+    /// retry route) the row is written whatever happened to it.
+    pub read_version: Option<i64>,
 }
 
 /// Every event produced since `since` delivered again to `endpoint`, in order, with its id.
@@ -52,7 +58,7 @@ pub struct Replay {
 pub(super) fn replay(tx: &Connection, r: &Replay) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?3,
-                               last_error = NULL, updated_ms = ?3
+                               last_error = NULL, updated_ms = MAX(?3, updated_ms + 1)
          WHERE endpoint = ?1 AND event_seq IN (SELECT seq FROM call_events WHERE created_ms >= ?2)",
     )?
     .execute(params![r.endpoint, ms(r.since), ms(Utc::now())])?;
@@ -92,8 +98,8 @@ pub(super) fn insert(tx: &Connection, e: &NewCallEvent) -> rusqlite::Result<()> 
 pub(super) fn update(tx: &Connection, u: &DeliveryUpdate) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE deliveries SET state = ?3, attempts = ?4, next_attempt_ms = ?5, last_error = ?6,
-                               updated_ms = ?7
-         WHERE endpoint = ?1 AND event_seq = ?2",
+                               updated_ms = MAX(?7, updated_ms + 1)
+         WHERE endpoint = ?1 AND event_seq = ?2 AND (?8 IS NULL OR updated_ms = ?8)",
     )?
     .execute(params![
         u.endpoint,
@@ -102,7 +108,8 @@ pub(super) fn update(tx: &Connection, u: &DeliveryUpdate) -> rusqlite::Result<()
         u.attempts,
         ms(u.next_attempt_at),
         u.last_error,
-        ms(Utc::now())
+        ms(Utc::now()),
+        u.read_version,
     ])?;
     Ok(())
 }
@@ -132,7 +139,7 @@ impl Journal {
     ) -> Result<Vec<Due>, JournalError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT d.event_seq, e.id, e.type, d.call_id, d.attempts, e.body
+                "SELECT d.event_seq, e.id, e.type, d.call_id, d.attempts, e.body, d.updated_ms
                  FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
                  WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
                    AND NOT EXISTS (
@@ -150,6 +157,7 @@ impl Journal {
                     call_id: r.get(3)?,
                     attempts: r.get(4)?,
                     body: r.get(5)?,
+                    version: r.get(6)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

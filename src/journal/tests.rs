@@ -476,3 +476,65 @@ async fn a_second_path_to_the_same_database_meets_the_same_lock() {
     }
     first.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_attempts_outcome_does_not_undo_a_replay_made_while_it_was_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let event = NewCallEvent {
+        id: "evt_1".into(),
+        kind: "call.ended",
+        provider: "jas",
+        call_id: "26".into(),
+        body: "{}".into(),
+        endpoints: vec!["crm".into()],
+    };
+    j.write_state(StateWrite {
+        call_events: vec![event],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let due = |j: &Journal| {
+        let j = j.clone();
+        async move { j.due_deliveries("crm".into(), Utc::now(), 10).await }
+    };
+    let in_flight = due(&j).await.unwrap().remove(0);
+    let outcome = |d: &Due| DeliveryUpdate {
+        endpoint: "crm".into(),
+        event_seq: d.event_seq,
+        state: "delivered",
+        attempts: d.attempts + 1,
+        next_attempt_at: Utc::now(),
+        last_error: None,
+        read_version: Some(d.version),
+    };
+    // A replay lands while the attempt is out; the attempt then reports it delivered.
+    j.write_state(StateWrite {
+        replays: vec![Replay {
+            endpoint: "crm".into(),
+            since: DateTime::UNIX_EPOCH,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    j.write_state(StateWrite {
+        deliveries: vec![outcome(&in_flight)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The replay stands: the event is due again, from its first attempt.
+    let again = due(&j).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.as_str(), again[0].attempts), ("evt_1", 0));
+    // The next attempt read the row as it is now, so its outcome is written.
+    j.write_state(StateWrite {
+        deliveries: vec![outcome(&again[0])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(due(&j).await.unwrap().is_empty());
+}

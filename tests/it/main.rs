@@ -10,6 +10,7 @@ mod common;
 mod cli;
 mod config;
 mod crash;
+mod delivery_faults;
 mod events_out;
 mod faults;
 mod history;
