@@ -144,7 +144,7 @@ fn recording_job(event: &TelecmiEvent, call_id: &str, journal_id: i64) -> Option
         }
         return None;
     };
-    let (rel_path, error) = job_destination("telecmi", call_id, name);
+    let (rel_path, error) = job_destination(Provider::Telecmi, call_id, name);
     // `time` is when the call was answered and `answeredsec` how long it lasted.
     let start_time = event
         .time_ms
@@ -153,7 +153,7 @@ fn recording_job(event: &TelecmiEvent, call_id: &str, journal_id: i64) -> Option
         start.checked_add_signed(chrono::Duration::try_seconds(secs.max(0))?)
     });
     Some(NewJob {
-        provider: "telecmi",
+        provider: Provider::Telecmi,
         recording_id: name.to_string(),
         call_id: call_id.to_string(),
         dn: event.user.clone(),
@@ -298,7 +298,7 @@ fn leg_details(
 /// name is refused as a path or downloads are off (shown all the same, as for JAS: the provider
 /// has the recording, and the call says why callhook does not).
 fn recording(event: &TelecmiEvent, name: &str, downloads: bool) -> Recording {
-    let (state, path, error) = match destination("telecmi", name) {
+    let (state, path, error) = match destination(Provider::Telecmi, name) {
         Err(refused) => (RecordingState::Failed, None, Some(refused)),
         Ok(_) if !downloads => (RecordingState::Failed, None, Some(DOWNLOADS_OFF.into())),
         Ok(path) => (RecordingState::Pending, Some(path), None),
