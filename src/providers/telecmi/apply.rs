@@ -5,13 +5,13 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 
-use super::events::{DecodeError, Kind, Leg, TelecmiEvent};
+use super::events::{Kind, Leg, TelecmiEvent};
 use crate::calls::{
     CallKey, CallState, CallTable, Changes, Details, ParticipantKey, Provider, Recording,
     RecordingState,
 };
 use crate::journal::NewJob;
-use crate::providers::{Event, Wants};
+use crate::providers::{DecodeError, Event, Wants};
 use crate::recordings::path::{DOWNLOADS_OFF, destination, job_destination};
 
 const RANK_STARTED: i64 = 1;
@@ -35,14 +35,14 @@ pub enum Action {
 /// do with it.
 pub fn classify(event: &TelecmiEvent) -> Result<Action, DecodeError> {
     match &event.kind {
-        Kind::Other(kind) if kind.trim().is_empty() => Err(DecodeError::MissingField("type")),
+        Kind::Other(kind) if kind.trim().is_empty() => Err(DecodeError::Missing("type")),
         Kind::Other(_) => Ok(Action::Ignore),
         Kind::Event => {
             let status = event
                 .status
                 .as_deref()
-                .ok_or(DecodeError::MissingField("status"))?;
-            let leg = event.leg.ok_or(DecodeError::MissingField("leg"))?;
+                .ok_or(DecodeError::Missing("status"))?;
+            let leg = event.leg.ok_or(DecodeError::Missing("leg"))?;
             let rank = match status {
                 "started" | "waiting" => RANK_STARTED,
                 "answered" => RANK_ANSWERED,
@@ -52,7 +52,7 @@ pub fn classify(event: &TelecmiEvent) -> Result<Action, DecodeError> {
             Ok(Action::Leg { leg, rank })
         }
         Kind::Cdr => match event.status.as_deref() {
-            None => Err(DecodeError::MissingField("status")),
+            None => Err(DecodeError::Missing("status")),
             Some("answered" | "missed") => Ok(Action::Cdr),
             Some(_) => Ok(Action::Ignore),
         },
