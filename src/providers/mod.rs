@@ -221,7 +221,7 @@ pub trait Background: Send + Sync {
 /// The label values a provider's series take, registered at zero at start (`metrics.rs`).
 /// Static, because the metrics registry is the process's, not one daemon's.
 pub struct MetricNames {
-    pub provider: &'static str,
+    pub provider: Provider,
     /// `event` of `callhook_events_total`: its event names, `unknown` for the rest.
     pub events: &'static [&'static str],
     /// `field` of `callhook_event_field_warnings_total`: what an event may arrive without.
