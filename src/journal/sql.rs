@@ -29,29 +29,25 @@ fn from_text<T>(
     })
 }
 
-impl ToSql for Provider {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
+/// A closed set as a TEXT column: written as its `as_str`, read back through its `parse`.
+macro_rules! text_column {
+    ($type:ty, $what:literal) => {
+        impl ToSql for $type {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl FromSql for $type {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                from_text(value, $what, <$type>::parse)
+            }
+        }
+    };
 }
 
-impl FromSql for Provider {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        from_text(value, "provider", Provider::parse)
-    }
-}
-
-impl ToSql for RecordingState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
-
-impl FromSql for RecordingState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        from_text(value, "recording state", RecordingState::parse)
-    }
-}
+text_column!(Provider, "provider");
+text_column!(RecordingState, "recording state");
 
 /// The providers this version knows, as an SQL list (`'jas', 'telecmi'`): queries that must
 /// leave another provider's rows alone (for the version that wrote them) say `IN (…)` this.
