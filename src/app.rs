@@ -358,7 +358,7 @@ fn recorder(
 ) -> Recorder {
     let sources = providers
         .iter()
-        .filter_map(|p| Some((p.id().as_str(), p.recordings()?)));
+        .filter_map(|p| Some((p.id(), p.recordings()?)));
     let fetcher = Fetcher::new(settings, sources);
     let nudge = Arc::new(tokio::sync::Notify::new());
     processor.wake_downloads(nudge.clone());

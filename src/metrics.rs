@@ -2,6 +2,7 @@
 //! installed once and its handle shared; every series is registered at zero at start-up so that
 //! dashboards and alerts see it before the first event. Labels never carry numbers or ids.
 
+use crate::calls::Provider;
 use crate::providers::METRIC_NAMES;
 use std::sync::OnceLock;
 
@@ -55,14 +56,14 @@ const OUTCOMES: &[&str] = &[
 
 /// A field of an accepted event was missing or unreadable and holds the receive time instead:
 /// one `warn` line and one count. `field` is one of its provider's `MetricNames::repairable`, never request text.
-pub fn field_warning(provider: &'static str, field: &'static str, event: &str) {
+pub fn field_warning(provider: Provider, field: &'static str, event: &str) {
     tracing::warn!(
-        provider,
+        provider = provider.as_str(),
         event,
         field,
         "event field missing or unreadable; using the time it was received"
     );
-    metrics::counter!("callhook_event_field_warnings_total", "provider" => provider, "field" => field)
+    metrics::counter!("callhook_event_field_warnings_total", "provider" => provider.as_str(), "field" => field)
         .increment(1);
 }
 
@@ -130,7 +131,7 @@ fn register() {
     );
 
     for names in METRIC_NAMES {
-        let provider = names.provider;
+        let provider = names.provider.as_str();
         for event in names.events {
             for outcome in OUTCOMES {
                 metrics::counter!("callhook_events_total", "provider" => provider, "event" => *event, "outcome" => *outcome).absolute(0);
@@ -174,7 +175,7 @@ fn register() {
     }
     for names in METRIC_NAMES {
         for field in names.repairable {
-            metrics::counter!("callhook_event_field_warnings_total", "provider" => names.provider, "field" => *field).absolute(0);
+            metrics::counter!("callhook_event_field_warnings_total", "provider" => names.provider.as_str(), "field" => *field).absolute(0);
         }
     }
     metrics::gauge!("callhook_recording_queue_depth").set(0.0);

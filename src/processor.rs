@@ -328,7 +328,7 @@ impl Processor {
         } = update;
         self.warm(&call).await;
         let cause = match &job {
-            Some(job) => Cause::Job(job.id, job.state),
+            Some(job) => Cause::Job(job.id, job.state.as_str()),
             None => Cause::Job(0, recording.state.as_str()),
         };
         let changes = self

@@ -2,7 +2,8 @@
 //! not (a) JSON (object), and decoding is deterministic (a redelivery gets the same dedupe key).
 #![no_main]
 
-use callhook::providers::jas::events::{DecodeError, decode};
+use callhook::providers::DecodeError;
+use callhook::providers::jas::events::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,8 +15,8 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let message = e.to_string();
             match &e {
-                DecodeError::NotJson(_) => assert!(message.contains("not valid JSON")),
-                DecodeError::NotObject => assert!(message.contains("JSON object")),
+                DecodeError::Body { .. } => assert!(message.contains("not valid JSON")),
+                DecodeError::NotObject(_) => assert!(message.contains("JSON object")),
                 DecodeError::Missing(f) | DecodeError::Invalid { field: f, .. } => {
                     assert!(message.contains(f), "{message}")
                 }

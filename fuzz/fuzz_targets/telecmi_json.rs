@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
                 let message = e.to_string();
                 match e.field() {
                     Some(field) => assert!(message.contains(field), "{message}"),
-                    None => assert!(message.contains("not valid JSON or form data"), "{message}"),
+                    // Not JSON nor form data, or JSON that is not an object.
+                    None => assert!(
+                        message.contains("not valid JSON or form data")
+                            || message.contains("must be a JSON object"),
+                        "{message}"
+                    ),
                 }
             }
         }

@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use crate::calls::Provider;
 
 /// How an event was taken, for the reply and the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub type Accepted = Result<(&'static str, Outcome), ApiError>;
 /// (`callhook_events_total`, `callhook_ack_seconds`), logs a refusal (a 5xx is logged in full
 /// by `ApiError` itself), and turns the outcome into the reply.
 pub fn finish(
-    provider: &'static str,
+    provider: Provider,
     started: Instant,
     client_ip: Option<IpAddr>,
     result: Accepted,
@@ -52,11 +53,11 @@ pub fn finish(
     };
     if let Err(e) = &result {
         if !matches!(e, ApiError::Internal(_)) {
-            tracing::info!(provider, outcome = e.outcome(), http_status = e.status().as_u16(),
+            tracing::info!(provider = provider.as_str(), outcome = e.outcome(), http_status = e.status().as_u16(),
                 error = %e, client_ip = client_ip.map(|ip| ip.to_string()), "event refused");
         }
     }
-    metrics::counter!("callhook_events_total", "provider" => provider, "event" => event, "outcome" => outcome)
+    metrics::counter!("callhook_events_total", "provider" => provider.as_str(), "event" => event, "outcome" => outcome)
         .increment(1);
     metrics::histogram!("callhook_ack_seconds").record(started.elapsed().as_secs_f64());
     result.map(|(_, outcome)| Json(outcome.reply()))

@@ -4,6 +4,7 @@
 
 mod outbox;
 mod schema;
+mod sql;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::calls::{Call, CallKey, ParticipantKey, Provider, Tracked};
+use crate::calls::{Call, CallKey, ParticipantKey, Provider, RecordingState, Tracked};
 
 pub use outbox::{DeliveryRow, DeliveryUpdate, Due, EndpointCounts, NewCallEvent, Replay};
 pub use writer::{JobUpdate, NewJob};
@@ -125,13 +126,13 @@ pub struct Restored {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: i64,
-    pub provider: String,
+    pub provider: Provider,
     pub recording_id: String,
     pub call_id: String,
     pub dn: Option<String>,
     pub source: String,
     pub rel_path: Option<String>,
-    pub state: String,
+    pub state: RecordingState,
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
@@ -494,11 +495,7 @@ impl Journal {
             let mut participants = vec![];
             // Both halves use an index (`calls_state_ended`, `participants_call`); the second
             // names every provider so that `participants_call`'s first column is constrained.
-            let providers = Provider::ALL
-                .iter()
-                .map(|p| format!("'{}'", p.as_str()))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let providers = sql::known_providers();
             let mut stmt = conn.prepare(&format!(
                 "SELECT p.doc FROM calls c JOIN participants p
                    ON p.provider = c.provider AND p.call_id = c.call_id
@@ -535,10 +532,9 @@ impl Journal {
             let mut found = vec![];
             for key in keys {
                 let doc: Option<String> = stmt
-                    .query_row(
-                        params![key.provider.as_str(), key.dn, key.participant_id],
-                        |r| r.get(0),
-                    )
+                    .query_row(params![key.provider, key.dn, key.participant_id], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
                 if let Some(doc) = doc {
                     found.push(serde_json::from_str(&doc)?);
@@ -555,7 +551,7 @@ impl Journal {
             let doc: Option<String> = conn
                 .query_row(
                     "SELECT doc FROM calls WHERE provider = ?1 AND call_id = ?2",
-                    params![key.provider.as_str(), key.call_id],
+                    params![key.provider, key.call_id],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -586,13 +582,16 @@ impl Journal {
         .await
     }
 
-    /// Jobs not finished (`pending`/`downloading`), plus `failed` ones when `include_failed`.
+    /// Jobs not finished (`pending`/`downloading`), plus `failed` ones when `include_failed`;
+    /// of the providers this version knows (see `queued_jobs`).
     pub async fn open_jobs(&self, include_failed: bool) -> Result<Vec<Job>, JournalError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'downloading')
-                    OR (?1 AND state = 'failed' AND rel_path IS NOT NULL)
-                 ORDER BY id"
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE provider IN ({}) AND (state IN ('pending', 'downloading')
+                    OR (?1 AND state = 'failed' AND rel_path IS NOT NULL))
+                 ORDER BY id",
+                sql::known_providers()
             ))?;
             let rows = stmt.query_map(params![include_failed], writer::job_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -600,12 +599,17 @@ impl Journal {
         .await
     }
 
-    /// Up to `limit` unfinished jobs, soonest due first: the download queue.
+    /// Up to `limit` unfinished jobs, soonest due first: the download queue. Only the
+    /// providers this version knows: a job a newer version made for another one waits for that
+    /// version (as its journal rows do), instead of failing here or, unreadable as a `Job`,
+    /// stopping the whole queue.
     pub async fn queued_jobs(&self, limit: usize) -> Result<Vec<Job>, JournalError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'downloading')
-                 ORDER BY next_attempt_ms, id LIMIT ?1"
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE state IN ('pending', 'downloading') AND provider IN ({})
+                 ORDER BY next_attempt_ms, id LIMIT ?1",
+                sql::known_providers()
             ))?;
             let rows = stmt.query_map(params![limit as i64], writer::job_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -631,11 +635,15 @@ impl Journal {
         .await
     }
 
-    /// How many jobs are not finished, for the queue-depth gauge.
+    /// How many jobs are not finished, for the queue-depth gauge: those `queued_jobs` takes.
     pub async fn count_queued_jobs(&self) -> Result<i64, JournalError> {
         self.read(|conn| {
             Ok(conn.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'downloading')",
+                &format!(
+                    "SELECT COUNT(*) FROM jobs
+                     WHERE state IN ('pending', 'downloading') AND provider IN ({})",
+                    sql::known_providers()
+                ),
                 [],
                 |r| r.get(0),
             )?)
@@ -644,13 +652,16 @@ impl Journal {
     }
 
     /// Failed jobs that may get their one more attempt at start: not refused (they have a
-    /// path) and not already past `max_attempts` (which is what that extra attempt leaves).
+    /// path) and not already past `max_attempts` (which is what that extra attempt leaves);
+    /// of the providers this version knows (see `queued_jobs`).
     pub async fn jobs_to_retry(&self, max_attempts: u32) -> Result<Vec<Job>, JournalError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs
                  WHERE state = 'failed' AND rel_path IS NOT NULL AND attempts <= ?1
-                 ORDER BY id"
+                   AND provider IN ({})
+                 ORDER BY id",
+                sql::known_providers()
             ))?;
             let rows = stmt.query_map(params![max_attempts], writer::job_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -661,7 +672,7 @@ impl Journal {
     /// A job by its provider and recording id.
     pub async fn job(
         &self,
-        provider: &'static str,
+        provider: Provider,
         recording_id: String,
     ) -> Result<Option<Job>, JournalError> {
         self.read(move |conn| {
@@ -689,7 +700,7 @@ impl Journal {
             let row: Option<(String, i64)> = conn
                 .query_row(
                     "SELECT doc, activity_ms FROM calls WHERE provider = ?1 AND call_id = ?2",
-                    params![key.provider.as_str(), key.call_id],
+                    params![key.provider, key.call_id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
@@ -700,7 +711,7 @@ impl Journal {
                 "SELECT doc FROM participants WHERE provider = ?1 AND call_id = ?2",
             )?;
             let mut participants = vec![];
-            let mut rows = stmt.query(params![key.provider.as_str(), key.call_id])?;
+            let mut rows = stmt.query(params![key.provider, key.call_id])?;
             while let Some(row) = rows.next()? {
                 let doc: String = row.get(0)?;
                 participants.push(serde_json::from_str(&doc)?);

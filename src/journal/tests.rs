@@ -1,5 +1,5 @@
 use super::*;
-use crate::calls::{Provider, Tracked};
+use crate::calls::{Provider, RecordingState, Tracked};
 use chrono::DateTime;
 
 fn event(key: &str) -> NewEvent {
@@ -106,7 +106,7 @@ async fn state_and_cursor_round_trip() {
 
 fn job(recording_id: &str) -> NewJob {
     NewJob {
-        provider: "jas",
+        provider: Provider::Jas,
         recording_id: recording_id.into(),
         call_id: "26".into(),
         dn: Some("101".into()),
@@ -161,7 +161,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
     // Journaled but not applied yet: kept whatever its age.
     append("old-unapplied", old, None).await;
 
-    let done = j.job("jas", "done".into()).await.unwrap().unwrap();
+    let done = j.job(Provider::Jas, "done".into()).await.unwrap().unwrap();
     let mut active = crate::calls::Call::new(&CallKey::new(Provider::Jas, "active"));
     active.started_at = Some(old);
     let rows = |c: &crate::calls::Call, at| (c.key(), Some((c.clone(), at)));
@@ -188,7 +188,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
     j.write_state(StateWrite {
         jobs: vec![JobUpdate {
             id: done.id,
-            state: "downloaded",
+            state: RecordingState::Downloaded,
             attempts: 1,
             next_attempt_at: old,
             last_error: None,
@@ -235,9 +235,13 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
         .map(|t| t.key.dn.as_str())
         .collect();
     assert_eq!(dns, vec!["102"]);
-    assert_eq!(j.job("jas", "done".into()).await.unwrap(), None);
-    let waiting = j.job("jas", "waiting".into()).await.unwrap().unwrap();
-    assert_eq!(waiting.state, "pending");
+    assert_eq!(j.job(Provider::Jas, "done".into()).await.unwrap(), None);
+    let waiting = j
+        .job(Provider::Jas, "waiting".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waiting.state, RecordingState::Pending);
 }
 
 #[tokio::test]
@@ -261,10 +265,10 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
     assert_eq!(names, vec!["a", "b", "c"]);
     assert!(queued.iter().all(|q| q.event_id.is_some()));
     assert_eq!(j.count_queued_jobs().await.unwrap(), 3);
-    let evil = j.job("jas", "evil".into()).await.unwrap().unwrap();
+    let evil = j.job(Provider::Jas, "evil".into()).await.unwrap().unwrap();
     assert_eq!(
-        (evil.state.as_str(), evil.rel_path.as_deref()),
-        ("failed", None)
+        (evil.state, evil.rel_path.as_deref()),
+        (RecordingState::Failed, None)
     );
 
     // a: pushed back; b: failed within its attempts; c: failed after its extra attempt.
@@ -281,9 +285,9 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
     let later = Utc::now() + chrono::Duration::minutes(5);
     j.write_state(StateWrite {
         jobs: vec![
-            update(&queued[0], "pending", 1, later),
-            update(&queued[1], "failed", 3, Utc::now()),
-            update(&queued[2], "failed", 4, Utc::now()),
+            update(&queued[0], RecordingState::Pending, 1, later),
+            update(&queued[1], RecordingState::Failed, 3, Utc::now()),
+            update(&queued[2], RecordingState::Failed, 4, Utc::now()),
         ],
         ..Default::default()
     })
@@ -305,6 +309,39 @@ async fn job_queue_orders_by_due_time_and_retries_failed_once() {
         .map(|j| j.recording_id)
         .collect();
     assert_eq!(retry, vec!["b"]);
+}
+
+#[tokio::test]
+async fn a_job_row_this_version_cannot_read_stays_out_of_the_queue_or_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    append_with_job(&j, event("a"), Some(job("a"))).await;
+    {
+        // As a newer version would write them: another provider's job, and a state unknown here.
+        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        conn.execute_batch(
+            "INSERT INTO jobs (provider, recording_id, call_id, source, rel_path, state,
+                               created_ms, updated_ms, next_attempt_ms)
+             VALUES ('third', 'x', 'c', 'x.wav', 'third/x.wav', 'pending', 0, 0, 0),
+                    ('third', 'y', 'c', 'y.wav', 'third/y.wav', 'failed', 0, 0, 0),
+                    ('jas', 'odd', 'c', 'odd.wav', 'jas/odd.wav', 'skipped', 0, 0, 0)",
+        )
+        .unwrap();
+    }
+    // The other provider's jobs wait for the version that knows it; ours go on.
+    let queued = j.queued_jobs(10).await.unwrap();
+    let names: Vec<&str> = queued.iter().map(|j| j.recording_id.as_str()).collect();
+    assert_eq!(names, vec!["a"]);
+    assert_eq!(j.count_queued_jobs().await.unwrap(), 1);
+    assert!(j.jobs_to_retry(3).await.unwrap().is_empty());
+    assert_eq!(j.open_jobs(true).await.unwrap().len(), 1);
+    // Read where it cannot be left out: an error that names what it could not read.
+    let err = j.job(Provider::Jas, "odd".into()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(r#"unknown recording state "skipped""#),
+        "{err}"
+    );
 }
 
 #[tokio::test]

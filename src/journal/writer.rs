@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Appended, Health, Job, JournalError, NewEvent, StateWrite, from_ms, ms};
-use crate::calls::{Call, CallKey, ParticipantKey, Tracked};
+use crate::calls::{Call, CallKey, ParticipantKey, Provider, RecordingState, Tracked};
 
 /// Upper bound on commands per transaction: enough to amortise the sync, small enough that the
 /// first caller in a batch does not wait long for the last.
@@ -46,7 +46,7 @@ pub(super) enum Command {
 /// A download job to create with the state its event changed.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub provider: &'static str,
+    pub provider: Provider,
     pub recording_id: String,
     pub call_id: String,
     pub dn: Option<String>,
@@ -64,7 +64,7 @@ pub struct NewJob {
 #[derive(Debug, Clone)]
 pub struct JobUpdate {
     pub id: i64,
-    pub state: &'static str,
+    pub state: RecordingState,
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
@@ -577,8 +577,8 @@ fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
 fn create_job(tx: &Connection, job: &NewJob) -> rusqlite::Result<()> {
     let now = ms(Utc::now());
     let (state, error) = match (&job.rel_path, &job.error) {
-        (Some(_), _) => ("pending", None),
-        (None, err) => ("failed", err.clone()),
+        (Some(_), _) => (RecordingState::Pending, None),
+        (None, err) => (RecordingState::Failed, err.clone()),
     };
     let mut recording_id = job.recording_id.clone();
     let other: Option<String> = tx
@@ -675,7 +675,7 @@ fn write_participant(
                     doc = excluded.doc",
             )?
             .execute(params![
-                key.provider.as_str(),
+                key.provider,
                 key.dn,
                 key.participant_id,
                 t.call_key().map(|k| k.call_id),
@@ -687,7 +687,7 @@ fn write_participant(
             tx.prepare_cached(
                 "DELETE FROM participants WHERE provider = ?1 AND dn = ?2 AND participant_id = ?3",
             )?
-            .execute(params![key.provider.as_str(), key.dn, key.participant_id])?;
+            .execute(params![key.provider, key.dn, key.participant_id])?;
         }
     }
     Ok(())
@@ -712,7 +712,7 @@ fn write_call(
                     doc = excluded.doc",
             )?
             .execute(params![
-                key.provider.as_str(),
+                key.provider,
                 key.call_id,
                 call.state.as_str(),
                 call.started_at.map(ms),
@@ -728,7 +728,7 @@ fn write_call(
         }
         None => {
             tx.prepare_cached("DELETE FROM calls WHERE provider = ?1 AND call_id = ?2")?
-                .execute(params![key.provider.as_str(), key.call_id])?;
+                .execute(params![key.provider, key.call_id])?;
         }
     }
     Ok(())

@@ -161,6 +161,54 @@ pub enum LookupError {
     Failed(String),
 }
 
+/// Why a webhook body was refused (400), for every provider: the reply is all an integrator
+/// sees, so a failure about one field names it, and the same failure has the same variant and
+/// reads the same whichever provider's body it was. The route and the processor decode alike,
+/// so the processor meets these only for a row this version no longer understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not in any format the provider sends; `accepts` names them (`JSON`, `JSON or form data`).
+    #[error("body is not valid {accepts}: {error}")]
+    Body {
+        accepts: &'static str,
+        error: String,
+    },
+    /// Valid JSON, but not the object every event is; says what it was (`an array`).
+    #[error("body must be a JSON object, got {0}")]
+    NotObject(&'static str),
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// Present but unusable; `expected` says what it must be (`an integer`, `"a" or "b"`).
+    #[error("invalid field `{field}`: expected {expected}")]
+    Invalid {
+        field: &'static str,
+        expected: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// The offending field, if the error is about one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            DecodeError::Missing(field) | DecodeError::Invalid { field, .. } => Some(field),
+            DecodeError::Body { .. } | DecodeError::NotObject(_) => None,
+        }
+    }
+
+    /// A JSON body that is not an object, named by what it is.
+    pub fn not_object(value: &serde_json::Value) -> DecodeError {
+        use serde_json::Value;
+        DecodeError::NotObject(match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        })
+    }
+}
+
 /// A provider's work beside serving.
 pub trait Background: Send + Sync {
     /// Runs until done or forever; an error is something an operator must fix and ends the
@@ -173,7 +221,7 @@ pub trait Background: Send + Sync {
 /// The label values a provider's series take, registered at zero at start (`metrics.rs`).
 /// Static, because the metrics registry is the process's, not one daemon's.
 pub struct MetricNames {
-    pub provider: &'static str,
+    pub provider: Provider,
     /// `event` of `callhook_events_total`: its event names, `unknown` for the rest.
     pub events: &'static [&'static str],
     /// `field` of `callhook_event_field_warnings_total`: what an event may arrive without.

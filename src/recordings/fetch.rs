@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::download::{DownloadError, Downloaded, Limits, Target, download_to};
+use crate::calls::Provider;
 use crate::config::Settings;
 use crate::journal::Job;
 use crate::outbound::Api;
@@ -32,7 +33,7 @@ pub trait RecordingSource: Send + Sync {
 /// Sends each provider's recording request. Cheap to clone.
 #[derive(Clone)]
 pub struct Fetcher {
-    sources: HashMap<&'static str, Arc<dyn RecordingSource>>,
+    sources: HashMap<Provider, Arc<dyn RecordingSource>>,
     /// `recordings.dir`: nothing below it is reached through a symbolic link.
     root: PathBuf,
     limits: Limits,
@@ -47,10 +48,10 @@ impl fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// `sources`: each provider's name and how its recordings are requested.
+    /// `sources`: each provider with recordings and how they are requested.
     pub fn new(
         settings: &Settings,
-        sources: impl IntoIterator<Item = (&'static str, Arc<dyn RecordingSource>)>,
+        sources: impl IntoIterator<Item = (Provider, Arc<dyn RecordingSource>)>,
     ) -> Fetcher {
         Fetcher {
             sources: sources.into_iter().collect(),
@@ -77,7 +78,7 @@ impl Fetcher {
             tag: &tag,
         };
         let limits = &self.limits;
-        let source = self.source(&job.provider)?;
+        let source = self.source(job.provider)?;
         let (request, api) = source.request(&job.source).await?;
         match download_to(request, &target, limits, api).await {
             Err(DownloadError::Unauthorized) => {
@@ -91,11 +92,11 @@ impl Fetcher {
         }
     }
 
-    fn source(&self, provider: &str) -> Result<&Arc<dyn RecordingSource>, DownloadError> {
-        self.sources.get(provider).ok_or_else(|| {
+    fn source(&self, provider: Provider) -> Result<&Arc<dyn RecordingSource>, DownloadError> {
+        self.sources.get(&provider).ok_or_else(|| {
             permanent(&format!(
                 "no downloader for provider {:?}",
-                provider.escape_debug().to_string()
+                provider.as_str()
             ))
         })
     }
@@ -118,7 +119,7 @@ mod tests {
             root: PathBuf::from("/nonexistent"),
             limits: Limits::default(),
         };
-        match fetcher.source("third") {
+        match fetcher.source(Provider::Telecmi) {
             Err(DownloadError::Permanent { reason }) => {
                 assert!(reason.contains("no downloader"), "{reason}")
             }

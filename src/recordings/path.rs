@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::calls::Provider;
+
 /// Why a recording name (or provider folder) was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum UnsafePath {
@@ -41,10 +43,11 @@ pub fn recording_relative_path(provider_dir: &str, name: &str) -> Result<PathBuf
 /// The error a recording shows on its call while downloads are off.
 pub const DOWNLOADS_OFF: &str = "recording downloads are disabled";
 
-/// Where a provider's recording will land, as its download job and its call both record it:
-/// the relative path, or the error shown when the name is refused.
-pub fn destination(provider_dir: &str, name: &str) -> Result<String, String> {
-    recording_relative_path(provider_dir, name)
+/// Where a provider's recording will land (below its folder, named as its id), as its download
+/// job and its call both record it: the relative path, or the error shown when the name is
+/// refused.
+pub fn destination(provider: Provider, name: &str) -> Result<String, String> {
+    recording_relative_path(provider.as_str(), name)
         .map(|path| path.to_string_lossy().into_owned())
         .map_err(|e| format!("refused: {e}"))
 }
@@ -53,14 +56,14 @@ pub fn destination(provider_dir: &str, name: &str) -> Result<String, String> {
 /// nothing is ever requested or written). A refusal is logged at `warn` here, once, when the
 /// event is accepted.
 pub fn job_destination(
-    provider: &'static str,
+    provider: Provider,
     call_id: &str,
     name: &str,
 ) -> (Option<String>, Option<String>) {
     match destination(provider, name) {
         Ok(path) => (Some(path), None),
         Err(refused) => {
-            tracing::warn!(provider, call_id = %call_id.escape_debug(),
+            tracing::warn!(provider = provider.as_str(), call_id = %call_id.escape_debug(),
                 recording = %name.escape_debug(), reason = %refused,
                 "recording name refused; nothing will be written");
             (None, Some(refused))

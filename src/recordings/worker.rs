@@ -20,8 +20,8 @@ use super::fetch::Fetcher;
 use super::folder::Folder;
 use super::path::recording_relative_path;
 use super::{RecorderOptions, RecordingUpdate};
-use crate::calls::{CallKey, Provider, Recording, RecordingState};
-use crate::journal::{Job, JobUpdate, Journal, StateWrite};
+use crate::calls::{CallKey, Recording, RecordingState};
+use crate::journal::{Job, JobUpdate, Journal};
 
 /// After a failed write of a job's progress, before that job may be picked again, so a broken
 /// database does not turn into a busy loop.
@@ -166,7 +166,7 @@ impl Worker {
                 "retrying a failed recording download once more");
             let update = JobUpdate {
                 id: job.id,
-                state: "pending",
+                state: RecordingState::Pending,
                 attempts: job.attempts.max(self.max_attempts),
                 next_attempt_at: Utc::now(),
                 last_error: job.last_error.clone(),
@@ -174,9 +174,7 @@ impl Worker {
                 sha256: None,
                 rel_path: None,
             };
-            let recording =
-                recording_of(&job, RecordingState::Pending, None, job.last_error.clone());
-            if self.record(&job, update, recording).await.is_err() {
+            if self.record(&job, update).await.is_err() {
                 return;
             }
         }
@@ -192,7 +190,7 @@ impl Worker {
     async fn try_attempt(&self, job: &Job) -> Result<(), NotRecorded> {
         // Checked again here, not only when the job was made: nothing reaches the file system
         // or the network under a name that could leave `recordings.dir`.
-        let rel = match recording_relative_path(&job.provider, &job.source) {
+        let rel = match recording_relative_path(job.provider.as_str(), &job.source) {
             Ok(rel) => rel,
             Err(e) => {
                 let reason = format!("refused: {e}");
@@ -212,7 +210,7 @@ impl Worker {
         // the rename, the file under its final name is whole, so it is kept rather than fetched
         // again: under the job's distinct name it can only be this job's; under the name asked
         // for, only when no other job has downloaded a recording there.
-        if job.state == "downloading" {
+        if job.state == RecordingState::Downloading {
             if let Some(done) = self.own_file(job, &rel).await {
                 tracing::info!(provider = %job.provider, call_id = %job.call_id,
                     recording = %job.source.escape_debug(), journal_id = job.event_id,
@@ -223,7 +221,7 @@ impl Worker {
 
         let update = JobUpdate {
             id: job.id,
-            state: "downloading",
+            state: RecordingState::Downloading,
             attempts: attempt,
             next_attempt_at: Utc::now(),
             last_error: job.last_error.clone(),
@@ -231,13 +229,7 @@ impl Worker {
             sha256: None,
             rel_path: None,
         };
-        let recording = recording_of(
-            job,
-            RecordingState::Downloading,
-            None,
-            job.last_error.clone(),
-        );
-        self.record(job, update, recording).await?;
+        self.record(job, update).await?;
         remove_stale_parts(&self.dir, &rel).await;
 
         let result = self.fetcher.fetch(job, &dest).await;
@@ -263,21 +255,19 @@ impl Worker {
                     recording = %job.source.escape_debug(), journal_id = job.event_id,
                     attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
                     "recording download failed; will retry");
-                let error = e.to_string();
                 let next =
                     Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                 let update = JobUpdate {
                     id: job.id,
-                    state: "pending",
+                    state: RecordingState::Pending,
                     attempts: attempt,
                     next_attempt_at: next,
-                    last_error: Some(error.clone()),
+                    last_error: Some(e.to_string()),
                     bytes: None,
                     sha256: None,
                     rel_path: None,
                 };
-                let recording = recording_of(job, RecordingState::Pending, None, Some(error));
-                self.record(job, update, recording).await
+                self.record(job, update).await
             }
             Err(e) => {
                 self.finish(job, attempt, Err(Failure::Download(e.to_string())))
@@ -311,26 +301,23 @@ impl Worker {
         attempts: u32,
         outcome: Result<Downloaded, Failure>,
     ) -> Result<(), NotRecorded> {
-        let (update, recording) = match outcome {
+        let update = match outcome {
             Ok(done) => {
                 metrics::counter!("callhook_recordings_total", "outcome" => "downloaded")
                     .increment(1);
                 tracing::info!(provider = %job.provider, call_id = %job.call_id,
                     recording = %job.source.escape_debug(), journal_id = job.event_id,
                     bytes = done.bytes, sha256 = %done.sha256, "recording downloaded");
-                (
-                    JobUpdate {
-                        id: job.id,
-                        state: "downloaded",
-                        attempts,
-                        next_attempt_at: Utc::now(),
-                        last_error: None,
-                        bytes: Some(done.bytes),
-                        sha256: Some(done.sha256.clone()),
-                        rel_path: Some(done.rel_path.to_string_lossy().into_owned()),
-                    },
-                    recording_of(job, RecordingState::Downloaded, Some(&done), None),
-                )
+                JobUpdate {
+                    id: job.id,
+                    state: RecordingState::Downloaded,
+                    attempts,
+                    next_attempt_at: Utc::now(),
+                    last_error: None,
+                    bytes: Some(done.bytes),
+                    sha256: Some(done.sha256),
+                    rel_path: Some(done.rel_path.to_string_lossy().into_owned()),
+                }
             }
             Err(failure) => {
                 let error = match failure {
@@ -345,48 +332,29 @@ impl Worker {
                         error
                     }
                 };
-                (
-                    JobUpdate {
-                        id: job.id,
-                        state: "failed",
-                        attempts,
-                        next_attempt_at: Utc::now(),
-                        last_error: Some(error.clone()),
-                        bytes: None,
-                        sha256: None,
-                        rel_path: None,
-                    },
-                    recording_of(job, RecordingState::Failed, None, Some(error)),
-                )
+                JobUpdate {
+                    id: job.id,
+                    state: RecordingState::Failed,
+                    attempts,
+                    next_attempt_at: Utc::now(),
+                    last_error: Some(error),
+                    bytes: None,
+                    sha256: None,
+                    rel_path: None,
+                }
             }
         };
-        self.record(job, update, recording).await
+        self.record(job, update).await
     }
 
-    /// Hands the job's new state and its call's recording to the processor and waits until
-    /// both are written.
-    async fn record(
-        &self,
-        job: &Job,
-        update: JobUpdate,
-        recording: Recording,
-    ) -> Result<(), NotRecorded> {
-        let Some(provider) = Provider::parse(&job.provider) else {
-            // No call to show it on; the job row still says what happened.
-            return self
-                .journal
-                .write_state(StateWrite {
-                    jobs: vec![update],
-                    ..Default::default()
-                })
-                .await
-                .map_err(|_| NotRecorded);
-        };
+    /// Hands the job's new state and its call's recording (made from that state, so the two
+    /// agree) to the processor and waits until both are written.
+    async fn record(&self, job: &Job, update: JobUpdate) -> Result<(), NotRecorded> {
         let (done, written) = oneshot::channel();
         self.updates
             .send(RecordingUpdate {
-                call: CallKey::new(provider, job.call_id.clone()),
-                recording,
+                call: CallKey::new(job.provider, job.call_id.clone()),
+                recording: recording_of(job, &update),
                 times: (job.start_time, job.end_time),
                 job: Some(update),
                 done: Some(done),
@@ -400,13 +368,9 @@ impl Worker {
     }
 }
 
-/// The recording as its call shows it.
-fn recording_of(
-    job: &Job,
-    state: RecordingState,
-    done: Option<&Downloaded>,
-    error: Option<String>,
-) -> Recording {
+/// The recording as its call shows it once `update` is written: its state, error, size and hash,
+/// and its path (where the file ended up, else the job's).
+fn recording_of(job: &Job, update: &JobUpdate) -> Recording {
     Recording {
         // A second call naming the same recording has a job `<id>@<call id>`
         // (journal/writer.rs); on the call the recording is still named by its id.
@@ -416,14 +380,12 @@ fn recording_of(
             .unwrap_or(&job.recording_id)
             .to_string(),
         url: job.source.clone(),
-        path: done
-            .map(|d| d.rel_path.to_string_lossy().into_owned())
-            .or_else(|| job.rel_path.clone()),
-        state,
-        bytes: done.map(|d| d.bytes),
-        sha256: done.map(|d| d.sha256.clone()),
+        path: update.rel_path.clone().or_else(|| job.rel_path.clone()),
+        state: update.state,
+        bytes: update.bytes,
+        sha256: update.sha256.clone(),
         dn: job.dn.clone(),
-        error,
+        error: update.last_error.clone(),
     }
 }
 

@@ -6,12 +6,30 @@
 //! (`recordings::path`, accepted paths stay under the base) and TeleCMI decoding of random
 //! bytes (`providers::telecmi::events`).
 
-use callhook::providers::jas::events::{DecodeError, decode};
+use callhook::providers::DecodeError;
+use callhook::providers::jas::events::decode;
 use callhook::providers::jas::verify::{Verifier, VerifyError, sign};
 use callhook::providers::telecmi::events as telecmi;
 use proptest::prelude::*;
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
+
+/// What a decoder's error must tell an integrator, whichever provider's: the field it is about,
+/// or what the body is not (`accepts`: the formats that provider reads).
+fn says_what_is_wrong(e: &DecodeError, accepts: &str) -> Result<(), TestCaseError> {
+    let message = e.to_string();
+    match e {
+        DecodeError::Body { .. } => {
+            let start = format!("body is not valid {accepts}: ");
+            prop_assert!(message.starts_with(&start), "{message}");
+        }
+        DecodeError::NotObject(_) => prop_assert!(message.contains("JSON object"), "{message}"),
+        DecodeError::Missing(field) | DecodeError::Invalid { field, .. } => {
+            prop_assert!(message.contains(field), "{message}");
+        }
+    }
+    Ok(())
+}
 
 fn verifier() -> Verifier {
     Verifier::new(vec![SecretString::from("old"), SecretString::from("new")])
@@ -197,17 +215,7 @@ proptest! {
                 // Deterministic, so a redelivery gets the same key and is a duplicate.
                 prop_assert_eq!(decode(&body, at).unwrap(), d);
             }
-            Err(e) => {
-                let message = e.to_string();
-                match &e {
-                    DecodeError::NotJson(_) => prop_assert!(message.contains("not valid JSON")),
-                    DecodeError::NotObject => prop_assert!(message.contains("JSON object")),
-                    DecodeError::Missing(field) | DecodeError::Invalid { field, .. } => {
-                        prop_assert!(message.contains(field), "{message}");
-                    }
-                }
-                prop_assert!(e.field().is_some() || matches!(e, DecodeError::NotJson(_) | DecodeError::NotObject));
-            }
+            Err(e) => says_what_is_wrong(&e, "JSON")?,
         }
     }
 
@@ -218,13 +226,7 @@ proptest! {
                 prop_assert!(!event.cmiuuid.trim().is_empty());
                 prop_assert!(event.dedupe_key().starts_with(&event.cmiuuid));
             }
-            Err(e) => {
-                let message = e.to_string();
-                match e.field() {
-                    Some(field) => prop_assert!(message.contains(field), "{message}"),
-                    None => prop_assert!(message.contains("not valid JSON or form data"), "{message}"),
-                }
-            }
+            Err(e) => says_what_is_wrong(&e, "JSON or form data")?,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use callhook::calls::{Provider, RecordingState};
 use callhook::config::Settings;
 use callhook::journal::{Appended, Job, Journal, NewEvent, NewJob, StateWrite};
 use callhook::recordings::RecorderOptions;
@@ -261,7 +262,7 @@ async fn telecmi_json_error_with_200_is_a_failure_and_not_saved() {
     let providers = callhook::providers::Providers::from_settings(&settings).unwrap();
     let sources = providers
         .iter()
-        .filter_map(|p| Some((p.id().as_str(), p.recordings()?)));
+        .filter_map(|p| Some((p.id(), p.recordings()?)));
     let fetcher = Fetcher::new(&settings, sources);
     let job = telecmi_job("1744636800-a b&c.mp3");
     let recordings = dir.path().join("recordings");
@@ -287,13 +288,13 @@ async fn telecmi_json_error_with_200_is_a_failure_and_not_saved() {
 fn telecmi_job(file: &str) -> Job {
     Job {
         id: 1,
-        provider: "telecmi".into(),
+        provider: Provider::Telecmi,
         recording_id: "cmi-1".into(),
         call_id: "conv-1".into(),
         dn: None,
         source: file.into(),
         rel_path: Some(format!("telecmi/{file}")),
-        state: "pending".into(),
+        state: RecordingState::Pending,
         attempts: 0,
         next_attempt_at: Utc::now(),
         last_error: None,
@@ -342,7 +343,7 @@ async fn telecmi_job_in_the_queue_fails_on_a_json_error_without_logging_the_secr
     journal
         .write_state(StateWrite {
             new_jobs: vec![NewJob {
-                provider: "telecmi",
+                provider: Provider::Telecmi,
                 recording_id: "cmi-1".into(),
                 call_id: "conv-1".into(),
                 dn: None,

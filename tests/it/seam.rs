@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::common::*;
+use callhook::calls::{Provider, RecordingState};
 use callhook::journal::{Appended, Journal, NewEvent};
 use callhook::providers::jas::events::decode;
 use callhook::providers::jas::routes::journal_entry;
@@ -107,7 +108,7 @@ async fn a_recording_journaled_but_never_applied_gets_its_job_at_the_next_start(
         .await
         .unwrap();
     let id = journal_jas(&journal, &new_recording("26", name, 5)).await;
-    assert_eq!(journal.job("jas", "5".into()).await.unwrap(), None);
+    assert_eq!(journal.job(Provider::Jas, "5".into()).await.unwrap(), None);
     journal.close().await.unwrap();
 
     let app = TestApp::spawn(&env, dir.path()).await;
@@ -121,7 +122,14 @@ async fn a_recording_journaled_but_never_applied_gets_its_job_at_the_next_start(
     let journal = Journal::open(&data_dir(dir.path()).join("callhook.db"))
         .await
         .unwrap();
-    let job = journal.job("jas", "5".into()).await.unwrap().unwrap();
-    assert_eq!((job.event_id, job.state.as_str()), (Some(id), "downloaded"));
+    let job = journal
+        .job(Provider::Jas, "5".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.event_id, job.state),
+        (Some(id), RecordingState::Downloaded)
+    );
     journal.close().await.unwrap();
 }

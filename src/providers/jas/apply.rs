@@ -102,7 +102,7 @@ fn attach_new_recording(r: NewRecording, ctx: &mut Apply<'_>) {
     {
         return;
     }
-    let (state, path, error) = match (destination("jas", &r.recording_url), ctx.downloads) {
+    let (state, path, error) = match (destination(Provider::Jas, &r.recording_url), ctx.downloads) {
         (Err(refused), _) => {
             metrics::counter!("callhook_recordings_total", "outcome" => "refused").increment(1);
             (RecordingState::Failed, None, Some(refused))
@@ -128,9 +128,9 @@ fn attach_new_recording(r: NewRecording, ctx: &mut Apply<'_>) {
 
 /// The download job of a `new_recording`; `failed` at once when the name is refused as a path.
 fn job(r: &NewRecording, journal_id: i64) -> NewJob {
-    let (rel_path, error) = job_destination("jas", &r.call_id, &r.recording_url);
+    let (rel_path, error) = job_destination(Provider::Jas, &r.call_id, &r.recording_url);
     NewJob {
-        provider: "jas",
+        provider: Provider::Jas,
         recording_id: r.id(),
         call_id: r.call_id.clone(),
         dn: r.dn().map(str::to_string),

@@ -5,30 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("body is not valid JSON: {0}")]
-    NotJson(String),
-    #[error("body must be a JSON object")]
-    NotObject,
-    #[error("missing field `{0}`")]
-    Missing(&'static str),
-    #[error("invalid field `{field}`: {reason}")]
-    Invalid {
-        field: &'static str,
-        reason: &'static str,
-    },
-}
-
-impl DecodeError {
-    pub fn field(&self) -> Option<&'static str> {
-        match self {
-            DecodeError::Missing(f) => Some(f),
-            DecodeError::Invalid { field, .. } => Some(field),
-            _ => None,
-        }
-    }
-}
+use crate::providers::DecodeError;
 
 /// What a `call_status` event says happened to a participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,9 +137,13 @@ pub const REPAIRABLE: &[&str] = &["timestamp", "start_time", "end_time"];
 /// Decodes a verified body received at `received_at`. Only what the event cannot be acted on
 /// without (`entity`, `event_type`, `sequence`, `recording_url`, `call_id`) makes it an error.
 pub fn decode(body: &[u8], received_at: DateTime<Utc>) -> Result<Decoded, DecodeError> {
-    let root: Value =
-        serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let root = root.as_object().ok_or(DecodeError::NotObject)?;
+    let root: Value = serde_json::from_slice(body).map_err(|e| DecodeError::Body {
+        accepts: "JSON",
+        error: e.to_string(),
+    })?;
+    let root = root
+        .as_object()
+        .ok_or_else(|| DecodeError::not_object(&root))?;
     let name = non_empty_string(root.get("eventName"), "eventName")?;
     let mut times = Times {
         received_at,
@@ -286,7 +267,7 @@ fn dedupe_key(event: &JasEvent, body: &[u8]) -> String {
 pub fn parse_entity(entity: &str) -> Result<(String, String), DecodeError> {
     let bad = DecodeError::Invalid {
         field: "data.event.entity",
-        reason: "expected /callcontrol/{dn}/participants/{id}",
+        expected: "/callcontrol/{dn}/participants/{id}",
     };
     let rest = entity.strip_prefix("/callcontrol/").ok_or(bad.clone())?;
     let (dn, rest) = rest.split_once('/').ok_or(bad.clone())?;
@@ -304,30 +285,30 @@ pub fn parse_entity(entity: &str) -> Result<(String, String), DecodeError> {
     Ok((dn.to_string(), id.to_string()))
 }
 
-/// A field the event cannot do without, as `pick` reads it; `reason` says what it must be.
+/// A field the event cannot do without, as `pick` reads it; `expected` says what it must be.
 fn required<'a, T: ?Sized>(
     value: Option<&'a Value>,
     field: &'static str,
-    reason: &'static str,
+    expected: &'static str,
     pick: impl Fn(&'a Value) -> Option<&'a T>,
 ) -> Result<&'a T, DecodeError> {
     let value = value.ok_or(DecodeError::Missing(field))?;
-    pick(value).ok_or(DecodeError::Invalid { field, reason })
+    pick(value).ok_or(DecodeError::Invalid { field, expected })
 }
 
 fn object<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a Object, DecodeError> {
-    required(value, field, "expected an object", Value::as_object)
+    required(value, field, "an object", Value::as_object)
 }
 
 fn string<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a str, DecodeError> {
-    required(value, field, "expected a string", Value::as_str)
+    required(value, field, "a string", Value::as_str)
 }
 
 fn non_empty_string<'a>(
     value: Option<&'a Value>,
     field: &'static str,
 ) -> Result<&'a str, DecodeError> {
-    required(value, field, "expected a non-empty string", |v| {
+    required(value, field, "a non-empty string", |v| {
         v.as_str().filter(|s| !s.is_empty())
     })
 }
@@ -335,7 +316,7 @@ fn non_empty_string<'a>(
 fn integer(value: Option<&Value>, field: &'static str) -> Result<i64, DecodeError> {
     let invalid = DecodeError::Invalid {
         field,
-        reason: "expected an integer",
+        expected: "an integer",
     };
     match value {
         Some(Value::Number(n)) => n.as_i64().ok_or(invalid),
@@ -354,7 +335,7 @@ fn id_text(value: Option<&Value>, field: &'static str) -> Result<Option<String>,
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(DecodeError::Invalid {
             field,
-            reason: "expected a string or a number",
+            expected: "a string or a number",
         }),
     }
 }
@@ -488,9 +469,15 @@ mod tests {
         }
         assert!(matches!(
             decode(b"not json", now()),
-            Err(DecodeError::NotJson(_))
+            Err(DecodeError::Body {
+                accepts: "JSON",
+                ..
+            })
         ));
-        assert_eq!(decode(b"[1]", now()), Err(DecodeError::NotObject));
+        assert_eq!(
+            decode(b"[1]", now()).unwrap_err().to_string(),
+            "body must be a JSON object, got an array"
+        );
     }
 
     #[test]

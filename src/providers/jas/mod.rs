@@ -25,7 +25,7 @@ use crate::recordings::fetch::{RecordingSource, permanent};
 use client::{JasAuth, JasClient, JasClientConfig, JasError};
 
 pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
-    provider: "jas",
+    provider: Provider::Jas,
     events: &["call_status", "new_recording", "call_summary", "unknown"],
     repairable: events::REPAIRABLE,
     apis: client::api::ALL,

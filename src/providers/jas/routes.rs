@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::events::{self, JasEvent};
 use super::verify::Verifier;
+use crate::calls::Provider;
 use crate::http::{ApiError, Outcome, reply};
 use crate::journal::{Appended, NewEvent};
 use crate::providers::Ingest;
@@ -39,7 +40,7 @@ pub fn router(ingest: Ingest) -> Router {
 /// floor journals exactly what this route does.
 pub fn journal_entry(event: &JasEvent, dedupe_key: String, body: Bytes) -> NewEvent {
     NewEvent {
-        provider: "jas",
+        provider: Provider::Jas.as_str(),
         name: event.name().to_string(),
         dedupe_key,
         content_type: None,
@@ -55,7 +56,7 @@ async fn receive(
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let result = accept(&state, &headers, body).await;
-    reply::finish("jas", started, None, result)
+    reply::finish(Provider::Jas, started, None, result)
 }
 
 /// Returns the event's metric name and how it was taken.
@@ -78,7 +79,7 @@ async fn accept(
         events::decode(&body, Utc::now()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let name = decoded.event.metric_name();
     for field in &decoded.repaired {
-        crate::metrics::field_warning("jas", field, name);
+        crate::metrics::field_warning(Provider::Jas, field, name);
     }
     let appended = state
         .ingest

@@ -5,13 +5,13 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 
-use super::events::{DecodeError, Kind, Leg, TelecmiEvent};
+use super::events::{Kind, Leg, TelecmiEvent};
 use crate::calls::{
     CallKey, CallState, CallTable, Changes, Details, ParticipantKey, Provider, Recording,
     RecordingState,
 };
 use crate::journal::NewJob;
-use crate::providers::{Event, Wants};
+use crate::providers::{DecodeError, Event, Wants};
 use crate::recordings::path::{DOWNLOADS_OFF, destination, job_destination};
 
 const RANK_STARTED: i64 = 1;
@@ -35,14 +35,14 @@ pub enum Action {
 /// do with it.
 pub fn classify(event: &TelecmiEvent) -> Result<Action, DecodeError> {
     match &event.kind {
-        Kind::Other(kind) if kind.trim().is_empty() => Err(DecodeError::MissingField("type")),
+        Kind::Other(kind) if kind.trim().is_empty() => Err(DecodeError::Missing("type")),
         Kind::Other(_) => Ok(Action::Ignore),
         Kind::Event => {
             let status = event
                 .status
                 .as_deref()
-                .ok_or(DecodeError::MissingField("status"))?;
-            let leg = event.leg.ok_or(DecodeError::MissingField("leg"))?;
+                .ok_or(DecodeError::Missing("status"))?;
+            let leg = event.leg.ok_or(DecodeError::Missing("leg"))?;
             let rank = match status {
                 "started" | "waiting" => RANK_STARTED,
                 "answered" => RANK_ANSWERED,
@@ -52,7 +52,7 @@ pub fn classify(event: &TelecmiEvent) -> Result<Action, DecodeError> {
             Ok(Action::Leg { leg, rank })
         }
         Kind::Cdr => match event.status.as_deref() {
-            None => Err(DecodeError::MissingField("status")),
+            None => Err(DecodeError::Missing("status")),
             Some("answered" | "missed") => Ok(Action::Cdr),
             Some(_) => Ok(Action::Ignore),
         },
@@ -144,7 +144,7 @@ fn recording_job(event: &TelecmiEvent, call_id: &str, journal_id: i64) -> Option
         }
         return None;
     };
-    let (rel_path, error) = job_destination("telecmi", call_id, name);
+    let (rel_path, error) = job_destination(Provider::Telecmi, call_id, name);
     // `time` is when the call was answered and `answeredsec` how long it lasted.
     let start_time = event
         .time_ms
@@ -153,7 +153,7 @@ fn recording_job(event: &TelecmiEvent, call_id: &str, journal_id: i64) -> Option
         start.checked_add_signed(chrono::Duration::try_seconds(secs.max(0))?)
     });
     Some(NewJob {
-        provider: "telecmi",
+        provider: Provider::Telecmi,
         recording_id: name.to_string(),
         call_id: call_id.to_string(),
         dn: event.user.clone(),
@@ -298,7 +298,7 @@ fn leg_details(
 /// name is refused as a path or downloads are off (shown all the same, as for JAS: the provider
 /// has the recording, and the call says why callhook does not).
 fn recording(event: &TelecmiEvent, name: &str, downloads: bool) -> Recording {
-    let (state, path, error) = match destination("telecmi", name) {
+    let (state, path, error) = match destination(Provider::Telecmi, name) {
         Err(refused) => (RecordingState::Failed, None, Some(refused)),
         Ok(_) if !downloads => (RecordingState::Failed, None, Some(DOWNLOADS_OFF.into())),
         Ok(path) => (RecordingState::Pending, Some(path), None),

@@ -1,10 +1,13 @@
 //! Decodes one TeleCMI webhook body (live call event or CDR, JSON or form-encoded) into a
 //! typed [`TelecmiEvent`], tolerating TeleCMI's loose typing, and derives its dedupe key.
-//! Pure: no I/O, no async, and nothing from the rest of the crate.
+//! Pure: no I/O, no async, and nothing from the rest of the crate but the seam's
+//! [`DecodeError`], which every provider's decoder fails with.
 
 use std::borrow::Cow;
 
 use serde_json::{Map, Value};
+
+use crate::providers::DecodeError;
 
 /// What a webhook reports, from its `type` field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,33 +70,6 @@ pub struct TelecmiEvent {
     /// Every field as decoded, unknown ones included. Form bodies give string values; in JSON
     /// bodies a bare leading-zero number such as `04471000000` appears as a string.
     pub raw: Map<String, Value>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("body is not valid JSON or form data: {0}")]
-    Body(String),
-    #[error("body is not valid JSON or form data: expected a JSON object, got {0}")]
-    NotAnObject(&'static str),
-    #[error("missing field `{0}`")]
-    MissingField(&'static str),
-    #[error("invalid field `{field}`: expected {expected}")]
-    InvalidField {
-        field: &'static str,
-        expected: &'static str,
-    },
-}
-
-impl DecodeError {
-    /// The offending field, if the error is about one.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            DecodeError::MissingField(field) | DecodeError::InvalidField { field, .. } => {
-                Some(field)
-            }
-            DecodeError::Body(_) | DecodeError::NotAnObject(_) => None,
-        }
-    }
 }
 
 /// Decodes one webhook body. `content_type` is the request's `Content-Type` header, if any.
@@ -169,9 +145,16 @@ fn looks_like_form(body: &[u8]) -> bool {
         && std::str::from_utf8(body).is_ok()
 }
 
+/// A body neither decoder reads: both are tried when the content type does not say which.
+fn body_error(error: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Body {
+        accepts: "JSON or form data",
+        error: error.to_string(),
+    }
+}
+
 fn decode_form(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_bytes(body).map_err(|err| DecodeError::Body(err.to_string()))?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(body_error)?;
     Ok(pairs
         .into_iter()
         .map(|(key, value)| (key, Value::String(value)))
@@ -182,19 +165,8 @@ fn decode_json(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     let text = quote_leading_zero_numbers(body);
     match serde_json::from_slice(&text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(DecodeError::NotAnObject(json_type_name(&other))),
-        Err(err) => Err(DecodeError::Body(err.to_string())),
-    }
-}
-
-fn json_type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Ok(other) => Err(DecodeError::not_object(&other)),
+        Err(err) => Err(body_error(err)),
     }
 }
 
@@ -265,7 +237,7 @@ fn from_raw(raw: Map<String, Value>) -> Result<TelecmiEvent, DecodeError> {
         repaired.push("time");
         None
     });
-    let cmiuuid = text(&raw, "cmiuuid")?.ok_or(DecodeError::MissingField("cmiuuid"))?;
+    let cmiuuid = text(&raw, "cmiuuid")?.ok_or(DecodeError::Missing("cmiuuid"))?;
     let kind = match text(&raw, "type")? {
         None => Kind::Other(String::new()),
         Some(kind) => match kind.trim().to_ascii_lowercase().as_str() {
@@ -279,7 +251,7 @@ fn from_raw(raw: Map<String, Value>) -> Result<TelecmiEvent, DecodeError> {
         Some("a") => Some(Leg::A),
         Some("b") => Some(Leg::B),
         Some(_) => {
-            return Err(DecodeError::InvalidField {
+            return Err(DecodeError::Invalid {
                 field: "leg",
                 expected: "\"a\" or \"b\"",
             });
@@ -334,7 +306,7 @@ fn text(raw: &Map<String, Value>, field: &'static str) -> Result<Option<String>,
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(DecodeError::InvalidField {
+        Some(_) => Err(DecodeError::Invalid {
             field,
             expected: "a string",
         }),
@@ -357,7 +329,7 @@ fn digits_text(
     expected: &'static str,
 ) -> Result<Option<String>, DecodeError> {
     const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    let invalid = DecodeError::InvalidField { field, expected };
+    let invalid = DecodeError::Invalid { field, expected };
     match present(raw, field) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -395,7 +367,7 @@ fn integer(raw: &Map<String, Value>, field: &'static str) -> Result<Option<i64>,
         }
         Some(_) => None,
     };
-    parsed.map(Some).ok_or(DecodeError::InvalidField {
+    parsed.map(Some).ok_or(DecodeError::Invalid {
         field,
         expected: "an integer",
     })
@@ -422,7 +394,7 @@ fn boolean(raw: &Map<String, Value>, field: &'static str) -> Result<Option<bool>
         },
         Some(_) => None,
     };
-    parsed.map(Some).ok_or(DecodeError::InvalidField {
+    parsed.map(Some).ok_or(DecodeError::Invalid {
         field,
         expected: "a boolean",
     })
@@ -437,7 +409,7 @@ fn json_blob(raw: &Map<String, Value>, field: &'static str) -> Result<Option<Val
         Some(Value::String(s)) => Ok(Some(
             serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
         )),
-        Some(_) => Err(DecodeError::InvalidField {
+        Some(_) => Err(DecodeError::Invalid {
             field,
             expected: "an object or JSON text",
         }),
@@ -649,7 +621,7 @@ mod tests {
     #[test]
     fn missing_cmiuuid() {
         let err = json_err(r#"{"type":"event","leg":"a"}"#);
-        assert!(matches!(err, DecodeError::MissingField("cmiuuid")));
+        assert!(matches!(err, DecodeError::Missing("cmiuuid")));
         assert_eq!(err.to_string(), "missing field `cmiuuid`");
         assert_eq!(err.field(), Some("cmiuuid"));
         assert_eq!(json_err(r#"{"cmiuuid":null}"#).field(), Some("cmiuuid"));
@@ -713,7 +685,7 @@ mod tests {
             (&b""[..], None),
         ] {
             let err = decode(body, content_type).unwrap_err();
-            assert!(matches!(err, DecodeError::Body(_)), "{body:?}: {err:?}");
+            assert!(matches!(err, DecodeError::Body { .. }), "{body:?}: {err:?}");
             assert_eq!(err.field(), None);
             assert!(
                 err.to_string()
@@ -722,9 +694,11 @@ mod tests {
         }
         for body in ["[1,2]", "9100000000", "\"x\"", "null"] {
             let err = decode(body.as_bytes(), None).unwrap_err();
+            assert!(matches!(err, DecodeError::NotObject(_)), "{body}: {err:?}");
             assert!(
-                matches!(err, DecodeError::NotAnObject(_)),
-                "{body}: {err:?}"
+                err.to_string()
+                    .starts_with("body must be a JSON object, got "),
+                "{err}"
             );
         }
     }
@@ -767,7 +741,7 @@ mod tests {
                 quote_leading_zero_numbers(body.as_bytes()),
                 Cow::Borrowed(_)
             ));
-            assert!(matches!(json_err(body), DecodeError::Body(_)), "{body}");
+            assert!(matches!(json_err(body), DecodeError::Body { .. }), "{body}");
         }
         assert_eq!(
             json_ok(r#"{"cmiuuid":"u","to":0}"#).to.as_deref(),

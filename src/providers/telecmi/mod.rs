@@ -27,7 +27,7 @@ use crate::recordings::fetch::{RecordingSource, permanent};
 pub const PLAY_API: crate::outbound::Api = crate::outbound::Api::new("telecmi_play");
 
 pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
-    provider: "telecmi",
+    provider: Provider::Telecmi,
     events: &["event", "cdr", "unknown"],
     repairable: events::REPAIRABLE,
     apis: &[PLAY_API],

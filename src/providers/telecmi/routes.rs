@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 
 use super::apply::{self, Action};
 use super::events;
+use crate::calls::Provider;
 use crate::http::client_ip::client_ip;
 use crate::http::{ApiError, Outcome, reply};
 use crate::journal::{Appended, NewEvent};
@@ -48,7 +49,7 @@ async fn receive(
     });
     let token = path_token.ok().map(|Path(token)| token);
     let result = accept(&state, token.as_deref(), client, &headers, body).await;
-    reply::finish("telecmi", started, client, result)
+    reply::finish(Provider::Telecmi, started, client, result)
 }
 
 /// Returns the event's metric name and how it was taken.
@@ -80,12 +81,12 @@ async fn accept(
     let action = apply::classify(&event).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let name = apply::metric_name(&event);
     for field in &event.repaired {
-        crate::metrics::field_warning("telecmi", field, name);
+        crate::metrics::field_warning(Provider::Telecmi, field, name);
     }
     let appended = state
         .journal
         .append(NewEvent {
-            provider: "telecmi",
+            provider: Provider::Telecmi.as_str(),
             name: event.kind.as_str().to_string(),
             dedupe_key: format!("telecmi:{}", event.dedupe_key()),
             content_type,
