@@ -5,7 +5,8 @@
 
 use std::path::{Component, Path};
 
-use callhook::recordings::path::{encode_url_path, recording_relative_path};
+use callhook::outbound::path::encode_url_path;
+use callhook::recordings::path::recording_relative_path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
