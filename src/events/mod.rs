@@ -6,6 +6,8 @@
 
 pub mod deliver;
 pub mod produce;
+#[cfg(test)]
+mod properties;
 
 /// Every event type, in the order of SPEC §7's table.
 pub const EVENT_TYPES: &[&str] = &[
