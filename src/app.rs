@@ -71,7 +71,9 @@ impl Application {
         let journal = Journal::open(&settings.storage.path)
             .await
             .map_err(journal_error)?;
-        let (table, cursor) = restore(&journal).await.map_err(journal_error)?;
+        let (table, cursor) = restore(&journal, settings.calls.end_grace)
+            .await
+            .map_err(journal_error)?;
 
         let providers = Arc::new(Providers::from_settings(&settings).map_err(StartError::Other)?);
         let tasks = TaskTracker::new();
@@ -336,9 +338,14 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 }
 
 /// The call table as the journal left it, and the applied cursor.
-async fn restore(journal: &Journal) -> Result<(Arc<CallTable>, i64), JournalError> {
+async fn restore(
+    journal: &Journal,
+    grace: std::time::Duration,
+) -> Result<(Arc<CallTable>, i64), JournalError> {
     let restored = journal.restore(Utc::now() - KEEP_ENDED).await?;
-    let table = Arc::new(CallTable::new(crate::providers::DIRECTIONS));
+    // At most an hour (validated), so it fits.
+    let grace = chrono::Duration::from_std(grace).unwrap_or(crate::calls::END_GRACE);
+    let table = Arc::new(CallTable::new(crate::providers::DIRECTIONS).with_grace(grace));
     tracing::info!(
         participants = restored.participants.len(),
         calls = restored.calls.len(),

@@ -163,6 +163,8 @@ impl Processor {
                 break;
             }
         }
+        // Graces that ran out while the daemon was stopped.
+        self.end_due(Utc::now());
         self.flush().await;
         // Lookups that were in flight when the last run stopped.
         for (key, seq) in self.table.awaiting_lookup() {
@@ -227,6 +229,14 @@ impl Processor {
                         }
                     }
                 }
+                _ = sleep_until_wall(self.table.next_end()) => {
+                    // Only once every committed row is applied: a row received before the
+                    // deadline but not applied yet still counts as inside the grace.
+                    let caught_up = *committed.borrow() <= self.cursor || self.stuck_at.is_some();
+                    if caught_up {
+                        self.end_due(Utc::now());
+                    }
+                }
                 _ = sweep.tick() => {
                     let now = Utc::now();
                     let changes = self.table.sweep_stale(now, STALE_AFTER);
@@ -278,6 +288,8 @@ impl Processor {
         };
         self.warm_for(&events).await;
         for (row, event) in events {
+            // A row received after a call's grace finds it ended, live or replayed alike.
+            self.end_due(row.received_at);
             let provider = Provider::parse(&row.provider);
             let mut ctx = Apply::new(&self.table, row, self.downloads.is_some());
             ctx.lookups = provider.is_some_and(|p| self.looks_up(p));
@@ -516,6 +528,13 @@ impl Processor {
         self.note(changes, Cause::Lookup(cause));
     }
 
+    /// Ends the calls whose grace is over by `clock`, each under its own cause.
+    fn end_due(&mut self, clock: DateTime<Utc>) {
+        for (key, deadline, changes) in self.table.end_due(clock) {
+            self.note(changes, Cause::Grace(key, deadline.timestamp_millis()));
+        }
+    }
+
     fn note(&mut self, changes: Changes, cause: Cause) {
         if let Some(producer) = &mut self.producer {
             let events = producer.observe(&self.table, &changes.calls, &cause);
@@ -579,6 +598,17 @@ impl Processor {
                     .set(self.table.active_count(provider) as f64);
             }
         }
+    }
+}
+
+/// Sleeps until the wall clock reaches `at` (at once when it has), or forever without one.
+async fn sleep_until_wall(at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await
+        }
+        None => std::future::pending().await,
     }
 }
 

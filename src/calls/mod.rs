@@ -13,7 +13,7 @@ pub use model::{
     Call, CallKey, CallState, Details, Direction, Leg, Participant, ParticipantKey, Provider,
     Recording, RecordingState, Tracked,
 };
-pub use table::{CallTable, Changes, Transition};
+pub use table::{CallTable, Changes, END_GRACE, Transition};
 
 #[cfg(test)]
 mod tests;

@@ -354,6 +354,10 @@ pub struct Call {
     /// what the provider said (TeleCMI hang-up, CDR).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Only while the call looks over (active, nobody present): when it ends unless someone
+    /// joins first (the grace, `calls.end_grace_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<DateTime<Utc>>,
     pub participants: Vec<Participant>,
     pub recordings: Vec<Recording>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -374,6 +378,7 @@ impl Call {
             started_at: None,
             ended_at: None,
             end_reason: None,
+            ends_at: None,
             participants: vec![],
             recordings: vec![],
             summary: None,

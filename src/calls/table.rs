@@ -2,6 +2,7 @@
 //! ordering rule. Each method returns what it changed so the processor can persist exactly that.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashMap;
@@ -14,7 +15,17 @@ use super::model::{
     Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Recording, Tracked,
 };
 
-/// A call started, ended, or came back (a participant joined after it looked finished: events
+/// How long a call that looks over (nobody present, no provider saying it ended) waits before
+/// it is ended. Out of order, a call can look over before its last participant has even joined
+/// (A joins, A leaves, then B's join arrives); inside the grace such a late event resumes it and
+/// no `call.ended` has gone out. 5 s: a provider sends one call's webhooks within milliseconds of
+/// each other over separate connections, so the reordering seen is a fraction of a second, and
+/// one quick retry of a refused delivery fits too; longer would hold back `call.ended`, which a
+/// CRM waits for to close its ticket, for no gain. An event later than this still updates the
+/// ended call's record (participants, details, recordings) but never reopens it.
+pub const END_GRACE: Duration = Duration::seconds(5);
+
+/// A call started, ended, or came back (a participant joined during its grace: events
 /// delivered out of order).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
@@ -77,6 +88,10 @@ struct CallRecord {
     forced_end: Option<(Text, DateTime<Utc>)>,
     /// When it came from a recording of a call never seen (no participants): its own times.
     recording_times: Option<OwnTimes>,
+    /// Set while the call looks over (active, nobody present): when it is ended unless someone
+    /// joins first. The time of the change that made it look over plus the grace, so replaying
+    /// the journal gives the same deadline (journal rows are applied at their `received_at`).
+    ends_at: Option<DateTime<Utc>>,
 }
 
 /// Written only by the processor; read by the admin API. No guard is ever held across an
@@ -91,13 +106,83 @@ pub struct CallTable {
     calls: DashMap<CKey, Box<CallRecord>>,
     /// Each provider's direction rule (`providers::DIRECTIONS`).
     directions: &'static [(super::Provider, DirectionRule)],
+    /// How long a call that looks over waits before it is ended (`END_GRACE` unless configured).
+    grace: Duration,
+    /// The calls in their grace, by deadline, so finding the due ones costs no walk of every
+    /// call. Locked only by the processor, never while a guard of either map is held.
+    ending: Mutex<BTreeSet<(DateTime<Utc>, CallKey)>>,
 }
 
 impl CallTable {
     pub fn new(directions: &'static [(super::Provider, DirectionRule)]) -> Self {
         Self {
             directions,
+            grace: END_GRACE,
             ..Self::default()
+        }
+    }
+
+    /// The same table with another grace (`calls.end_grace_ms`; tests use a short one).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The earliest deadline of a call in its grace.
+    pub fn next_end(&self) -> Option<DateTime<Utc>> {
+        self.ending_index().first().map(|(at, _)| *at)
+    }
+
+    /// Ends every call whose grace is over by `clock` (a journal row's `received_at`, or the
+    /// wall clock once every committed row is applied), each with its deadline and changes. The
+    /// change is dated at the deadline, not at `clock`, so whatever ends it (a later row, the
+    /// timer, a restart) the call comes out the same.
+    pub fn end_due(&self, clock: DateTime<Utc>) -> Vec<(CallKey, DateTime<Utc>, Changes)> {
+        let mut due = vec![];
+        loop {
+            let next = {
+                let mut ending = self.ending_index();
+                match ending.first() {
+                    Some((at, _)) if *at <= clock => ending.pop_first(),
+                    _ => None,
+                }
+            };
+            let Some((deadline, key)) = next else {
+                break;
+            };
+            let ckey = CKey::of(&key);
+            let mut changes = Changes::default();
+            match self.calls.get_mut(&ckey) {
+                Some(mut rec) if rec.ends_at == Some(deadline) => {
+                    rec.ends_at = None;
+                    rec.state = CallState::Ended;
+                }
+                _ => continue,
+            }
+            changes.applied = true;
+            self.refresh(&ckey, deadline, &mut changes);
+            changes.transitions.push(Transition::Ended(key.clone()));
+            due.push((key, deadline, changes));
+        }
+        due
+    }
+
+    fn ending_index(&self) -> std::sync::MutexGuard<'_, BTreeSet<(DateTime<Utc>, CallKey)>> {
+        // Nothing panics while holding it; a poisoned lock still holds a whole set.
+        self.ending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves a call's entry in `ending` from `old` to `new` deadline.
+    fn reindex(&self, key: &CKey, old: Option<DateTime<Utc>>, new: Option<DateTime<Utc>>) {
+        if old == new {
+            return;
+        }
+        let mut ending = self.ending_index();
+        if let Some(old) = old {
+            ending.remove(&(old, key.to_key()));
+        }
+        if let Some(new) = new {
+            ending.insert((new, key.to_key()));
         }
     }
 
@@ -221,24 +306,17 @@ impl CallTable {
                 .or_insert_with(|| Box::new(CallRecord::new(now)))
                 .add_member(pkey.member);
             self.refresh(&call, now, &mut changes);
-            let active = self
-                .calls
-                .get(&call)
-                .is_some_and(|r| r.state == CallState::Active);
             let call = call.to_key();
-            if memberless && active {
+            if memberless {
+                // Its first present participant starts it rather than resuming it.
                 for t in changes.transitions.iter_mut() {
                     if *t == Transition::Resumed(call.clone()) {
                         *t = Transition::Started(call.clone());
                     }
                 }
-            } else if created && active {
-                changes.transitions.push(Transition::Started(call));
             } else if created {
-                // Seen only after its last participant had left: nothing started, nothing ended.
-                changes
-                    .transitions
-                    .retain(|t| t != &Transition::Ended(call.clone()));
+                // Seen first (even already gone: it then ends when its grace is over).
+                changes.transitions.push(Transition::Started(call));
             }
         }
         changes
@@ -323,8 +401,9 @@ impl CallTable {
         changes
     }
 
-    /// Adds or updates a recording on its call; a call never seen is created, already ended,
-    /// with the recording's own times.
+    /// Adds or updates a recording on its call; a call never seen is created with the
+    /// recording's own times and nobody on it, so it ends when its grace is over unless its
+    /// participants' events come in the meantime.
     pub fn attach_recording(
         &self,
         call: &CallKey,
@@ -336,7 +415,7 @@ impl CallTable {
         let call = CKey::of(call);
         {
             let mut rec = self.calls.entry(call.clone()).or_insert_with(|| {
-                let mut rec = CallRecord::ended(now);
+                let mut rec = CallRecord::new(now);
                 rec.recording_times = Some(times);
                 Box::new(rec)
             });
@@ -356,7 +435,7 @@ impl CallTable {
         let call = CKey::of(call);
         {
             let mut rec = self.calls.entry(call.clone()).or_insert_with(|| {
-                let mut rec = CallRecord::ended(now);
+                let mut rec = CallRecord::new(now);
                 rec.recording_times = Some((None, None));
                 Box::new(rec)
             });
@@ -484,6 +563,7 @@ impl CallTable {
     pub fn restore(&self, participants: Vec<Tracked>, calls: Vec<(Call, DateTime<Utc>)>) {
         for (call, last_activity) in calls {
             let key = CKey::of(&call.key());
+            let ending = call.ends_at.filter(|_| call.state == CallState::Active);
             let forced_end = match (&call.end_reason, call.ended_at) {
                 (Some(reason), Some(at)) if reason != "completed" => Some((Text::new(reason), at)),
                 _ => None,
@@ -494,7 +574,9 @@ impl CallTable {
                 .then_some((call.started_at, call.ended_at));
             // The participants' views are dropped: they are rebuilt from the members' rows.
             // A call already in memory is newer than its row: kept as it is.
-            self.calls.entry(key).or_insert_with(|| {
+            let mut restored = false;
+            self.calls.entry(key.clone()).or_insert_with(|| {
+                restored = true;
                 Box::new(CallRecord {
                     state: call.state,
                     direction: call.direction,
@@ -507,8 +589,12 @@ impl CallTable {
                     last_activity,
                     forced_end,
                     recording_times,
+                    ends_at: ending,
                 })
             });
+            if let Some(at) = ending.filter(|_| restored) {
+                self.ending_index().insert((at, key.to_key()));
+            }
         }
         for t in participants {
             // A participant already in memory is newer than its row (state is written a moment
@@ -594,6 +680,7 @@ impl CallTable {
             return;
         };
         let before = rec.state;
+        let was_ending = rec.ends_at;
         let any_present = tracked.iter().any(|(_, t)| !t.is_removed());
 
         if tracked.is_empty()
@@ -604,6 +691,7 @@ impl CallTable {
             // A call that only existed through a participant that moved elsewhere.
             drop(rec);
             self.calls.remove(key);
+            self.reindex(key, was_ending, None);
             changes.calls.insert(key.to_key());
             return;
         }
@@ -616,12 +704,13 @@ impl CallTable {
         let forced_end = rec.forced_end.clone();
         rec.direction = direction;
         rec.started_at = joined.or(rec_start);
-        if any_present {
-            rec.state = CallState::Active;
-            rec.ended_at = None;
-            rec.end_reason = None;
-        } else {
+        // Ended is final: a later event updates the record (participants, times, recordings)
+        // but never reopens it, so `call.ended` goes out once and nothing is said after it but
+        // recordings and the summary.
+        let ends = before == CallState::Ended || (!any_present && forced_end.is_some());
+        if ends {
             rec.state = CallState::Ended;
+            rec.ends_at = None;
             match forced_end {
                 Some((reason, at)) if tracked.is_empty() || left.is_none_or(|l| l <= at) => {
                     rec.end_reason = Some(reason);
@@ -632,23 +721,32 @@ impl CallTable {
                     rec.ended_at = left.or(rec_end).or(rec.started_at);
                 }
             }
-        }
-        if any_present {
+        } else {
+            rec.state = CallState::Active;
+            rec.ended_at = None;
+            rec.end_reason = None;
+            // Looks over: ended once the grace passes with nobody back (`end_due`). A deadline
+            // already running stays; someone present again clears it.
+            rec.ends_at = if any_present {
+                None
+            } else {
+                Some(was_ending.unwrap_or(now + self.grace))
+            };
             // A participant present again after a forced end means the end was premature.
-            rec.forced_end = None;
+            if any_present {
+                rec.forced_end = None;
+            }
         }
         rec.last_activity = now;
         let after = rec.state;
+        let ends_at = rec.ends_at;
         drop(rec);
+        self.reindex(key, was_ending, ends_at);
         changes.calls.insert(key.to_key());
-        match (before, after) {
-            (CallState::Active, CallState::Ended) => {
-                changes.transitions.push(Transition::Ended(key.to_key()))
-            }
-            (CallState::Ended, CallState::Active) => {
-                changes.transitions.push(Transition::Resumed(key.to_key()))
-            }
-            _ => {}
+        if before == CallState::Active && after == CallState::Ended {
+            changes.transitions.push(Transition::Ended(key.to_key()));
+        } else if was_ending.is_some() && any_present && after == CallState::Active {
+            changes.transitions.push(Transition::Resumed(key.to_key()));
         }
     }
 }
@@ -667,11 +765,11 @@ impl CallRecord {
             last_activity: now,
             forced_end: None,
             recording_times: None,
+            ends_at: None,
         }
     }
 
-    /// A call first heard of through something other than a participant (a recording, a
-    /// summary, a CDR): it is already over.
+    /// A call first heard of from the provider saying it is over (a TeleCMI CDR).
     fn ended(now: DateTime<Utc>) -> Self {
         let mut rec = Self::new(now);
         rec.state = CallState::Ended;
@@ -700,6 +798,7 @@ impl CallRecord {
             started_at: self.started_at,
             ended_at: self.ended_at,
             end_reason: self.end_reason.as_ref().map(Text::to_string),
+            ends_at: self.ends_at,
             participants: vec![],
             recordings: self.recordings.clone(),
             summary: self.summary.as_deref().cloned(),

@@ -1,5 +1,6 @@
 //! Ordering rules of the call table: unit cases, and a property test that any permutation and
-//! duplication of a call's inputs ends in the same table as the in-order delivery.
+//! duplication of a call's inputs, delivered within the end grace, ends in the same table as the
+//! in-order delivery once the grace is over.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
@@ -97,6 +98,7 @@ fn remove_is_final() {
         t(3),
     );
     assert!(!table.remove(&k, 2, Some(t(2)), t(3)).applied);
+    table.end_due(t(3) + END_GRACE);
     let call = table.call(&CallKey::new(Provider::Jas, "26")).unwrap();
     assert_eq!(call.state, CallState::Ended);
     assert_eq!(call.ended_at, Some(t(2)));
@@ -113,17 +115,118 @@ fn call_ends_when_its_last_participant_leaves() {
     let changes = table.remove(&a, 3, Some(t(3)), t(3));
     assert!(changes.transitions.is_empty());
     assert_eq!(table.active_calls().len(), 1);
+    // It looks over, but ends only when its grace is over.
     let changes = table.remove(&b, 4, Some(t(4)), t(4));
+    assert!(changes.transitions.is_empty());
+    let call = table.call(&CallKey::new(Provider::Jas, "7")).unwrap();
+    assert_eq!(
+        (call.state, call.ends_at, call.ended_at),
+        (CallState::Active, Some(t(4) + END_GRACE), None)
+    );
+    assert_eq!(table.next_end(), Some(t(4) + END_GRACE));
+    assert!(
+        table
+            .end_due(t(4) + END_GRACE - Duration::milliseconds(1))
+            .is_empty()
+    );
+    let due = table.end_due(t(4) + END_GRACE);
+    assert_eq!(due.len(), 1);
+    let (key, deadline, changes) = &due[0];
+    assert_eq!((key.call_id.as_str(), *deadline), ("7", t(4) + END_GRACE));
     assert_eq!(
         changes.transitions,
         vec![Transition::Ended(CallKey::new(Provider::Jas, "7"))]
     );
+    assert_eq!(table.next_end(), None);
     let call = table.call(&CallKey::new(Provider::Jas, "7")).unwrap();
     assert_eq!(
-        (call.state, call.ended_at, call.started_at),
-        (CallState::Ended, Some(t(4)), Some(t(1)))
+        (call.state, call.ended_at, call.started_at, call.ends_at),
+        (CallState::Ended, Some(t(4)), Some(t(1)), None)
     );
     assert_eq!(call.end_reason.as_deref(), Some("completed"));
+}
+
+#[test]
+fn a_late_join_inside_the_grace_resumes_the_call() {
+    // A joins and leaves; B's join, older than A's leave, arrives after it.
+    let table = CallTable::new(crate::providers::DIRECTIONS);
+    let call = CallKey::new(Provider::Jas, "7");
+    let (a, b) = (key("101", "1"), key("102", "2"));
+    joined(&table, &a, 1, details("7", "Connected", "Wextension"));
+    table.remove(&a, 3, Some(t(3)), t(3));
+    assert_eq!(table.call(&call).unwrap().ends_at, Some(t(3) + END_GRACE));
+    let inside = t(3) + END_GRACE - Duration::milliseconds(1);
+    table.upsert(&b, 2, Some(t(2)), inside);
+    let changes = table.details(
+        &b,
+        2,
+        details("7", "Connected", "Wextension"),
+        Some(t(2)),
+        inside,
+    );
+    assert_eq!(changes.transitions, vec![Transition::Resumed(call.clone())]);
+    let c = table.call(&call).unwrap();
+    assert_eq!((c.state, c.ends_at), (CallState::Active, None));
+    // The old deadline is gone: nothing ends it until B leaves and B's own grace passes.
+    assert!(table.end_due(t(3) + Duration::hours(1)).is_empty());
+    table.remove(&b, 4, Some(t(4)), t(10));
+    assert_eq!(table.call(&call).unwrap().ends_at, Some(t(10) + END_GRACE));
+    assert_eq!(table.end_due(t(10) + END_GRACE).len(), 1);
+    let c = table.call(&call).unwrap();
+    assert_eq!((c.state, c.ended_at), (CallState::Ended, Some(t(4))));
+}
+
+#[test]
+fn an_event_after_the_grace_updates_the_ended_call_without_reopening_it() {
+    let table = CallTable::new(crate::providers::DIRECTIONS);
+    let call = CallKey::new(Provider::Jas, "7");
+    let (a, b) = (key("101", "1"), key("102", "2"));
+    joined(&table, &a, 1, details("7", "Connected", "Wextension"));
+    table.remove(&a, 3, Some(t(3)), t(3));
+    table.end_due(t(3) + END_GRACE);
+    let late = t(3) + END_GRACE + Duration::seconds(1);
+    table.upsert(&b, 2, Some(t(2)), late);
+    let changes = table.details(
+        &b,
+        2,
+        details("7", "Connected", "Wextension"),
+        Some(t(2)),
+        late,
+    );
+    assert!(changes.transitions.is_empty(), "{:?}", changes.transitions);
+    let c = table.call(&call).unwrap();
+    assert_eq!((c.state, c.ends_at), (CallState::Ended, None));
+    assert_eq!(c.participants.len(), 2, "the record shows B");
+    // B's leave, later still, moves the end to it; the call stays ended, nothing is due.
+    let changes = table.remove(&b, 5, Some(t(5)), late);
+    assert!(changes.transitions.is_empty());
+    let c = table.call(&call).unwrap();
+    assert_eq!(
+        (c.state, c.ended_at, c.end_reason.as_deref()),
+        (CallState::Ended, Some(t(5)), Some("completed"))
+    );
+    assert_eq!(table.next_end(), None);
+}
+
+#[test]
+fn a_call_in_its_grace_is_restored_with_its_deadline() {
+    let table = CallTable::new(crate::providers::DIRECTIONS);
+    let call = CallKey::new(Provider::Jas, "7");
+    let a = key("101", "1");
+    joined(&table, &a, 1, details("7", "Connected", "Wextension"));
+    table.remove(&a, 2, Some(t(2)), t(2));
+    let (doc, at) = table.call_row(&call).unwrap();
+    let restored = CallTable::new(crate::providers::DIRECTIONS);
+    restored.restore(vec![table.participant(&a).unwrap()], vec![(doc, at)]);
+    assert_eq!(restored.next_end(), Some(t(2) + END_GRACE));
+    let due = restored.end_due(t(2) + Duration::hours(1));
+    assert_eq!(
+        due[0].1,
+        t(2) + END_GRACE,
+        "dated at the deadline, not the clock"
+    );
+    table.end_due(t(2) + END_GRACE);
+    assert_eq!(restored.call_row(&call), table.call_row(&call));
 }
 
 #[test]
@@ -146,7 +249,7 @@ fn stale_calls_end_and_stay_ended() {
 }
 
 #[test]
-fn a_stale_call_resumes_when_the_provider_speaks_of_it_again() {
+fn a_stale_call_stays_ended_when_the_provider_speaks_of_it_again() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let k = key("101", "1");
     let call = CallKey::new(Provider::Jas, "9");
@@ -154,18 +257,23 @@ fn a_stale_call_resumes_when_the_provider_speaks_of_it_again() {
     let later = t(1) + Duration::hours(7);
     table.sweep_stale(later, Duration::hours(6));
     assert_eq!(table.call(&call).unwrap().state, CallState::Ended);
-    // A newer event: the provider never said it left.
+    // A newer event: the provider never said it left, so the participant's own record takes
+    // it, but the call stays ended (ended is final).
     let changes = table.upsert(&k, 2, Some(later), later);
     assert!(changes.applied);
-    assert_eq!(changes.transitions, vec![Transition::Resumed(call.clone())]);
-    assert_eq!(table.call(&call).unwrap().state, CallState::Active);
-    // A real remove is still final.
-    table.remove(&k, 3, Some(later), later);
-    assert!(!table.upsert(&k, 4, Some(later), later).applied);
+    assert!(changes.transitions.is_empty());
+    assert_eq!(table.call(&call).unwrap().state, CallState::Ended);
+    assert!(!table.participant(&k).unwrap().is_removed());
+    // A real remove is final for the participant; the call's end stays the sweep's.
+    let after = later + Duration::seconds(1);
+    table.remove(&k, 3, Some(after), after);
+    assert!(!table.upsert(&k, 4, Some(after), after).applied);
+    let c = table.call(&call).unwrap();
     assert_eq!(
-        table.call(&call).unwrap().end_reason.as_deref(),
-        Some("completed")
+        (c.state, c.end_reason.as_deref()),
+        (CallState::Ended, Some("completed"))
     );
+    assert_eq!(c.ended_at, Some(after));
 }
 
 #[test]
@@ -179,7 +287,7 @@ fn forget_untracks_a_forbidden_participant() {
 }
 
 #[test]
-fn recording_for_a_call_never_seen_makes_an_ended_call() {
+fn recording_for_a_call_never_seen_makes_a_call_that_ends_after_its_grace() {
     let table = CallTable::new(crate::providers::DIRECTIONS);
     let call = CallKey::new(Provider::Jas, "99");
     let rec = Recording {
@@ -194,6 +302,13 @@ fn recording_for_a_call_never_seen_makes_an_ended_call() {
     };
     let changes = table.attach_recording(&call, rec, (Some(t(1)), Some(t(9))), t(10));
     assert!(changes.transitions.is_empty());
+    // Nobody is on it: its participants' events may still come, within the grace.
+    let c = table.call(&call).unwrap();
+    assert_eq!(
+        (c.state, c.ends_at),
+        (CallState::Active, Some(t(10) + END_GRACE))
+    );
+    table.end_due(t(10) + END_GRACE);
     let c = table.call(&call).unwrap();
     assert_eq!(
         (c.state, c.direction),
@@ -308,6 +423,10 @@ proptest! {
             apply(&shuffled, &parts, i);
         }
 
+        // Every input came within the grace; once it is over, both have ended what they end.
+        for table in [&in_order, &shuffled] {
+            table.end_due(t(1000) + END_GRACE);
+        }
         prop_assert_eq!(snapshot(&in_order), snapshot(&shuffled));
         for (k, _, _) in &parts {
             let a = in_order.participant(k).unwrap();

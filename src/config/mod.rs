@@ -7,6 +7,7 @@
 //! the layers (`layers.rs`), reads them into the sections and puts the sections together.
 
 mod admin;
+mod calls;
 mod jas;
 mod layers;
 mod log;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub use admin::AdminSettings;
+pub use calls::CallsSettings;
 pub use jas::{JAS_EVENTS, JasRetry, JasSettings, RELOOKUP_FIRST, RELOOKUP_MAX};
 pub use log::{LogFormat, LogSettings, check_log_directives};
 pub use outbound::{Endpoint, OutboundSettings};
@@ -60,6 +62,7 @@ pub struct Settings {
     pub telecmi: TelecmiSettings,
     pub recordings: RecordingsSettings,
     pub outbound: OutboundSettings,
+    pub calls: CallsSettings,
     pub storage: StorageSettings,
     pub log: LogSettings,
 }
@@ -75,6 +78,7 @@ struct Raw {
     telecmi: telecmi::Raw,
     recordings: recordings::Raw,
     outbound: outbound::Raw,
+    calls: calls::Raw,
     storage: storage::Raw,
     log: log::Raw,
 }
@@ -107,6 +111,7 @@ impl Settings {
             "telecmi": self.telecmi.redacted(),
             "recordings": self.recordings.redacted(),
             "outbound": self.outbound.redacted(),
+            "calls": self.calls.redacted(),
             "storage": self.storage.redacted(),
             "log": self.log.redacted(),
         })
@@ -185,6 +190,7 @@ impl Raw {
             telecmi: self.telecmi.validate()?,
             recordings: self.recordings.validate()?,
             outbound: self.outbound.validate()?,
+            calls: self.calls.validate()?,
             storage: self.storage.validate()?,
             log: self.log.validate()?,
         })
@@ -682,6 +688,7 @@ mod example_file {
             ("telecmi", fields_of::<telecmi::Raw>()),
             ("recordings", fields_of::<recordings::Raw>()),
             ("outbound", fields_of::<outbound::Raw>()),
+            ("calls", fields_of::<calls::Raw>()),
             ("storage", fields_of::<storage::Raw>()),
             ("log", fields_of::<log::Raw>()),
         ];
@@ -699,7 +706,7 @@ mod example_file {
     #[test]
     fn the_example_documents_every_key() {
         let known = known_keys();
-        assert_eq!(known.len(), 45, "{known:?}");
+        assert_eq!(known.len(), 46, "{known:?}");
         for key in &known {
             let (_, name) = key.split_once('.').unwrap();
             assert!(

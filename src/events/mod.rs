@@ -6,6 +6,8 @@
 
 pub mod deliver;
 pub mod produce;
+#[cfg(test)]
+mod properties;
 pub mod stream;
 
 /// Every event type, in the order of SPEC §7's table.

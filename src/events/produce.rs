@@ -27,6 +27,9 @@ pub enum Cause {
     Job(i64, &'static str),
     /// The stale sweep at this time (ms).
     Sweep(i64),
+    /// The end of a call's grace: the call and its deadline (ms), whatever ended it (a later
+    /// row, the timer, a restart), so the one `call.ended` has the same id each time.
+    Grace(CallKey, i64),
 }
 
 impl Cause {
@@ -36,6 +39,7 @@ impl Cause {
             Cause::Lookup(what) => format!("lookup:{what}"),
             Cause::Job(id, state) => format!("job:{id}:{state}"),
             Cause::Sweep(at) => format!("sweep:{at}"),
+            Cause::Grace(call, at) => format!("grace:{}:{}:{at}", call.provider, call.call_id),
         }
     }
 }
@@ -167,8 +171,11 @@ fn diff(before: Option<&Call>, after: &Call) -> Vec<(&'static str, Option<(&'sta
     if before.is_none() {
         out.push(("call.started", None));
     }
+    // `call.ended` is final: a late event updates the ended call's record (so the Call that
+    // later events carry is right), but after it only recordings and the summary are news.
+    let over = before.is_some_and(|c| c.state == CallState::Ended);
     let (mut updated, mut left) = (vec![], vec![]);
-    for p in &after.participants {
+    for p in after.participants.iter().filter(|_| !over) {
         match find(before, p) {
             None => {
                 out.push(("participant.joined", participant(p)));
@@ -185,7 +192,7 @@ fn diff(before: Option<&Call>, after: &Call) -> Vec<(&'static str, Option<(&'sta
             Some(_) => {}
         }
     }
-    if answered(after) && !before.is_some_and(answered) {
+    if !over && answered(after) && !before.is_some_and(answered) {
         out.push(("call.answered", None));
     }
     out.extend(updated);
@@ -209,7 +216,7 @@ fn diff(before: Option<&Call>, after: &Call) -> Vec<(&'static str, Option<(&'sta
         ));
     }
     out.extend(left);
-    if after.state == CallState::Ended && before.is_none_or(|c| c.state != CallState::Ended) {
+    if after.state == CallState::Ended && !over {
         out.push(("call.ended", None));
     }
     out

@@ -87,6 +87,7 @@ pub struct Apply<'a> {
     /// The journal row the event came from; a download job names it.
     pub journal_id: i64,
     pub received_at: DateTime<Utc>,
+    /// What the table's changes are dated at (activity, a grace's deadline): `received_at`.
     pub now: DateTime<Utc>,
     /// Whether recordings are downloaded: new ones are then `pending` with a job.
     pub downloads: bool,
@@ -103,7 +104,9 @@ impl<'a> Apply<'a> {
             table,
             journal_id: row.id,
             received_at: row.received_at,
-            now: Utc::now(),
+            // The row's own time, not the clock: applying it again after a restart then gives
+            // the same state (a grace's deadline, activity times) and the same events.
+            now: row.received_at,
             downloads,
             lookups: false,
             changes: Changes::default(),

@@ -532,3 +532,116 @@ async fn the_cli_lists_endpoints_and_deliveries_and_retries_one() {
     assert!(err.contains("`state`"), "{err}");
     drop(daemon);
 }
+
+/// The daemon with `endpoint`, lookups answered by `sim`, and a grace of `grace_ms`.
+async fn app_with_grace(
+    dir: &std::path::Path,
+    endpoint: Endpoint,
+    sim_url: Option<&str>,
+    grace_ms: u64,
+) -> TestApp {
+    let mut env = Env::new(dir);
+    if let Some(url) = sim_url {
+        env = env.with_sim(url);
+    }
+    env.set("calls.end_grace_ms", &grace_ms.to_string());
+    let mut settings = env.settings(dir);
+    settings.outbound.endpoints = vec![endpoint];
+    settings.outbound.retry_schedule = vec![Duration::from_millis(50); 5];
+    TestApp::spawn_settings(settings).await
+}
+
+#[tokio::test]
+async fn a_join_that_arrives_after_the_last_leave_resumes_the_call_and_one_call_ended_goes_out() {
+    let dir = tempdir();
+    let sim = callhook::sim::JasSim::new();
+    for (dn, id) in [("101", "1"), ("102", "2")] {
+        sim.set_participant(
+            dn,
+            id,
+            participant(dn, id, "60", "Connected", "10000", "Wexternalline"),
+        );
+    }
+    let server = sim.start().await.unwrap();
+    let (receiver, url) = Receiver::start(0).await;
+    let app = app_with_grace(dir.path(), endpoint(&url), Some(&server.base_url), 3000).await;
+    // A joins and leaves; B's join (sequence 2, before A's leave) comes after it.
+    app.post_jas(&call_status("101", "1", 0, 1)).await;
+    app.wait_call("jas", "60", |c| {
+        c["participants"].as_array().unwrap().len() == 1
+    })
+    .await;
+    app.post_jas(&call_status("101", "1", 1, 3)).await;
+    let ending = app
+        .wait_call("jas", "60", |c| c["ends_at"].is_string())
+        .await;
+    assert_eq!(ending["state"], "active", "in its grace: {ending}");
+    assert_eq!(app.active_calls().await.len(), 1);
+    app.post_jas(&call_status("102", "2", 0, 2)).await;
+    let resumed = app
+        .wait_call("jas", "60", |c| {
+            c["participants"].as_array().unwrap().len() == 2
+        })
+        .await;
+    assert_eq!(resumed["state"], "active");
+    assert!(resumed.get("ends_at").is_none(), "{resumed}");
+    app.post_jas(&call_status("102", "2", 1, 4)).await;
+    app.wait_call("jas", "60", |c| c["state"] == "ended").await;
+    let got = receiver.wait_for(7).await;
+    assert_eq!(
+        types(&got),
+        [
+            "call.started",
+            "participant.joined",
+            "call.answered",
+            "participant.left",
+            "participant.joined",
+            "participant.left",
+            "call.ended"
+        ]
+    );
+    let call = &got[6].1["call"];
+    assert_eq!(call["participants"].as_array().unwrap().len(), 2);
+    // A late repeat of B's join, after the grace, changes nothing and says nothing.
+    app.post_jas(&call_status("102", "2", 0, 5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.got().len(), 7);
+    assert_eq!(app.call("jas", "60").await.unwrap()["state"], "ended");
+}
+
+#[tokio::test]
+async fn a_grace_that_runs_out_across_a_restart_ends_the_call_once_under_its_own_id() {
+    let dir = tempdir();
+    let (receiver, url) = Receiver::start(0).await;
+    let app = app_with_grace(dir.path(), endpoint(&url), None, 1500).await;
+    app.post_jas(&call_status("101", "1", 0, 1)).await;
+    app.wait_call("jas", "101:1", |_| true).await;
+    app.post_jas(&call_status("101", "1", 1, 2)).await;
+    let ending = app
+        .wait_call("jas", "101:1", |c| c["ends_at"].is_string())
+        .await;
+    app.stop().await.unwrap();
+    let ends_at = chrono::DateTime::parse_from_rfc3339(ending["ends_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+
+    // Restarted with the call still in its grace: restored with its deadline, ended once it
+    // passes, under the id its deadline gives (the same had it ended before the stop).
+    let app = app_with_grace(dir.path(), endpoint(&url), None, 1500).await;
+    app.wait_call("jas", "101:1", |c| c["state"] == "ended")
+        .await;
+    let got = receiver.wait_distinct(4).await;
+    assert_eq!(
+        types(&got),
+        [
+            "call.started",
+            "participant.joined",
+            "participant.left",
+            "call.ended"
+        ]
+    );
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("grace:jas:101:1:{ends_at}#0").as_bytes());
+    let id = format!("evt_{}", &hex::encode(digest)[..24]);
+    assert_eq!(got[3].1["id"], id);
+}

@@ -36,6 +36,9 @@ impl Env {
                 dir.join("data/callhook.db").to_str().unwrap(),
             )
             .set("recordings.dir", dir.join("recordings").to_str().unwrap())
+            // A call nobody is on ends after this: short, so that a test whose call ends need
+            // not wait the default 5 s; the tests of the grace itself set a longer one.
+            .set("calls.end_grace_ms", "100")
             .set("log.level", "info");
         env
     }
