@@ -575,3 +575,75 @@ async fn an_attempts_outcome_does_not_undo_a_replay_made_while_it_was_in_flight(
     .unwrap();
     assert!(due(&j).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let event = |id: &str| NewCallEvent {
+        id: id.into(),
+        kind: "call.started",
+        provider: "jas",
+        call_id: id.into(),
+        body: "{}".into(),
+        endpoints: vec!["crm".into()],
+    };
+    j.write_state(StateWrite {
+        call_events: ["delivered", "failed", "pending"].map(event).to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let due = j
+        .due_deliveries("crm".into(), Utc::now(), 10)
+        .await
+        .unwrap();
+    let settle = |d: &Due, state| DeliveryUpdate {
+        endpoint: "crm".into(),
+        event_seq: d.event_seq,
+        state,
+        attempts: 1,
+        next_attempt_at: Utc::now(),
+        last_error: None,
+        read_version: Some(d.version),
+    };
+    j.write_state(StateWrite {
+        deliveries: vec![settle(&due[0], "delivered"), settle(&due[1], "failed")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // All of it long ago, as far as the sweep can tell.
+    let old = ms(Utc::now() - chrono::Duration::days(100));
+    {
+        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        conn.execute("UPDATE deliveries SET updated_ms = ?1", params![old])
+            .unwrap();
+        conn.execute("UPDATE call_events SET created_ms = ?1", params![old])
+            .unwrap();
+    }
+    // The delivered event and its delivery go; a failed one stays listed, a pending one due.
+    assert_eq!(
+        j.sweep(Utc::now() - chrono::Duration::days(90))
+            .await
+            .unwrap(),
+        2
+    );
+    let left: Vec<String> = {
+        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id FROM call_events ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(left, ["failed", "pending"]);
+    let due = j
+        .due_deliveries("crm".into(), Utc::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, "pending");
+}
