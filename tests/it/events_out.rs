@@ -17,7 +17,7 @@ const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// What the receiver got: each request's headers and body, in arrival order.
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
     /// Requests to answer 500 before answering 200.
     fail_first: Arc<Mutex<usize>>,
@@ -42,7 +42,7 @@ impl Default for Receiver {
 }
 
 impl Receiver {
-    async fn start(fail_first: usize) -> (Receiver, String) {
+    pub(crate) async fn start(fail_first: usize) -> (Receiver, String) {
         Self::start_with(fail_first, StatusCode::INTERNAL_SERVER_ERROR).await
     }
 
@@ -98,7 +98,7 @@ impl Receiver {
 
     /// Waits until `n` requests answered 2xx have arrived; returns every request, each
     /// checked by an independent Standard Webhooks verifier.
-    async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Value)> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Value)> {
         for _ in 0..200 {
             let got = self.got();
             if got.len() >= n + self.fails {
@@ -119,7 +119,7 @@ impl Receiver {
     }
 }
 
-fn endpoint(url: &str) -> Endpoint {
+pub(crate) fn endpoint(url: &str) -> Endpoint {
     Endpoint {
         name: "crm".into(),
         url: url.parse().unwrap(),
@@ -140,7 +140,7 @@ async fn app_with(dir: &std::path::Path, endpoint: Endpoint) -> TestApp {
     TestApp::spawn_settings(settings).await
 }
 
-fn types(got: &[(HeaderMap, Value)]) -> Vec<String> {
+pub(crate) fn types(got: &[(HeaderMap, Value)]) -> Vec<String> {
     got.iter()
         .map(|(_, b)| b["type"].as_str().unwrap().to_string())
         .collect()

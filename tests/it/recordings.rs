@@ -1436,3 +1436,69 @@ async fn a_telecmi_file_name_on_two_calls_downloads_for_both_under_distinct_name
         format!("telecmi/{file}")
     );
 }
+
+/// A TeleCMI call with a recording, as its call events reach a receiver (SPEC §7): in the
+/// call's order, the recording last, each signed (checked by the receiver's verifier).
+#[tokio::test]
+async fn a_telecmi_call_with_a_recording_reaches_an_endpoint_as_its_events_in_order() {
+    use crate::events_out::{Receiver, endpoint, types};
+    let dir = tempdir();
+    let upstream = Upstream::start(audio(3000)).await;
+    let (receiver, url) = Receiver::start(0).await;
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.path_token", "tok-123")
+        .set("telecmi.app_id", "1111112")
+        .set("telecmi.secret", "cmi-s3cr3t")
+        .set("telecmi.api_base", &upstream.base());
+    let mut settings: Settings = env.settings(dir.path());
+    settings.outbound.endpoints = vec![endpoint(&url)];
+    let app = TestApp::spawn_settings(settings).await;
+    let conv = "conv-events";
+    let file = "1744636800-events.mp3";
+    let leg = |leg: &str, id: &str, status: &str, t: i64| {
+        json!({"type": "event", "leg": leg, "cmiuuid": id, "conversation_uuid": conv,
+               "status": status, "direction": "inbound", "user": "101_1111112",
+               "from": 9200000000u64, "to": 9100000000u64,
+               "time": 1_700_000_000_000i64 + t * 1000})
+    };
+    let cdr = json!({"type": "cdr", "leg": "a", "cmiuuid": conv, "conversation_uuid": conv,
+        "status": "answered", "direction": "inbound", "user": "101_1111112",
+        "time": 1_700_000_010_000i64, "answeredsec": 5, "record": true, "filename": file});
+    for body in [
+        leg("a", conv, "started", 0),
+        leg("a", conv, "answered", 2),
+        leg("a", conv, "hangup", 9),
+        cdr,
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}/webhooks/telecmi/tok-123", app.public))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let got = receiver.wait_for(7).await;
+    assert_eq!(
+        types(&got),
+        [
+            "call.started",
+            "participant.joined",
+            "call.answered",
+            "participant.updated",
+            "participant.left",
+            "call.ended",
+            "recording.ready"
+        ]
+    );
+    let last = &got[6].1;
+    assert_eq!(last["type"], "recording.ready");
+    assert_eq!(last["provider"], "telecmi");
+    assert_eq!(last["recording"]["id"], file);
+    assert_eq!(last["recording"]["state"], "downloaded");
+    assert_eq!(last["call"]["state"], "ended");
+    assert_eq!(last["call"]["direction"], "inbound");
+    app.stop().await.unwrap();
+}
