@@ -113,6 +113,7 @@ impl Application {
         ];
 
         let state = AppState {
+            downloads: recorder.as_ref().map(Recorder::nudge),
             deliverer: deliverer.clone(),
             stream,
             settings,

@@ -38,6 +38,16 @@ pub fn router(state: AppState) -> Router {
             post(super::deliveries::retry),
         )
         .route("/api/stream", get(super::stream::stream))
+        .route("/api/events", get(super::browse::events))
+        .route("/api/recordings/jobs", get(super::browse::jobs))
+        .route(
+            "/api/recordings/jobs/{id}/retry",
+            post(super::browse::retry_job),
+        )
+        .route(
+            "/api/recordings/{provider}/{*path}",
+            get(super::browse::recording_file),
+        )
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod browse;
 pub mod client_ip;
 pub mod deliveries;
 pub mod error;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub table: Arc<CallTable>,
     /// The call-event delivery workers; `None` without an enabled outbound endpoint.
     pub deliverer: Option<Arc<crate::events::deliver::Deliverer>>,
+    /// Wakes the recording workers (a retried job); `None` when downloads are off.
+    pub downloads: Option<Arc<tokio::sync::Notify>>,
     /// Every call event once committed, for `/api/stream`.
     pub stream: Arc<crate::events::stream::Hub>,
     pub readiness: Readiness,

@@ -2,6 +2,7 @@
 //! participants, and the download jobs. One writer thread commits whatever is queued as one
 //! transaction (group commit: one sync per batch); reads go through their own connection.
 
+mod browse;
 mod outbox;
 mod schema;
 mod sql;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::calls::{Call, CallKey, ParticipantKey, Provider, RecordingState, Tracked};
 
+pub use browse::{EventFilter, EventRow};
 pub use outbox::{DeliveryRow, DeliveryUpdate, Due, EndpointCounts, NewCallEvent, Replay};
 pub use writer::{JobUpdate, NewJob};
 

@@ -58,6 +58,11 @@ enum Failure {
 }
 
 impl Recorder {
+    /// What wakes the workers: rung when a job becomes due by request (a retry).
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
+    }
+
     pub fn new(
         journal: Journal,
         fetcher: Fetcher,

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod browse;
 mod cli;
 mod config;
 mod crash;

@@ -1502,3 +1502,134 @@ async fn a_telecmi_call_with_a_recording_reaches_an_endpoint_as_its_events_in_or
     assert_eq!(last["call"]["direction"], "inbound");
     app.stop().await.unwrap();
 }
+
+/// The download jobs through the admin API (SPEC §4): a job that failed every attempt is listed
+/// with its error, Retry makes it due again from its first attempt, it downloads, and the file
+/// is served with `Range`, never from outside `recordings.dir`.
+#[tokio::test]
+async fn a_failed_job_is_listed_retried_on_request_and_its_file_served_by_range() {
+    let dir = tempdir();
+    let body = audio(3000);
+    let upstream = Upstream::start(body.clone()).await;
+    upstream.script([
+        Reply::status(500, &[], b"down"),
+        Reply::status(500, &[], b"down"),
+    ]);
+    let mut env = Env::new(dir.path());
+    env.set("telecmi.path_token", "tok-123")
+        .set("telecmi.app_id", "1111112")
+        .set("telecmi.secret", "cmi-s3cr3t")
+        .set("telecmi.api_base", &upstream.base())
+        .set("recordings.max_attempts", "2");
+    let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
+    let file = "1744636800-retry.mp3";
+    let cdr = json!({"type": "cdr", "leg": "a", "cmiuuid": "conv-r", "conversation_uuid": "conv-r",
+        "status": "answered", "direction": "inbound", "user": "101_1111112",
+        "time": 1_700_000_000_000i64, "answeredsec": 5, "record": true, "filename": file});
+    let resp = app
+        .http
+        .post(format!("{}/webhooks/telecmi/tok-123", app.public))
+        .header("content-type", "application/json")
+        .body(cdr.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    app.wait_call("telecmi", "conv-r", |c| in_state(c, file, "failed"))
+        .await;
+    let (status, listed) = app.get_admin("/api/recordings/jobs?state=failed").await;
+    assert_eq!(status, 200, "{listed}");
+    let job = listed["jobs"][0].clone();
+    assert_eq!(
+        (&job["recording_id"], &job["attempts"], &job["path"]),
+        (&json!(file), &json!(2), &json!(format!("telecmi/{file}"))),
+        "{job}"
+    );
+    assert!(job["last_error"].as_str().unwrap().contains("500"), "{job}");
+    let (_, none) = app.get_admin("/api/recordings/jobs?state=downloaded").await;
+    assert_eq!(none["jobs"], json!([]));
+
+    let post = |path: String| {
+        let http = app.http.clone();
+        let url = format!("{}{path}", app.admin);
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let id = job["id"].as_i64().unwrap();
+    let (status, reply) = post(format!("/api/recordings/jobs/{id}/retry")).await;
+    assert_eq!(
+        (status, &reply["state"]),
+        (200, &json!("pending")),
+        "{reply}"
+    );
+    // The upstream answers now: the job downloads and its call shows the file.
+    app.wait_call("telecmi", "conv-r", |c| in_state(c, file, "downloaded"))
+        .await;
+    let (status, reply) = post(format!("/api/recordings/jobs/{id}/retry")).await;
+    assert_eq!(status, 400, "only a failed job is retried: {reply}");
+    assert!(reply["error"].as_str().unwrap().contains("downloaded"));
+    assert_eq!(
+        post("/api/recordings/jobs/999999/retry".into()).await.0,
+        404
+    );
+    assert_eq!(post("/api/recordings/jobs/x/retry".into()).await.0, 400);
+    let (status, reply) = app.get_admin("/api/recordings/jobs?state=done").await;
+    assert_eq!(status, 400);
+    assert!(reply["error"].as_str().unwrap().contains("`state`"));
+
+    // The file, whole and by range, as the page's player asks for it.
+    let url = format!("{}/api/recordings/telecmi/{file}", app.admin);
+    let whole = app.http.get(&url).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["content-type"], "audio/mpeg");
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
+    assert_eq!(whole.bytes().await.unwrap().as_ref(), &body[..]);
+    let part = app
+        .http
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 100-199/{}", body.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &body[100..200]);
+    let past = app
+        .http
+        .get(&url)
+        .header("range", format!("bytes={}-", body.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), 416);
+    // Nothing outside the provider's folder, and no link followed.
+    std::fs::write(dir.path().join("secret.txt"), "no").unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("secret.txt"),
+        dir.path().join("recordings/telecmi/link.mp3"),
+    )
+    .unwrap();
+    for (path, status) in [
+        ("telecmi/..%2F..%2Fsecret.txt", 400),
+        ("telecmi/link.mp3", 404),
+        ("telecmi/missing.mp3", 404),
+        ("nope/x.mp3", 400),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}/api/recordings/{path}", app.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
+    app.stop().await.unwrap();
+}
