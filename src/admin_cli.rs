@@ -211,3 +211,155 @@ pub async fn tail(settings: Settings) -> ExitCode {
         tokio::time::sleep(TAIL_RECONNECT).await;
     }
 }
+
+/// `callhook export`: `/api/export` copied to stdout as it arrives (a month of calls never
+/// sits in memory, here or in the daemon).
+pub async fn export(
+    settings: Settings,
+    since: String,
+    until: Option<String>,
+    format: Option<String>,
+) -> ExitCode {
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    let query: Vec<String> = [("since", Some(since)), ("until", until), ("format", format)]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{k}={}",
+                crate::outbound::path::encode_segment(&v?)
+            ))
+        })
+        .collect();
+    let path = format!("/api/export?{}", query.join("&"));
+    let req = match request(&settings, reqwest::Method::GET, &path, None) {
+        Ok(req) => req,
+        Err(code) => return code,
+    };
+    let resp = match req.send().await {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => return refused(&path, resp).await,
+        Err(e) => {
+            eprintln!("callhook: {path}: {}", crate::outbound::describe(e));
+            return ExitCode::from(1);
+        }
+    };
+    let mut body = resp.bytes_stream();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                eprintln!(
+                    "callhook: {path}: cut short: {}",
+                    crate::outbound::describe(e)
+                );
+                return ExitCode::from(1);
+            }
+        };
+        if out.write_all(&chunk).is_err() {
+            return ExitCode::SUCCESS; // `| head`
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
+
+/// The active calls as a table: who is on which call, in which direction, for how long.
+fn calls_table(calls: &[Value]) -> Table {
+    let now = chrono::Utc::now();
+    let rows: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let duration = c["started_at"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|s| {
+                    let secs = (now - s.with_timezone(&chrono::Utc)).num_seconds().max(0);
+                    format!("{}:{:02}", secs / 60, secs % 60)
+                });
+            let participants: Vec<String> = c["participants"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            format!(
+                                "{} <-> {} ({})",
+                                cell(&p["dn"]),
+                                cell(&p["party_number"]),
+                                cell(&p["status"])
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "provider": c["provider"],
+                "call": c["call_id"],
+                "direction": c["direction"],
+                "duration": duration,
+                "participants": participants.join(", "),
+            })
+        })
+        .collect();
+    table(
+        &rows,
+        &["provider", "call", "direction", "duration", "participants"],
+    )
+}
+
+/// `callhook calls [--watch]`: the active calls; with `--watch`, redrawn on every call event
+/// (from `/api/stream`) and every second, so durations count.
+pub async fn calls(settings: Settings, watch: bool) -> ExitCode {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+
+    let draw = |settings: &Settings| {
+        let settings = settings.clone();
+        async move {
+            let body = admin(&settings, reqwest::Method::GET, "/api/calls").await?;
+            let calls = body["calls"].as_array().cloned().unwrap_or_default();
+            Ok::<_, ExitCode>(calls_table(&calls))
+        }
+    };
+    if !watch {
+        return match draw(&settings).await {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    let path = "/api/stream";
+    let req = match request(&settings, reqwest::Method::GET, path, None) {
+        Ok(req) => req,
+        Err(code) => return code,
+    };
+    let mut events = match req.send().await {
+        Ok(resp) if resp.status().is_success() => resp.bytes_stream().eventsource(),
+        Ok(resp) => return refused(path, resp).await,
+        Err(e) => {
+            eprintln!("callhook: {path}: {}", crate::outbound::describe(e));
+            return ExitCode::from(1);
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        match draw(&settings).await {
+            // Clear the screen and draw from its top.
+            Ok(t) => println!("\x1b[2J\x1b[H{t}"),
+            Err(code) => return code,
+        }
+        tokio::select! {
+            event = events.next() => {
+                if !matches!(event, Some(Ok(_))) {
+                    eprintln!("callhook: {path}: the daemon closed the stream");
+                    return ExitCode::from(1);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+    }
+}

@@ -84,6 +84,28 @@ enum Command {
     },
     /// Print each call event as the running daemon produces it, one JSON object a line
     Tail(ConfigArg),
+    /// The active calls as a table, from the running daemon
+    Calls {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Redraw on every change (and every second, so durations count)
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Ended calls as CDR rows, from the running daemon
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Calls that ended at or after this RFC 3339 time
+        #[arg(long, value_name = "T")]
+        since: String,
+        /// ...and before this one (default: now)
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        /// csv (default) or ndjson
+        #[arg(long, value_parser = ["csv", "ndjson"])]
+        format: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +187,17 @@ pub fn run() -> ExitCode {
             }),
         },
         Command::Tail(c) => with_settings(&c, |s| runtime(crate::admin_cli::tail(s))),
+        Command::Calls { config, watch } => {
+            with_settings(&config, |s| runtime(crate::admin_cli::calls(s, watch)))
+        }
+        Command::Export {
+            config,
+            since,
+            until,
+            format,
+        } => with_settings(&config, |s| {
+            runtime(crate::admin_cli::export(s, since, until, format))
+        }),
         Command::Deliveries { action } => match action {
             DeliveriesAction::List {
                 config,

@@ -2,6 +2,7 @@
 //! a call, direction, the stale sweep. Pure and synchronous: the processor is its only writer, the
 //! admin API reads it concurrently through `dashmap`, and nothing here knows about HTTP or SQL.
 
+pub mod cdr;
 mod compact;
 mod direction;
 mod model;

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/stream", get(super::stream::stream))
         .route("/api/events", get(super::browse::events))
+        .route("/api/export", get(super::export::export))
         .route("/api/recordings/jobs", get(super::browse::jobs))
         .route(
             "/api/recordings/jobs/{id}/retry",

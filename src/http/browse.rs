@@ -35,7 +35,7 @@ fn limit(given: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-fn time(name: &str, given: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn time(name: &str, given: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     match given {
         None | Some("") => Ok(None),
         Some(s) => DateTime::parse_from_rfc3339(s)

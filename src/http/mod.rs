@@ -7,6 +7,7 @@ pub mod browse;
 pub mod client_ip;
 pub mod deliveries;
 pub mod error;
+pub mod export;
 pub mod listener;
 pub mod reply;
 pub mod stream;

@@ -93,6 +93,39 @@ impl Journal {
         .await
     }
 
+    /// Up to `limit` calls that ended in `[since, until)`, oldest end first, after `after`
+    /// (the last one of the previous page: its end, provider and call id), so a caller pages
+    /// through any number of them with one page in memory.
+    pub async fn ended_calls(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        after: Option<(i64, String, String)>,
+        limit: usize,
+    ) -> Result<Vec<(i64, crate::calls::Call)>, JournalError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT ended_ms, doc FROM calls
+                 WHERE state = 'ended' AND ended_ms >= ?1 AND ended_ms < ?2
+                   AND (ended_ms, provider, call_id) > (?3, ?4, ?5)
+                 ORDER BY ended_ms, provider, call_id LIMIT ?6",
+            )?;
+            let (a_ms, a_provider, a_call) =
+                after.unwrap_or((i64::MIN, String::new(), String::new()));
+            let rows = stmt.query_map(
+                params![ms(since), ms(until), a_ms, a_provider, a_call, limit as i64],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )?;
+            let mut out = vec![];
+            for row in rows {
+                let (ended, doc) = row?;
+                out.push((ended, serde_json::from_str(&doc)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// One download job by its id.
     pub async fn job_by_id(&self, id: i64) -> Result<Option<Job>, JournalError> {
         self.read(move |conn| {

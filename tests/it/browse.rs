@@ -68,3 +68,84 @@ async fn the_journal_lists_newest_first_filtered_with_bodies_as_received() {
     }
     app.stop().await.unwrap();
 }
+
+/// `callhook calls` and `callhook export` against a running daemon (SPEC §1).
+#[tokio::test]
+async fn calls_prints_the_active_calls_and_export_the_ended_ones_as_cdr_rows() {
+    let dir = tempdir();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = Env::new(dir.path());
+    env.set("admin.listen", &format!("127.0.0.1:{port}"));
+    let daemon = ChildDaemon::spawn(&env, dir.path());
+    for body in [
+        call_status("160", "1", 0, 1),
+        call_status("161", "1", 0, 2),
+        call_status("161", "1", 1, 3),
+    ] {
+        assert_eq!(post_signed(&daemon.public, &body).await.0, 200);
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("empty.toml"))
+            .envs(&env.0)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Call 161 ends after its grace; until then both are active.
+    let mut csv_out = String::new();
+    for _ in 0..100 {
+        let (code, out, err) = cli(&["export", "--since", "2000-01-01T00:00:00Z"]);
+        assert_eq!(code, Some(0), "{err}");
+        if out.lines().count() >= 2 {
+            csv_out = out;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut reader = csv::Reader::from_reader(csv_out.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header, callhook::calls::cdr::COLUMNS);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1, "{csv_out}");
+    assert_eq!((&rows[0][0], &rows[0][1]), ("jas", "161:1"));
+    assert_eq!(&rows[0][9], "completed");
+
+    let (code, out, err) = cli(&["calls"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("PROVIDER") && out.contains("160:1"), "{out}");
+    assert!(!out.contains("161:1"), "an ended call is not active: {out}");
+
+    let (code, out, err) = cli(&[
+        "export",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--format",
+        "ndjson",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let row: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(row["call_id"], "161:1");
+    // Before the call ended: nothing, and not even a header is missing.
+    let (_, out, _) = cli(&[
+        "export",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--until",
+        "2000-01-02T00:00:00Z",
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (code, _, err) = cli(&["export", "--since", "yesterday"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`since`"), "{err}");
+    drop(daemon);
+}
