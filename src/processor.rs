@@ -12,7 +12,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::calls::{CallKey, CallTable, Changes, Details, ParticipantKey, Provider, Transition};
+use crate::calls::{
+    CallKey, CallTable, Changes, Details, EndReason, ParticipantKey, Provider, Transition,
+};
 use crate::config::Endpoint;
 use crate::events::produce::{Cause, Producer};
 use crate::events::stream::Hub;
@@ -581,7 +583,7 @@ impl Processor {
             call_id = %key.call_id,
             direction = call.direction.as_str(),
             state = call.state.as_str(),
-            reason = call.end_reason.as_deref().unwrap_or(""),
+            reason = call.end_reason.as_ref().map_or("", EndReason::as_str),
             participants = crate::telemetry::json_field(&serde_json::Value::Array(participants)),
             "{what}"
         );

@@ -11,8 +11,8 @@ mod table;
 pub use compact::{Extra, RareText, Text};
 pub use direction::{DirectionRule, Side};
 pub use model::{
-    Call, CallKey, CallState, Details, Direction, Leg, Participant, ParticipantKey, Provider,
-    Recording, RecordingState, Tracked,
+    Call, CallKey, CallState, Details, Direction, EndReason, Leg, Participant, ParticipantKey,
+    Provider, Recording, RecordingState, Tracked,
 };
 pub use table::{CallTable, Changes, END_GRACE, Transition};
 

@@ -249,6 +249,59 @@ impl CallState {
     }
 }
 
+/// Why a call ended. Every reason is callhook's own name for what ended it, never a provider's
+/// text (TeleCMI's hang-up reason, such as `recv_bye`, stays in the leg's `extra`); it is text
+/// only in the Call's JSON, which is also how the database keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The last participant left and nobody came back within the grace.
+    Completed,
+    /// No event for 6 hours (the stale sweep).
+    Stale,
+    /// TeleCMI: leg a hung up.
+    Hangup,
+    /// TeleCMI: a CDR arrived, which comes only once the call is over.
+    Cdr,
+    /// A reason this version does not name, read from a row a newer version wrote: kept as
+    /// written, so that such a row loads and is written back unchanged rather than failing the
+    /// restore or the history. Nothing here creates one.
+    Other(Text),
+}
+
+impl EndReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            EndReason::Completed => "completed",
+            EndReason::Stale => "stale",
+            EndReason::Hangup => "hangup",
+            EndReason::Cdr => "cdr",
+            EndReason::Other(text) => text,
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "completed" => EndReason::Completed,
+            "stale" => EndReason::Stale,
+            "hangup" => EndReason::Hangup,
+            "cdr" => EndReason::Cdr,
+            other => EndReason::Other(other.into()),
+        }
+    }
+}
+
+impl Serialize for EndReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EndReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(EndReason::parse(&Text::deserialize(deserializer)?))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -341,38 +394,48 @@ pub struct Recording {
     pub error: Option<String>,
 }
 
-/// A call as the admin API shows it and the history keeps it.
+/// A call. One form for both of its uses, as `Tracked` is for a participant:
+///
+/// - `Call` (`Call<CallKey, Participant>`) is what the admin API shows, the history keeps (as
+///   JSON) and the call events carry: its key and its participants' views.
+/// - `Call<(), MemberKey>` is what the table holds (in `table.rs`'s `CallRecord`): the map's key
+///   names it, and its members' keys stand where the views go, which are built from their rows
+///   when read (`CallTable::call`). So the fields are declared once, and the compact parts
+///   (`EndReason`, the boxed summary) are the API's too, as `Tracked`'s are.
+///
+/// The key is flattened so that the JSON keeps its shape (`provider` and `call_id` first, then
+/// the fields in this order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Call {
-    pub provider: Provider,
-    pub call_id: String,
+pub struct Call<K = CallKey, M = Participant> {
+    #[serde(flatten)]
+    pub key: K,
     pub state: CallState,
     pub direction: Direction,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// `completed` when the last participant left, `stale` after 6 hours without an event, or
-    /// what the provider said (TeleCMI hang-up, CDR).
+    /// Set once the call has ended: `completed`, `stale`, or TeleCMI's `hangup` (leg a) or
+    /// `cdr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_reason: Option<String>,
+    pub end_reason: Option<EndReason>,
     /// Only while the call looks over (active, nobody present): when it ends unless someone
     /// joins first (the grace, `calls.end_grace_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<DateTime<Utc>>,
-    pub participants: Vec<Participant>,
+    /// Views sorted by `joined_at`. In the table, member keys sorted and without duplicates: the
+    /// order a `BTreeSet<ParticipantKey>` had, which is the order direction is decided in; a
+    /// `Vec` because calls have a handful of members, and a B-tree node is sized for eleven.
+    pub participants: Vec<M>,
     pub recordings: Vec<Recording>,
+    /// The provider's summary as it sent it; boxed, since most calls have none (8 bytes, not 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<Value>,
+    pub summary: Option<Box<Value>>,
 }
 
-impl Call {
-    pub fn key(&self) -> CallKey {
-        CallKey::new(self.provider, self.call_id.clone())
-    }
-
-    pub fn new(key: &CallKey) -> Self {
+impl<K, M> Call<K, M> {
+    /// A call nobody is on yet.
+    pub fn new(key: K) -> Self {
         Self {
-            provider: key.provider,
-            call_id: key.call_id.clone(),
+            key,
             state: CallState::Active,
             direction: Direction::Unknown,
             started_at: None,
@@ -382,6 +445,24 @@ impl Call {
             participants: vec![],
             recordings: vec![],
             summary: None,
+        }
+    }
+
+    /// The same call under another key with other participants: the table's record given its
+    /// key and its members' views, or a stored call as the table holds it. The one place that
+    /// copies the fields from one form to the other.
+    pub fn keyed<J, N>(self, key: J, participants: Vec<N>) -> Call<J, N> {
+        Call {
+            key,
+            state: self.state,
+            direction: self.direction,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            end_reason: self.end_reason,
+            ends_at: self.ends_at,
+            participants,
+            recordings: self.recordings,
+            summary: self.summary,
         }
     }
 }

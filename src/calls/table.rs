@@ -9,10 +9,10 @@ use dashmap::DashMap;
 use dashmap::mapref::one::RefMut;
 use serde_json::Value;
 
-use super::compact::{CKey, Held, MemberKey, PKey, Text};
+use super::compact::{CKey, Held, MemberKey, PKey};
 use super::direction::{DirectionRule, decide};
 use super::model::{
-    Call, CallKey, CallState, Details, Direction, Participant, ParticipantKey, Recording, Tracked,
+    Call, CallKey, CallState, Details, EndReason, Participant, ParticipantKey, Recording, Tracked,
 };
 
 /// How long a call that looks over (nobody present, no provider saying it ended) waits before
@@ -68,31 +68,24 @@ impl Changes {
 /// A call's own start and end times when no participant supplies them (a recording's).
 type OwnTimes = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
-/// A call as held: the facts of its `Call` except its id (the map's key) and its participants'
-/// views, which are built from its members when read (`Call` holds a copy of each).
+/// A call as held: its `Call` without its id (the map's key) and with its members' keys where
+/// the participants' views go (built from their rows when read), and what only the table needs.
 struct CallRecord {
-    state: CallState,
-    direction: Direction,
-    started_at: Option<DateTime<Utc>>,
-    ended_at: Option<DateTime<Utc>>,
-    end_reason: Option<Text>,
-    recordings: Vec<Recording>,
-    summary: Option<Box<Value>>,
-    /// Sorted and without duplicates: the order a `BTreeSet<ParticipantKey>` had, which is the
-    /// order direction is decided in. A `Vec` because calls have a handful of members, and a
-    /// B-tree node is sized for eleven.
-    members: Vec<MemberKey>,
+    call: Call<(), MemberKey>,
     /// Wall clock of the last change, for the stale sweep and eviction.
     last_activity: DateTime<Utc>,
     /// Why and when the call was ended by something other than its last participant leaving.
-    forced_end: Option<(Text, DateTime<Utc>)>,
+    forced_end: Option<(EndReason, DateTime<Utc>)>,
     /// When it came from a recording of a call never seen (no participants): its own times.
     recording_times: Option<OwnTimes>,
-    /// Set while the call looks over (active, nobody present): when it is ended unless someone
-    /// joins first. The time of the change that made it look over plus the grace, so replaying
-    /// the journal gives the same deadline (journal rows are applied at their `received_at`).
-    ends_at: Option<DateTime<Utc>>,
 }
+
+// Memory per active participant counts the calls too (a call for every two in the bench), so the
+// record holding a `Call` is no larger than the struct of its own it replaced (200 bytes), and
+// an end reason no larger than the text it was.
+const _: () = assert!(std::mem::size_of::<CallRecord>() <= 200);
+const _: () =
+    assert!(std::mem::size_of::<Option<EndReason>>() == std::mem::size_of::<Option<super::Text>>());
 
 /// Written only by the processor; read by the admin API. No guard is ever held across an
 /// `.await` (nothing here is async), and no method holds a guard of one map while locking the
@@ -153,9 +146,9 @@ impl CallTable {
             let ckey = CKey::of(&key);
             let mut changes = Changes::default();
             match self.calls.get_mut(&ckey) {
-                Some(mut rec) if rec.ends_at == Some(deadline) => {
-                    rec.ends_at = None;
-                    rec.state = CallState::Ended;
+                Some(mut rec) if rec.call.ends_at == Some(deadline) => {
+                    rec.call.ends_at = None;
+                    rec.call.state = CallState::Ended;
                 }
                 _ => continue,
             }
@@ -300,7 +293,10 @@ impl CallTable {
             let created = !self.calls.contains_key(&call);
             // A call first known from its recording or summary has no members yet: its first
             // present participant starts it rather than resuming it.
-            let memberless = self.calls.get(&call).is_some_and(|r| r.members.is_empty());
+            let memberless = self
+                .calls
+                .get(&call)
+                .is_some_and(|r| r.call.participants.is_empty());
             self.calls
                 .entry(call.clone())
                 .or_insert_with(|| Box::new(CallRecord::new(now)))
@@ -352,7 +348,7 @@ impl CallTable {
     pub fn end_call(
         &self,
         call: &CallKey,
-        reason: &str,
+        reason: EndReason,
         at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Changes {
@@ -362,7 +358,7 @@ impl CallTable {
     fn end(
         &self,
         call: &CKey,
-        reason: &str,
+        reason: EndReason,
         at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Changes {
@@ -370,14 +366,14 @@ impl CallTable {
         let at = at.unwrap_or(now);
         let members: Vec<MemberKey> = match self.calls.get_mut(call) {
             Some(mut rec) => {
-                if rec.forced_end.is_none() && rec.state == CallState::Active {
-                    rec.forced_end = Some((reason.into(), at));
+                if rec.forced_end.is_none() && rec.call.state == CallState::Active {
+                    rec.forced_end = Some((reason.clone(), at));
                 }
-                rec.members.clone()
+                rec.call.participants.clone()
             }
             None => {
                 let mut rec = CallRecord::ended(now);
-                rec.forced_end = Some((reason.into(), at));
+                rec.forced_end = Some((reason.clone(), at));
                 self.calls.insert(call.clone(), Box::new(rec));
                 vec![]
             }
@@ -391,7 +387,7 @@ impl CallTable {
                 if !t.is_removed() {
                     t.removed_seq = Some(t.last_seq);
                     t.left_at = Some(at);
-                    t.swept = reason == "stale";
+                    t.swept = reason == EndReason::Stale;
                     changes.participants.insert(key.to_key());
                 }
             }
@@ -419,9 +415,14 @@ impl CallTable {
                 rec.recording_times = Some(times);
                 Box::new(rec)
             });
-            match rec.recordings.iter_mut().find(|r| r.id == recording.id) {
+            match rec
+                .call
+                .recordings
+                .iter_mut()
+                .find(|r| r.id == recording.id)
+            {
                 Some(existing) => *existing = recording,
-                None => rec.recordings.push(recording),
+                None => rec.call.recordings.push(recording),
             }
         }
         changes.applied = true;
@@ -439,7 +440,7 @@ impl CallTable {
                 rec.recording_times = Some((None, None));
                 Box::new(rec)
             });
-            rec.summary = Some(Box::new(summary));
+            rec.call.summary = Some(Box::new(summary));
         }
         changes.applied = true;
         self.refresh(&call, now, &mut changes);
@@ -453,12 +454,12 @@ impl CallTable {
         let stale: Vec<CKey> = self
             .calls
             .iter()
-            .filter(|r| r.state == CallState::Active && r.last_activity < cutoff)
+            .filter(|r| r.call.state == CallState::Active && r.last_activity < cutoff)
             .map(|r| r.key().clone())
             .collect();
         let mut changes = Changes::default();
         for call in stale {
-            changes.merge(self.end(&call, "stale", Some(now), now));
+            changes.merge(self.end(&call, EndReason::Stale, Some(now), now));
         }
         let orphans: Vec<PKey> = self
             .participants
@@ -479,12 +480,12 @@ impl CallTable {
         let old: Vec<CKey> = self
             .calls
             .iter()
-            .filter(|r| r.state == CallState::Ended && r.last_activity < before)
+            .filter(|r| r.call.state == CallState::Ended && r.last_activity < before)
             .map(|r| r.key().clone())
             .collect();
         for call in &old {
             if let Some((_, rec)) = self.calls.remove(call) {
-                for member in rec.members {
+                for member in rec.call.participants {
                     self.participants.remove(&PKey {
                         provider: call.provider,
                         member,
@@ -502,7 +503,7 @@ impl CallTable {
         let shells: Vec<(Call, Vec<MemberKey>)> = self
             .calls
             .iter()
-            .filter(|r| r.state == CallState::Active)
+            .filter(|r| r.call.state == CallState::Active)
             .map(|r| r.shell(r.key()))
             .collect();
         let mut calls: Vec<Call> = shells
@@ -512,7 +513,7 @@ impl CallTable {
         calls.sort_by(|a, b| {
             a.started_at
                 .cmp(&b.started_at)
-                .then_with(|| a.call_id.cmp(&b.call_id))
+                .then_with(|| a.key.call_id.cmp(&b.key.call_id))
         });
         calls
     }
@@ -520,7 +521,7 @@ impl CallTable {
     pub fn active_count(&self, provider: super::Provider) -> usize {
         self.calls
             .iter()
-            .filter(|r| r.state == CallState::Active && r.key().provider == provider)
+            .filter(|r| r.call.state == CallState::Active && r.key().provider == provider)
             .count()
     }
 
@@ -562,10 +563,12 @@ impl CallTable {
     /// Rebuilds the table from persisted rows (restart).
     pub fn restore(&self, participants: Vec<Tracked>, calls: Vec<(Call, DateTime<Utc>)>) {
         for (call, last_activity) in calls {
-            let key = CKey::of(&call.key());
+            let key = CKey::of(&call.key);
             let ending = call.ends_at.filter(|_| call.state == CallState::Active);
             let forced_end = match (&call.end_reason, call.ended_at) {
-                (Some(reason), Some(at)) if reason != "completed" => Some((Text::new(reason), at)),
+                (Some(reason), Some(at)) if *reason != EndReason::Completed => {
+                    Some((reason.clone(), at))
+                }
                 _ => None,
             };
             let recording_times = call
@@ -577,19 +580,13 @@ impl CallTable {
             let mut restored = false;
             self.calls.entry(key.clone()).or_insert_with(|| {
                 restored = true;
+                let mut call = call.keyed((), vec![]);
+                call.ends_at = ending;
                 Box::new(CallRecord {
-                    state: call.state,
-                    direction: call.direction,
-                    started_at: call.started_at,
-                    ended_at: call.ended_at,
-                    end_reason: call.end_reason.map(Text::from),
-                    recordings: call.recordings,
-                    summary: call.summary.map(Box::new),
-                    members: vec![],
+                    call,
                     last_activity,
                     forced_end,
                     recording_times,
-                    ends_at: ending,
                 })
             });
             if let Some(at) = ending.filter(|_| restored) {
@@ -640,7 +637,7 @@ impl CallTable {
             .iter()
             .filter_map(|member| {
                 let key = PKey {
-                    provider: call.provider,
+                    provider: call.key.provider,
                     member: member.clone(),
                 };
                 self.participants
@@ -661,7 +658,7 @@ impl CallTable {
     /// Recomputes a call from its members: state, times, direction. Every rule that depends on
     /// more than one participant lives here.
     fn refresh(&self, key: &CKey, now: DateTime<Utc>, changes: &mut Changes) {
-        let Some(members) = self.calls.get(key).map(|r| r.members.clone()) else {
+        let Some(members) = self.calls.get(key).map(|r| r.call.participants.clone()) else {
             return;
         };
         // Copies, so that no participant guard is held while the call's guard is.
@@ -679,13 +676,13 @@ impl CallTable {
         let Some(mut rec) = self.calls.get_mut(key) else {
             return;
         };
-        let before = rec.state;
-        let was_ending = rec.ends_at;
+        let before = rec.call.state;
+        let was_ending = rec.call.ends_at;
         let any_present = tracked.iter().any(|(_, t)| !t.is_removed());
 
         if tracked.is_empty()
-            && rec.recordings.is_empty()
-            && rec.summary.is_none()
+            && rec.call.recordings.is_empty()
+            && rec.call.summary.is_none()
             && rec.forced_end.is_none()
         {
             // A call that only existed through a participant that moved elsewhere.
@@ -702,32 +699,34 @@ impl CallTable {
         let left = tracked.iter().filter_map(|(_, t)| t.left_at).max();
         let (rec_start, rec_end) = rec.recording_times.unwrap_or((None, None));
         let forced_end = rec.forced_end.clone();
-        rec.direction = direction;
-        rec.started_at = joined.or(rec_start);
+        rec.call.direction = direction;
+        rec.call.started_at = joined.or(rec_start);
         // Ended is final: a later event updates the record (participants, times, recordings)
         // but never reopens it, so `call.ended` goes out once and nothing is said after it but
         // recordings and the summary.
         let ends = before == CallState::Ended || (!any_present && forced_end.is_some());
         if ends {
-            rec.state = CallState::Ended;
-            rec.ends_at = None;
+            rec.call.state = CallState::Ended;
+            rec.call.ends_at = None;
             match forced_end {
                 Some((reason, at)) if tracked.is_empty() || left.is_none_or(|l| l <= at) => {
-                    rec.end_reason = Some(reason);
-                    rec.ended_at = Some(at);
+                    rec.call.end_reason = Some(reason);
+                    rec.call.ended_at = Some(at);
                 }
                 _ => {
-                    rec.end_reason = Some(Text::const_new("completed"));
-                    rec.ended_at = left.or(rec_end).or(rec.started_at);
+                    rec.call.end_reason = Some(EndReason::Completed);
+                    rec.call.ended_at = left.or(rec_end).or(rec.call.started_at);
                 }
             }
         } else {
-            rec.state = CallState::Active;
-            rec.ended_at = None;
-            rec.end_reason = None;
+            rec.call.state = CallState::Active;
+            rec.call.ended_at = None;
+            rec.call.end_reason = None;
             // Looks over: ended once the grace passes with nobody back (`end_due`). A deadline
-            // already running stays; someone present again clears it.
-            rec.ends_at = if any_present {
+            // already running stays; someone present again clears it. It counts from the change
+            // that made the call look over, so replaying the journal (rows applied at their
+            // `received_at`) gives the same deadline.
+            rec.call.ends_at = if any_present {
                 None
             } else {
                 Some(was_ending.unwrap_or(now + self.grace))
@@ -738,8 +737,8 @@ impl CallTable {
             }
         }
         rec.last_activity = now;
-        let after = rec.state;
-        let ends_at = rec.ends_at;
+        let after = rec.call.state;
+        let ends_at = rec.call.ends_at;
         drop(rec);
         self.reindex(key, was_ending, ends_at);
         changes.calls.insert(key.to_key());
@@ -754,55 +753,38 @@ impl CallTable {
 impl CallRecord {
     fn new(now: DateTime<Utc>) -> Self {
         Self {
-            state: CallState::Active,
-            direction: Direction::Unknown,
-            started_at: None,
-            ended_at: None,
-            end_reason: None,
-            recordings: vec![],
-            summary: None,
-            members: vec![],
+            call: Call::new(()),
             last_activity: now,
             forced_end: None,
             recording_times: None,
-            ends_at: None,
         }
     }
 
     /// A call first heard of from the provider saying it is over (a TeleCMI CDR).
     fn ended(now: DateTime<Utc>) -> Self {
         let mut rec = Self::new(now);
-        rec.state = CallState::Ended;
+        rec.call.state = CallState::Ended;
         rec
     }
 
     fn add_member(&mut self, member: MemberKey) {
-        if let Err(at) = self.members.binary_search(&member) {
-            self.members.insert(at, member);
+        let members = &mut self.call.participants;
+        if let Err(at) = members.binary_search(&member) {
+            members.insert(at, member);
         }
     }
 
     fn remove_member(&mut self, member: &MemberKey) {
-        if let Ok(at) = self.members.binary_search(member) {
-            self.members.remove(at);
+        let members = &mut self.call.participants;
+        if let Ok(at) = members.binary_search(member) {
+            members.remove(at);
         }
     }
 
     /// The call without its participants' views, and the members they are built from.
     fn shell(&self, key: &CKey) -> (Call, Vec<MemberKey>) {
-        let call = Call {
-            provider: key.provider,
-            call_id: key.call_id.to_string(),
-            state: self.state,
-            direction: self.direction,
-            started_at: self.started_at,
-            ended_at: self.ended_at,
-            end_reason: self.end_reason.as_ref().map(Text::to_string),
-            ends_at: self.ends_at,
-            participants: vec![],
-            recordings: self.recordings.clone(),
-            summary: self.summary.as_deref().cloned(),
-        };
-        (call, self.members.clone())
+        let mut call = self.call.clone();
+        let members = std::mem::take(&mut call.participants);
+        (call.keyed(key.to_key(), vec![]), members)
     }
 }

@@ -143,7 +143,7 @@ fn call_ends_when_its_last_participant_leaves() {
         (call.state, call.ended_at, call.started_at, call.ends_at),
         (CallState::Ended, Some(t(4)), Some(t(1)), None)
     );
-    assert_eq!(call.end_reason.as_deref(), Some("completed"));
+    assert_eq!(call.end_reason.clone(), Some(EndReason::Completed));
 }
 
 #[test]
@@ -202,8 +202,8 @@ fn an_event_after_the_grace_updates_the_ended_call_without_reopening_it() {
     assert!(changes.transitions.is_empty());
     let c = table.call(&call).unwrap();
     assert_eq!(
-        (c.state, c.ended_at, c.end_reason.as_deref()),
-        (CallState::Ended, Some(t(5)), Some("completed"))
+        (c.state, c.ended_at, c.end_reason.clone()),
+        (CallState::Ended, Some(t(5)), Some(EndReason::Completed))
     );
     assert_eq!(table.next_end(), None);
 }
@@ -241,7 +241,7 @@ fn stale_calls_end_and_stay_ended() {
         vec![Transition::Ended(CallKey::new(Provider::Jas, "9"))]
     );
     let call = table.call(&CallKey::new(Provider::Jas, "9")).unwrap();
-    assert_eq!(call.end_reason.as_deref(), Some("stale"));
+    assert_eq!(call.end_reason.clone(), Some(EndReason::Stale));
     // A duplicate of an old event changes nothing; the call stays ended and is evicted.
     assert!(!table.upsert(&k, 1, Some(later), later).applied);
     assert_eq!(table.evict_ended(later + Duration::hours(1)), 1);
@@ -270,8 +270,8 @@ fn a_stale_call_stays_ended_when_the_provider_speaks_of_it_again() {
     assert!(!table.upsert(&k, 4, Some(after), after).applied);
     let c = table.call(&call).unwrap();
     assert_eq!(
-        (c.state, c.end_reason.as_deref()),
-        (CallState::Ended, Some("completed"))
+        (c.state, c.end_reason.clone()),
+        (CallState::Ended, Some(EndReason::Completed))
     );
     assert_eq!(c.ended_at, Some(after));
 }
@@ -517,7 +517,7 @@ fn restore_gives_back_the_same_documents() {
     let rec = pending_recording("a.wav");
     table.attach_recording(&call, rec, (None, None), t(4));
     table.attach_summary(&call, serde_json::json!({"text": "hello"}), t(4));
-    table.end_call(&call, "hangup", Some(t(5)), t(5));
+    table.end_call(&call, EndReason::Hangup, Some(t(5)), t(5));
     let lone = key("101", "1");
     table.upsert(&lone, 4, Some(t(4)), t(4));
 
@@ -556,7 +556,7 @@ fn a_call_loaded_late_never_overwrites_a_newer_participant_in_memory() {
     let mut stale = table.participant(&k).unwrap();
     stale.last_seq = 1;
     stale.details = Some(details("26", "Dialing", "Wexternalline"));
-    let mut old_call = Call::new(&CallKey::new(Provider::Jas, "26"));
+    let mut old_call = Call::new(CallKey::new(Provider::Jas, "26"));
     old_call.state = CallState::Ended;
     table.restore(vec![stale], vec![(old_call, t(2))]);
 
@@ -568,4 +568,77 @@ fn a_call_loaded_late_never_overwrites_a_newer_participant_in_memory() {
     assert!(old.participants.is_empty(), "{old:#?}");
     let current = table.call(&CallKey::new(Provider::Jas, "27")).unwrap();
     assert_eq!(current.participants.len(), 1);
+}
+
+/// The Call's JSON is what the API shows, the call events carry and the database keeps: one
+/// written before `Call` and the table's record became one type reads back to the same bytes,
+/// key order included.
+#[test]
+fn a_call_writes_the_json_it_always_had() {
+    let doc = concat!(
+        r#"{"provider":"telecmi","call_id":"26","state":"ended","direction":"inbound","#,
+        r#""started_at":"2025-04-14T15:04:23.161Z","ended_at":"2025-04-14T15:05:02Z","#,
+        r#""end_reason":"hangup","participants":[{"dn":"","participant_id":"A","#,
+        r#""status":"hangup","party_number":"","party_name":"","party_dn":"","#,
+        r#""party_dn_type":"","leg_id":null,"leg":"a","caller_id":"0044","did":null,"#,
+        r#""updated_at":null,"joined_at":null,"left_at":null,"extra":{"reason":"recv_bye"}}],"#,
+        r#""recordings":[{"id":"a.wav","url":"a.wav","path":null,"state":"pending","#,
+        r#""bytes":null,"sha256":null}],"summary":{"text":"hello"}}"#
+    );
+    let call: Call = serde_json::from_str(doc).unwrap();
+    assert_eq!(call.end_reason, Some(EndReason::Hangup));
+    assert_eq!(serde_json::to_string(&call).unwrap(), doc);
+    let active = concat!(
+        r#"{"provider":"jas","call_id":"27","state":"active","direction":"unknown","#,
+        r#""started_at":null,"ended_at":null,"ends_at":"2025-04-14T15:05:07Z","#,
+        r#""participants":[],"recordings":[]}"#
+    );
+    let call: Call = serde_json::from_str(active).unwrap();
+    assert_eq!(serde_json::to_string(&call).unwrap(), active);
+}
+
+/// Every reason reads and writes as the text stored before it was an enum; one this version
+/// does not name (a newer version's) is kept as written rather than failing the row.
+#[test]
+fn end_reasons_are_the_texts_they_were() {
+    for (reason, text) in [
+        (EndReason::Completed, "completed"),
+        (EndReason::Stale, "stale"),
+        (EndReason::Hangup, "hangup"),
+        (EndReason::Cdr, "cdr"),
+        (EndReason::Other("reconciled".into()), "reconciled"),
+    ] {
+        let json = serde_json::to_string(&reason).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<EndReason>(&json).unwrap(), reason);
+        assert_eq!(EndReason::parse(text), reason);
+    }
+    // An unknown reason restores as the forced end it was: a late participant who left before
+    // it joins the call without turning it into `completed`.
+    let table = CallTable::new(crate::providers::DIRECTIONS);
+    let call = CallKey::new(Provider::Jas, "26");
+    let mut stored: Call = Call::new(call.clone());
+    stored.state = CallState::Ended;
+    stored.ended_at = Some(t(5));
+    stored.end_reason = Some(EndReason::Other("reconciled".into()));
+    table.restore(vec![], vec![(stored.clone(), t(5))]);
+    assert_eq!(table.call(&call), Some(stored));
+    let late = key("101", "1");
+    joined(
+        &table,
+        &late,
+        3,
+        details("26", "Connected", "Wexternalline"),
+    );
+    table.remove(&late, 4, Some(t(4)), t(6));
+    let c = table.call(&call).unwrap();
+    assert_eq!(
+        (c.state, c.ended_at, c.end_reason, c.participants.len()),
+        (
+            CallState::Ended,
+            Some(t(5)),
+            Some(EndReason::Other("reconciled".into())),
+            1
+        )
+    );
 }

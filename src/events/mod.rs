@@ -113,11 +113,11 @@ mod tests {
             .collect();
         assert_eq!(types, EVENT_TYPES);
         assert_eq!(schema["properties"]["schema"]["const"], produce::SCHEMA);
-        let call = serde_json::to_value(crate::calls::Call::new(&crate::calls::CallKey::new(
+        let call: crate::calls::Call = crate::calls::Call::new(crate::calls::CallKey::new(
             crate::calls::Provider::Jas,
             "26",
-        )))
-        .unwrap();
+        ));
+        let call = serde_json::to_value(call).unwrap();
         for field in call.as_object().unwrap().keys() {
             assert!(
                 schema["properties"]["call"]["properties"]

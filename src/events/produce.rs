@@ -66,7 +66,7 @@ impl Producer {
 
     /// A call as restored or loaded from disk: its events were produced with that state.
     pub fn seed(&mut self, call: Call) {
-        self.published.entry(call.key()).or_insert(call);
+        self.published.entry(call.key.clone()).or_insert(call);
     }
 
     /// Forgets calls no longer in memory.
@@ -112,7 +112,7 @@ impl Producer {
             "id": id,
             "type": kind,
             "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            "provider": call.provider.as_str(),
+            "provider": call.key.provider.as_str(),
             "call": call,
         });
         if let Some((name, value)) = field {
@@ -121,13 +121,13 @@ impl Producer {
         NewCallEvent {
             id,
             kind,
-            provider: call.provider.as_str(),
-            call_id: call.call_id.clone(),
+            provider: call.key.provider.as_str(),
+            call_id: call.key.call_id.clone(),
             body: body.to_string(),
             endpoints: self
                 .endpoints
                 .iter()
-                .filter(|e| e.wants(kind, call.provider))
+                .filter(|e| e.wants(kind, call.key.provider))
                 .map(|e| e.name.clone())
                 .collect(),
         }
@@ -212,7 +212,7 @@ fn diff(before: Option<&Call>, after: &Call) -> Vec<(&'static str, Option<(&'sta
     if after.summary.is_some() && before.is_none_or(|c| c.summary.is_none()) {
         out.push((
             "call.summary",
-            after.summary.clone().map(|s| ("summary", s)),
+            after.summary.clone().map(|s| ("summary", *s)),
         ));
     }
     out.extend(left);
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_call_seen_through_its_changes_gives_each_event_once_in_order() {
-        let mut call = Call::new(&CallKey::new(Provider::Jas, "26"));
+        let mut call = Call::new(CallKey::new(Provider::Jas, "26"));
         call.participants.push(person("1", "Dialing"));
         assert_eq!(kinds(None, &call), ["call.started", "participant.joined"]);
         let before = call.clone();

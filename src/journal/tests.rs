@@ -81,10 +81,10 @@ async fn state_and_cursor_round_trip() {
     let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
     let key = ParticipantKey::new(Provider::Jas, "101", "1");
     let t = Tracked::new(key.clone(), Utc::now());
-    let call = crate::calls::Call::new(&CallKey::new(Provider::Jas, "26"));
+    let call = crate::calls::Call::new(CallKey::new(Provider::Jas, "26"));
     j.write_state(StateWrite {
         participants: vec![(key.clone(), Some(t.clone()))],
-        calls: vec![(call.key(), Some((call.clone(), Utc::now())))],
+        calls: vec![(call.key.clone(), Some((call.clone(), Utc::now())))],
         jobs: vec![],
         new_jobs: vec![],
         call_events: vec![],
@@ -101,7 +101,7 @@ async fn state_and_cursor_round_trip() {
     assert_eq!(r.cursor, 42);
     assert_eq!(r.participants, vec![t]);
     assert_eq!(r.calls.len(), 1);
-    assert_eq!(j.call(call.key()).await.unwrap(), Some(call));
+    assert_eq!(j.call(call.key.clone()).await.unwrap(), Some(call));
 }
 
 fn job(recording_id: &str) -> NewJob {
@@ -120,7 +120,7 @@ fn job(recording_id: &str) -> NewJob {
 }
 
 fn ended_call(id: &str, ended: DateTime<Utc>) -> crate::calls::Call {
-    let mut call = crate::calls::Call::new(&CallKey::new(Provider::Jas, id));
+    let mut call = crate::calls::Call::new(CallKey::new(Provider::Jas, id));
     call.state = crate::calls::CallState::Ended;
     call.started_at = Some(ended - chrono::Duration::minutes(5));
     call.ended_at = Some(ended);
@@ -162,9 +162,9 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
     append("old-unapplied", old, None).await;
 
     let done = j.job(Provider::Jas, "done".into()).await.unwrap().unwrap();
-    let mut active = crate::calls::Call::new(&CallKey::new(Provider::Jas, "active"));
+    let mut active = crate::calls::Call::new(CallKey::new(Provider::Jas, "active"));
     active.started_at = Some(old);
-    let rows = |c: &crate::calls::Call, at| (c.key(), Some((c.clone(), at)));
+    let rows = |c: &crate::calls::Call, at| (c.key.clone(), Some((c.clone(), at)));
     j.write_state(StateWrite {
         participants: vec![
             member("101", "old-ended", old),
@@ -361,10 +361,10 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
     };
     // Quiet for 10 h, on a call still in progress: restored.
     let active_member = on_call("100", "25");
-    let active = crate::calls::Call::new(&CallKey::new(Provider::Jas, "25"));
+    let active = crate::calls::Call::new(CallKey::new(Provider::Jas, "25"));
     // On a call that ended a minute ago (a late recording touched it): left on disk.
     let ended_member = on_call("101", "26");
-    let mut ended = crate::calls::Call::new(&CallKey::new(Provider::Jas, "26"));
+    let mut ended = crate::calls::Call::new(CallKey::new(Provider::Jas, "26"));
     ended.state = crate::calls::CallState::Ended;
     // Not on any call yet (its lookup was in flight) and recent: restored.
     let waiting = Tracked::new(ParticipantKey::new(Provider::Jas, "102", "1"), Utc::now());
@@ -375,8 +375,8 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
             .map(|t| (t.key.clone(), Some(t.clone())))
             .collect(),
         calls: vec![
-            (active.key(), Some((active.clone(), recently))),
-            (ended.key(), Some((ended.clone(), recently))),
+            (active.key.clone(), Some((active.clone(), recently))),
+            (ended.key.clone(), Some((ended.clone(), recently))),
         ],
         jobs: vec![],
         new_jobs: vec![],
@@ -397,7 +397,7 @@ async fn restore_loads_active_calls_and_leaves_ended_ones_for_a_late_event_to_lo
     assert_eq!(restored, vec![active_member, waiting]);
 
     // What a late event for the ended call needs is one indexed read away.
-    let (call, _, members) = j.stored_call(ended.key()).await.unwrap().unwrap();
+    let (call, _, members) = j.stored_call(ended.key.clone()).await.unwrap().unwrap();
     assert_eq!(call, ended);
     assert_eq!(members, vec![ended_member.clone()]);
     let found = j

@@ -927,7 +927,7 @@ async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
     journal
         .write_state(StateWrite {
             participants: vec![(key.clone(), table.participant(&key))],
-            calls: vec![(call.key(), Some((call.clone(), ended)))],
+            calls: vec![(call.key.clone(), Some((call.clone(), ended)))],
             ..Default::default()
         })
         .await

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::events::{Kind, Leg, TelecmiEvent};
 use crate::calls::{
-    CallKey, CallState, CallTable, Changes, Details, ParticipantKey, Provider, Recording,
-    RecordingState,
+    CallKey, CallState, CallTable, Changes, Details, EndReason, ParticipantKey, Provider,
+    Recording, RecordingState,
 };
 use crate::journal::NewJob;
 use crate::providers::{DecodeError, Event, Wants};
@@ -207,7 +207,7 @@ pub fn apply(
                     if leg == Leg::A {
                         // Before the leg's own removal, so that the call ends as `hangup` even
                         // when leg a was the last one on it.
-                        changes.merge(table.end_call(&call, "hangup", Some(at), now));
+                        changes.merge(table.end_call(&call, EndReason::Hangup, Some(at), now));
                     }
                     changes.merge(table.remove(&key, rank, Some(at), now));
                 }
@@ -216,7 +216,7 @@ pub fn apply(
         Action::Cdr => {
             // Ending first records `cdr` as the reason (or creates the call already ended when
             // the CDR is all we hear of it); the leg then joins it as already gone.
-            changes.merge(table.end_call(&call, "cdr", Some(at), now));
+            changes.merge(table.end_call(&call, EndReason::Cdr, Some(at), now));
             changes.merge(table.upsert(&key, RANK_CDR, Some(at), now));
             changes.merge(table.remove(&key, RANK_CDR, Some(at), now));
             // The CDR's verdict (`answered`, `missed`) is the leg's final status; the live
@@ -436,7 +436,7 @@ mod tests {
         run(&table, &[leg_event("a", "A", "hangup", "inbound", 61)]);
         let c = call(&table, CONV);
         assert_eq!(c.state, CallState::Ended);
-        assert_eq!(c.end_reason.as_deref(), Some("hangup"));
+        assert_eq!(c.end_reason.clone(), Some(EndReason::Hangup));
         assert_eq!(
             c.ended_at,
             Utc.timestamp_millis_opt(1_700_000_061_000).single()
@@ -460,8 +460,12 @@ mod tests {
         );
         let c = call(&table, CONV);
         assert_eq!(
-            (c.state, c.direction, c.end_reason.as_deref()),
-            (CallState::Ended, Direction::Outbound, Some("hangup"))
+            (c.state, c.direction, c.end_reason.clone()),
+            (
+                CallState::Ended,
+                Direction::Outbound,
+                Some(EndReason::Hangup)
+            )
         );
         assert!(c.participants.iter().all(|p| p.left_at.is_some()));
         // Leg b's own hang-up arrives afterwards: recorded, the call stays ended.
@@ -498,7 +502,7 @@ mod tests {
         );
         let c = call(&table, CONV);
         assert_eq!(c.state, CallState::Ended);
-        assert_eq!(c.end_reason.as_deref(), Some("hangup"));
+        assert_eq!(c.end_reason.clone(), Some(EndReason::Hangup));
         assert_eq!(leg(&c, "A").status, "hangup");
         assert!(leg(&c, "C").left_at.is_some());
         assert_eq!(c.participants.len(), 3);
@@ -516,8 +520,8 @@ mod tests {
         );
         let c = call(&table, "M");
         assert_eq!(
-            (c.state, c.direction, c.end_reason.as_deref()),
-            (CallState::Ended, Direction::Inbound, Some("cdr"))
+            (c.state, c.direction, c.end_reason.clone()),
+            (CallState::Ended, Direction::Inbound, Some(EndReason::Cdr))
         );
         let a = leg(&c, "M");
         assert_eq!((a.status.as_str(), a.leg.as_deref()), ("missed", Some("a")));
@@ -545,8 +549,8 @@ mod tests {
         run(&table, std::slice::from_ref(&cdr));
         let c = call(&table, CONV);
         assert_eq!(
-            (c.state, c.end_reason.as_deref()),
-            (CallState::Ended, Some("cdr"))
+            (c.state, c.end_reason.clone()),
+            (CallState::Ended, Some(EndReason::Cdr))
         );
         let b = leg(&c, "B");
         assert_eq!(b.status, "answered");
@@ -561,7 +565,7 @@ mod tests {
         // Progress made by the download is not reset by the same name arriving again.
         let mut progressed = r.clone();
         progressed.state = RecordingState::Downloaded;
-        table.attach_recording(&c.key(), progressed, (None, None), Utc::now());
+        table.attach_recording(&c.key, progressed, (None, None), Utc::now());
         let mut again = cdr;
         again.leg = Some(Leg::A);
         again.cmiuuid = "A".into();
