@@ -270,6 +270,25 @@ impl Driver {
         }
     }
 
+    /// Waits until the admin API lists no delivery still pending (the receiver has had every
+    /// event produced so far).
+    async fn wait_delivered(&self) -> Result<(), String> {
+        let url = format!("{}/api/endpoints", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await {
+                let body: Value = r.json().await.unwrap_or_default();
+                if body["endpoints"][0]["pending"] == 0 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("the demo receiver did not get every call event".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the call lists a participant (its lookup has answered).
     async fn wait_for_participants(&self, id: &str) -> Result<Value, String> {
         self.wait_call(id, Duration::from_secs(10), |c| {
@@ -336,12 +355,16 @@ async fn demo(dir: &Path) -> Result<(), String> {
 
     let (outbound, inbound) = drive_calls(&driver, &sim).await?;
     print_calls(dir, &[&outbound, &inbound]);
-    receiver
-        .wait_for("recording.ready", "26", Duration::from_secs(10))
-        .await?;
-    receiver
-        .wait_for("call.ended", "27", Duration::from_secs(10))
-        .await?;
+    for (kind, call) in [
+        ("recording.ready", "26"),
+        ("call.ended", "26"),
+        ("call.ended", "27"),
+    ] {
+        receiver
+            .wait_for(kind, call, Duration::from_secs(10))
+            .await?;
+    }
+    driver.wait_delivered().await?;
     receiver.print();
     if let Some(bytes) = outbound["recordings"][0]["bytes"].as_u64() {
         println!(

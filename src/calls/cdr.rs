@@ -85,8 +85,8 @@ impl Cdr {
             .filter_map(|r| r.path.as_deref())
             .collect();
         Cdr {
-            provider: call.provider.as_str(),
-            call_id: call.call_id.clone(),
+            provider: call.key.provider.as_str(),
+            call_id: call.key.call_id.clone(),
             direction: call.direction.as_str(),
             from,
             to,
@@ -94,7 +94,11 @@ impl Cdr {
             answered_at: time(answered_at),
             ended_at: time(call.ended_at),
             duration_secs,
-            end_reason: call.end_reason.clone().unwrap_or_default(),
+            end_reason: call
+                .end_reason
+                .as_ref()
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
             recordings: recordings.join(" "),
         }
     }

@@ -103,8 +103,8 @@ pub async fn export(
                 Some((ended, call)) if page.len() == PAGE => {
                     after = Some((
                         *ended,
-                        call.provider.as_str().to_string(),
-                        call.call_id.clone(),
+                        call.key.provider.as_str().to_string(),
+                        call.key.call_id.clone(),
                     ));
                 }
                 _ => return,
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_name_with_a_comma_and_quotes_comes_out_as_a_csv_reader_reads_it() {
-        let mut call = Call::new(&CallKey::new(Provider::Jas, "26"));
+        let mut call: Call = Call::new(CallKey::new(Provider::Jas, "26"));
         call.participants.push(Participant {
             dn: "101".into(),
             participant_id: "1".into(),
@@ -149,7 +149,7 @@ mod tests {
             left_at: None,
             extra: Default::default(),
         });
-        call.end_reason = Some("a, \"quoted\" reason".into());
+        call.end_reason = Some(crate::calls::EndReason::parse("a, \"quoted\" reason"));
         // Recording names carry the caller's name, commas and quotes included.
         call.recordings.push(crate::calls::Recording {
             id: "1".into(),
