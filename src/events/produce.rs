@@ -223,11 +223,12 @@ fn diff(before: Option<&Call>, after: &Call) -> Vec<(&'static str, Option<(&'sta
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::calls::{Provider, Recording};
 
-    fn person(id: &str, status: &str) -> Participant {
+    /// A participant of extension 101, for tests.
+    pub(crate) fn person(id: &str, status: &str) -> Participant {
         Participant {
             dn: "101".into(),
             participant_id: id.into(),

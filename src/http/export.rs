@@ -127,28 +127,15 @@ pub async fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calls::{Call, CallKey, Participant, Provider};
+    use crate::calls::{Call, CallKey, Provider};
 
     #[test]
     fn a_name_with_a_comma_and_quotes_comes_out_as_a_csv_reader_reads_it() {
         let mut call: Call = Call::new(CallKey::new(Provider::Jas, "26"));
-        call.participants.push(Participant {
-            dn: "101".into(),
-            participant_id: "1".into(),
-            status: "Connected".into(),
-            party_number: "5148888888".into(),
-            party_name: "Doe, \"Johnny\"".into(),
-            party_dn: String::new(),
-            party_dn_type: String::new(),
-            leg_id: None,
-            leg: None,
-            caller_id: None,
-            did: None,
-            updated_at: None,
-            joined_at: None,
-            left_at: None,
-            extra: Default::default(),
-        });
+        let mut leg = crate::events::produce::tests::person("1", "Connected");
+        leg.party_number = "5148888888".into();
+        leg.party_name = "Doe, \"Johnny\"".into();
+        call.participants.push(leg);
         call.end_reason = Some(crate::calls::EndReason::parse("a, \"quoted\" reason"));
         // Recording names carry the caller's name, commas and quotes included.
         call.recordings.push(crate::calls::Recording {

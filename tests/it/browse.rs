@@ -73,10 +73,7 @@ async fn the_journal_lists_newest_first_filtered_with_bodies_as_received() {
 #[tokio::test]
 async fn calls_prints_the_active_calls_and_export_the_ended_ones_as_cdr_rows() {
     let dir = tempdir();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut env = Env::new(dir.path());
     env.set("admin.listen", &format!("127.0.0.1:{port}"));
     let daemon = ChildDaemon::spawn(&env, dir.path());
@@ -87,20 +84,7 @@ async fn calls_prints_the_active_calls_and_export_the_ended_ones_as_cdr_rows() {
     ] {
         assert_eq!(post_signed(&daemon.public, &body).await.0, 200);
     }
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
-            .args(args)
-            .arg("--config")
-            .arg(dir.path().join("empty.toml"))
-            .envs(&env.0)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| cli(&env, dir.path(), args);
     // Call 161 ends after its grace; until then both are active.
     let mut csv_out = String::new();
     for _ in 0..100 {

@@ -494,10 +494,7 @@ async fn every_event_once_in_order(name: &str, receiver: &Receiver, calls: &[Str
 async fn the_cli_lists_endpoints_and_deliveries_and_retries_one() {
     let dir = tempdir();
     let (_receiver, url) = Receiver::start(usize::MAX).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut env = Env::new(dir.path());
     env.set("admin.listen", &format!("127.0.0.1:{port}"));
     let config = format!(
@@ -510,20 +507,7 @@ async fn the_cli_lists_endpoints_and_deliveries_and_retries_one() {
             .0,
         200
     );
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
-            .args(args)
-            .arg("--config")
-            .arg(dir.path().join("empty.toml"))
-            .envs(&env.0)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| cli(&env, dir.path(), args);
     // The first attempt fails (500) and the next is 10 minutes away: it stays pending.
     let mut listed = String::new();
     for _ in 0..100 {

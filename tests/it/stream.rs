@@ -115,10 +115,7 @@ async fn the_stream_shows_events_without_an_endpoint_and_resumes_after_the_last_
 #[tokio::test]
 async fn tail_prints_each_event_as_one_json_line() {
     let dir = tempdir();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut env = Env::new(dir.path());
     env.set("admin.listen", &format!("127.0.0.1:{port}"));
     let daemon = ChildDaemon::spawn(&env, dir.path());
@@ -165,10 +162,7 @@ async fn tail_prints_each_event_as_one_json_line() {
 #[test]
 fn tail_without_a_daemon_says_so_and_exits_1() {
     let dir = tempdir();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut env = Env::new(dir.path());
     env.set("admin.listen", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.path().join("empty.toml"), "").unwrap();

@@ -460,3 +460,26 @@ pub async fn post_signed(public: &str, body: &str) -> (u16, Value) {
         resp.json().await.unwrap_or(Value::Null),
     )
 }
+
+/// A loopback port nothing listens on (for a daemon whose admin address a CLI must know).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Runs `callhook <args> --config <dir>/empty.toml` with `env`, as an operator's shell would
+/// against the daemon `env` configures: exit code, stdout, stderr.
+pub fn cli(env: &Env, dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("empty.toml"))
+        .envs(&env.0)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
