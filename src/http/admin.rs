@@ -51,10 +51,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
+        .route("/", get(super::page::index))
+        .route("/assets/app.js", get(super::page::script))
+        .route("/assets/style.css", get(super::page::style))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        // Added after the token layer so that a liveness probe needs no credentials.
+        // Added after the token layer so that a liveness probe needs no credentials, and the
+        // login form (and a logout, harmless to anyone) can be sent without a session.
         .route("/healthz", get(healthz))
+        .route("/api/session", post(super::page::open_session))
+        .route("/api/session/logout", post(super::page::close_session))
         .with_state(state)
 }
 
@@ -68,8 +74,12 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+    let bearer = bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes()));
+    if bearer || super::page::has_session(req.headers(), token) {
         next.run(req).await
+    } else if req.uri().path() == "/" {
+        // The page itself answers with its login form.
+        super::page::login(None)
     } else {
         ApiError::Unauthorized("admin requests need Authorization: Bearer <admin.token>".into())
             .into_response()

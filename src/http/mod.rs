@@ -9,6 +9,7 @@ pub mod deliveries;
 pub mod error;
 pub mod export;
 pub mod listener;
+pub mod page;
 pub mod reply;
 pub mod stream;
 

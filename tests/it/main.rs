@@ -20,6 +20,7 @@ mod jas_webhooks;
 mod lifecycle;
 mod listener;
 mod observability;
+mod page;
 mod properties;
 mod readme;
 mod recordings;
