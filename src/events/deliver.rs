@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::join_all;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +157,10 @@ impl Deliverer {
     async fn endpoint_loop(self: Arc<Self>, target: Arc<Target>, stop: CancellationToken) {
         let name = target.endpoint.name.clone();
         let mut gauges_at = Instant::now();
-        let mut running = FuturesUnordered::new();
+        // Spawned, not merely polled by this loop: an attempt's request goes on while the loop
+        // reads the queue (a `FuturesUnordered` polled only in the `select!` left requests
+        // stalled there, up to their timeout, under a deep queue).
+        let mut running = tokio::task::JoinSet::new();
         let mut in_flight: HashSet<i64> = HashSet::new();
         loop {
             if stop.is_cancelled() {
@@ -181,7 +182,7 @@ impl Deliverer {
                         continue;
                     }
                     let (this, target) = (self.clone(), target.clone());
-                    running.push(async move {
+                    running.spawn(async move {
                         let outcome = attempt(&target, &d).await;
                         this.settle(&target, d, outcome)
                     });
@@ -200,11 +201,18 @@ impl Deliverer {
                 .min(IDLE_POLL);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(update) = running.next(), if !running.is_empty() => {
+                Some(done) = running.join_next(), if !running.is_empty() => {
                     // Every attempt that has ended goes in the same write.
-                    let mut updates = vec![update];
-                    while let Some(Some(more)) = running.next().now_or_never() {
-                        updates.push(more);
+                    let mut updates = vec![];
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        match done {
+                            Ok(update) => updates.push(update),
+                            // Its delivery stays pending (and in `in_flight` until the next
+                            // start): it is due again then, with the same id.
+                            Err(e) => tracing::error!(endpoint = %name, error = %e, "a delivery attempt failed"),
+                        }
+                        next = running.try_join_next();
                     }
                     for u in &updates {
                         in_flight.remove(&u.event_seq);

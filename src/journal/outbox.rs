@@ -140,7 +140,8 @@ impl Journal {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT d.event_seq, e.id, e.type, d.call_id, d.attempts, e.body, d.updated_ms
-                 FROM deliveries d JOIN call_events e ON e.seq = d.event_seq
+                 FROM deliveries d INDEXED BY deliveries_pending
+                 JOIN call_events e ON e.seq = d.event_seq
                  WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
                    AND NOT EXISTS (
                      SELECT 1 FROM deliveries p

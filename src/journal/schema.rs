@@ -93,6 +93,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_due ON deliveries(endpoint, state, next_attempt_ms);
     CREATE INDEX deliveries_call ON deliveries(endpoint, provider, call_id, state, event_seq);
     ",
+    // 3: the due deliveries in event order without reading (and sorting) every pending one:
+    // `due_deliveries` walks this until it has its limit.
+    "
+    CREATE INDEX deliveries_pending ON deliveries(endpoint, event_seq) WHERE state = 'pending';
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
