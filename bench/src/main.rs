@@ -157,7 +157,7 @@ struct AllArgs {
     #[arg(long, default_value_t = 20)]
     paced_secs: u64,
     /// Webhooks `deliveries` posts (each 2 events) to make the backlog one endpoint drains.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 5_000)]
     deliveries_webhooks: usize,
     /// Only these parts (ceiling, floor, file-floor, plain, lookups, memory, download, restart,
     /// outbound, paced, deliveries); default all.
