@@ -319,8 +319,8 @@ impl Run {
         self.row(
             &format!("6a. acks, 0 endpoints, {conns} connections"),
             format!(
-                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
-                none.rps, none.p50_ms, none.p99_ms, none.errors
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; {:.0} ms CPU per 1000 requests (wrk {:.0} ms)",
+                none.rps, none.p50_ms, none.p99_ms, none.errors, none.cpu_ms_per_1k, none.wrk_cpu_ms_per_1k
             ),
             "—",
             None,
