@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds callhook and the benchmark driver in release mode and runs every measurement of
-# BENCHMARKS.md in one go (about 4 minutes on 2 cores after the build), printing the table at
-# the end.
+# BENCHMARKS.md in one go (about 4 minutes on 2 cores after the build, plus up to 6 for the
+# call-event parts outbound, paced and deliveries, whose waits are capped), printing the table
+# at the end.
 # Needs wrk (apt-get install wrk). Everything talks to 127.0.0.1 only; scratch files go to
 # target/bench. Extra arguments go to `callhook-bench all` (e.g. --only ceiling,plain).
 set -euo pipefail

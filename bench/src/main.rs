@@ -35,6 +35,8 @@ use futures_util::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+mod events_out;
+
 const SECRET: &str = "bench-webhook-secret";
 
 #[derive(Parser)]
@@ -147,8 +149,18 @@ struct AllArgs {
     /// Keep `work` and reuse the restart databases of an earlier run instead of filling them.
     #[arg(long)]
     reuse: bool,
-    /// Only these parts (ceiling, floor, file-floor, plain, lookups, memory, download, restart);
-    /// default all.
+    /// Webhooks a second the paced sender of `paced` sends (issue #13: far above a large PBX's
+    /// peak).
+    #[arg(long, default_value_t = 1000.0)]
+    paced_rate: f64,
+    /// Seconds the paced sender runs.
+    #[arg(long, default_value_t = 20)]
+    paced_secs: u64,
+    /// Webhooks `deliveries` posts (each 2 events) to make the backlog one endpoint drains.
+    #[arg(long, default_value_t = 5_000)]
+    deliveries_webhooks: usize,
+    /// Only these parts (ceiling, floor, file-floor, plain, lookups, memory, download, restart,
+    /// outbound, paced, deliveries); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -606,10 +618,12 @@ struct Daemon {
     admin: String,
 }
 
-fn daemon_cmd(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> Command {
-    let config = dir.join("empty.toml");
+/// `toml` is the configuration file (what the environment cannot say, such as
+/// `[[outbound.endpoints]]`); `extra` are settings given as environment variables.
+fn daemon_cmd(bin: &Path, dir: &Path, toml: &str, extra: &[(&str, &str)]) -> Command {
+    let config = dir.join("bench.toml");
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(&config, "").unwrap();
+    std::fs::write(&config, toml).unwrap();
     let mut env: BTreeMap<&str, String> = BTreeMap::new();
     for (k, v) in [
         ("server.listen", "127.0.0.1:0"),
@@ -643,7 +657,16 @@ fn daemon_cmd(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> Command {
 }
 
 fn start_daemon(bin: &Path, dir: &Path, extra: &[(&str, &str)]) -> (Daemon, Duration) {
-    let (proc, took) = start(daemon_cmd(bin, dir, extra), |l| {
+    start_daemon_toml(bin, dir, "", extra)
+}
+
+fn start_daemon_toml(
+    bin: &Path,
+    dir: &Path,
+    toml: &str,
+    extra: &[(&str, &str)],
+) -> (Daemon, Duration) {
+    let (proc, took) = start(daemon_cmd(bin, dir, toml, extra), |l| {
         l.contains("\"message\":\"ready\"")
     });
     let ready: Value = serde_json::from_str(proc.first.last().unwrap()).unwrap();
@@ -1090,6 +1113,15 @@ async fn all(args: AllArgs) {
     }
     if run.wants("restart") {
         run.measure_restart().await;
+    }
+    if run.wants("outbound") {
+        run.measure_outbound().await;
+    }
+    if run.wants("paced") {
+        run.measure_paced().await;
+    }
+    if run.wants("deliveries") {
+        run.measure_deliveries().await;
     }
     run.print_table();
 }
