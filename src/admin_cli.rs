@@ -60,6 +60,20 @@ async fn admin(
     Ok(resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A query string of the parameters given, each value percent-encoded.
+fn query<const N: usize>(params: [(&str, Option<String>); N]) -> String {
+    let given: Vec<String> = params
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{k}={}",
+                crate::outbound::path::encode_segment(&v?)
+            ))
+        })
+        .collect();
+    given.join("&")
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -108,16 +122,10 @@ pub async fn deliveries_list(
     endpoint: Option<String>,
     state: Option<String>,
 ) -> ExitCode {
-    let query: Vec<String> = [("endpoint", endpoint), ("state", state)]
-        .into_iter()
-        .filter_map(|(k, v)| {
-            Some(format!(
-                "{k}={}",
-                crate::outbound::path::encode_segment(&v?)
-            ))
-        })
-        .collect();
-    let path = format!("/api/deliveries?{}", query.join("&"));
+    let path = format!(
+        "/api/deliveries?{}",
+        query([("endpoint", endpoint), ("state", state)])
+    );
     let columns = [
         "event_id",
         "type",
@@ -223,16 +231,10 @@ pub async fn export(
     use futures_util::StreamExt;
     use std::io::Write;
 
-    let query: Vec<String> = [("since", Some(since)), ("until", until), ("format", format)]
-        .into_iter()
-        .filter_map(|(k, v)| {
-            Some(format!(
-                "{k}={}",
-                crate::outbound::path::encode_segment(&v?)
-            ))
-        })
-        .collect();
-    let path = format!("/api/export?{}", query.join("&"));
+    let path = format!(
+        "/api/export?{}",
+        query([("since", Some(since)), ("until", until), ("format", format)])
+    );
     let req = match request(&settings, reqwest::Method::GET, &path, None) {
         Ok(req) => req,
         Err(code) => return code,

@@ -8,7 +8,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
@@ -120,30 +119,8 @@ async fn history(
     State(state): State<AppState>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = match q.limit.as_deref() {
-        None | Some("") => HISTORY_DEFAULT,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=HISTORY_MAX).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid `limit`: expected an integer from 1 to {HISTORY_MAX}"
-                )));
-            }
-        },
-    };
-    let before = match q.before.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(
-            DateTime::parse_from_rfc3339(s)
-                .map_err(|_| {
-                    ApiError::BadRequest(
-                        "invalid `before`: expected an RFC 3339 time such as 2025-04-14T15:04:23Z"
-                            .into(),
-                    )
-                })?
-                .with_timezone(&Utc),
-        ),
-    };
+    let limit = super::query::limit(q.limit.as_deref(), HISTORY_DEFAULT, HISTORY_MAX)?;
+    let before = super::query::time("before", q.before.as_deref())?;
     let calls = state.journal.history(limit, before).await?;
     Ok(Json(json!({ "calls": calls })))
 }

@@ -8,45 +8,17 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::query::{LIST_DEFAULT, LIST_MAX, limit, time};
 use super::{ApiError, AppState};
 use crate::calls::{Provider, RecordingState};
 use crate::journal::{EventFilter, Job, JobUpdate, StateWrite};
 use crate::recordings::folder::Folder;
 use crate::recordings::path::recording_relative_path;
-
-/// Rows a list gives by default, and at most.
-const LIST_DEFAULT: usize = 50;
-const LIST_MAX: usize = 1000;
-
-fn limit(given: Option<&str>) -> Result<usize, ApiError> {
-    match given {
-        None | Some("") => Ok(LIST_DEFAULT),
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=LIST_MAX).contains(&n) => Ok(n),
-            _ => Err(ApiError::BadRequest(format!(
-                "invalid `limit`: expected an integer from 1 to {LIST_MAX}"
-            ))),
-        },
-    }
-}
-
-pub(super) fn time(name: &str, given: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    match given {
-        None | Some("") => Ok(None),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "invalid `{name}`: expected an RFC 3339 time such as 2025-04-14T15:04:23Z"
-                ))
-            }),
-    }
-}
 
 fn provider(given: &str) -> Result<Provider, ApiError> {
     Provider::parse(given).ok_or_else(|| {
@@ -79,7 +51,7 @@ pub async fn events(
         provider,
         name: q.name.filter(|n| !n.is_empty()),
         since: time("since", q.since.as_deref())?,
-        limit: limit(q.limit.as_deref())?,
+        limit: limit(q.limit.as_deref(), LIST_DEFAULT, LIST_MAX)?,
     };
     let events = state.journal.recent_events(filter).await?;
     Ok(Json(json!({ "events": events })))
@@ -124,7 +96,7 @@ pub async fn jobs(
     };
     let jobs = state
         .journal
-        .jobs(wanted, limit(q.limit.as_deref())?)
+        .jobs(wanted, limit(q.limit.as_deref(), LIST_DEFAULT, LIST_MAX)?)
         .await?;
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(Json(json!({ "jobs": jobs })))

@@ -7,12 +7,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::query::{LIST_DEFAULT, LIST_MAX, invalid_time, limit, time};
 use super::{ApiError, AppState};
 use crate::config::redacted_url;
 use crate::journal::{DeliveryUpdate, Replay, StateWrite};
-
-pub const LIST_DEFAULT: usize = 50;
-pub const LIST_MAX: usize = 1000;
 
 /// `GET /api/endpoints`: each configured endpoint, its URL without credentials, and its queue.
 pub async fn endpoints(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -92,17 +90,7 @@ pub async fn deliveries(
             ));
         }
     };
-    let limit = match q.limit.as_deref() {
-        None | Some("") => LIST_DEFAULT,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=LIST_MAX).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid `limit`: expected an integer from 1 to {LIST_MAX}"
-                )));
-            }
-        },
-    };
+    let limit = limit(q.limit.as_deref(), LIST_DEFAULT, LIST_MAX)?;
     let Some(endpoint) = endpoint else {
         return Ok(Json(json!({ "deliveries": [] })));
     };
@@ -156,16 +144,7 @@ pub async fn replay(
     Query(q): Query<ReplayQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let deliverer = running(&state, &name)?;
-    let since = q
-        .since
-        .as_deref()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .ok_or_else(|| {
-            ApiError::BadRequest(
-                "invalid `since`: expected an RFC 3339 time such as 2025-04-14T15:04:23Z".into(),
-            )
-        })?
-        .with_timezone(&Utc);
+    let since = time("since", q.since.as_deref())?.ok_or_else(|| invalid_time("since"))?;
     let events = state.journal.replayable(name.clone(), since).await?;
     state
         .journal

@@ -11,7 +11,8 @@ use chrono::Utc;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::{ApiError, AppState, browse::time};
+use super::query::time;
+use super::{ApiError, AppState};
 use crate::calls::cdr::{COLUMNS, Cdr};
 
 /// Calls read from the database per page.

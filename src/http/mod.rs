@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod listener;
 pub mod page;
+pub mod query;
 pub mod reply;
 pub mod stream;
 
