@@ -540,6 +540,9 @@ impl Processor {
     fn note(&mut self, changes: Changes, cause: Cause) {
         if let Some(producer) = &mut self.producer {
             let events = producer.observe(&self.table, &changes.calls, &cause);
+            // An event an endpoint waits for is written (and so sent) at once, not at the
+            // next tick: the time from a webhook's ack to its delivery is mostly this.
+            self.pending.urgent |= events.iter().any(|e| !e.endpoints.is_empty());
             self.pending.call_events.extend(events);
         }
         for t in &changes.transitions {

@@ -1,12 +1,17 @@
 //! Delivering call events to each endpoint (SPEC §7): signed POSTs, retried on the configured
 //! schedule, one call's events one at a time and in order, other calls never waiting behind it.
-//! The `deliveries` table is the queue, so a crash loses nothing and repeats at most an
-//! attempt, with the same `webhook-id`.
+//! The `deliveries` table is the record, each loop's [`Queue`] its copy in memory, so a crash
+//! loses nothing and repeats at most an attempt, with the same `webhook-id`.
+//!
+//! Delivery is background work: it runs on a runtime of its own whose threads have a lower
+//! scheduling priority (nice 10), so under a load that takes every core the acks keep their
+//! pace and the backlog drains once the load lets up, while on an idle machine delivery has all
+//! of it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,6 +20,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::{Queue, Settled};
 use crate::config::{Endpoint, OutboundSettings};
 use crate::journal::{DeliveryUpdate, Due, Journal, StateWrite};
 use crate::outbound::redirect::is_public;
@@ -25,6 +31,16 @@ use crate::recordings::download::parse_retry_after;
 const IN_FLIGHT: usize = 16;
 /// How often the queue is looked at when nothing wakes the workers.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Deliveries an endpoint's loop holds in memory; the rest wait in the table, read as it
+/// empties (a long outage's backlog does not have to fit in memory).
+const HELD: usize = 20_000;
+/// How long ended attempts' outcomes gather before one state write records them all: a crash
+/// in between repeats those attempts (same ids), which is what the table promises anyway.
+const OUTCOMES_EVERY: Duration = Duration::from_millis(20);
+/// Outcomes that are written at once, however young.
+const OUTCOMES_MAX: usize = 512;
+/// The delivery threads' nice value (0 is the default; higher yields to the rest).
+const NICE: i32 = 10;
 
 /// `callhook_outbound_deliveries_total{endpoint,outcome}`.
 pub const DELIVERIES: &str = "callhook_outbound_deliveries_total";
@@ -53,7 +69,11 @@ pub struct Deliverer {
     journal: Journal,
     targets: Vec<Arc<Target>>,
     schedule: Vec<Duration>,
+    /// Rung by the processor after it wrote new events, and by the admin routes.
     nudge: Arc<Notify>,
+    /// Bumped when rows changed behind the queues (a replay, a retry): each loop then reads its
+    /// endpoint's table again.
+    reloads: AtomicU64,
 }
 
 /// How one attempt ended.
@@ -110,15 +130,41 @@ impl Deliverer {
             targets,
             schedule: settings.retry_schedule.clone(),
             nudge,
+            reloads: AtomicU64::new(0),
         }))
     }
 
+    /// Runs every endpoint's loop until `stop`, on the delivery runtime (see the module's
+    /// comment), and returns once they have written their last outcomes.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let loops = self
-            .targets
-            .iter()
-            .map(|t| self.clone().endpoint_loop(t.clone(), stop.clone()));
-        join_all(loops).await;
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("callhook-deliver".into())
+            .spawn(move || {
+                background();
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("callhook-deliver")
+                    .on_thread_start(background)
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let loops = self
+                            .targets
+                            .iter()
+                            .map(|t| self.clone().endpoint_loop(t.clone(), stop.clone()));
+                        runtime.block_on(join_all(loops));
+                    }
+                    Err(e) => tracing::error!(error = %e, "the delivery runtime could not start; no call event is delivered"),
+                }
+                drop(done);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the delivery thread could not start; no call event is delivered");
+            return;
+        }
+        let _ = finished.await;
     }
 
     /// Turns an endpoint a `410 Gone` turned off back on; `false` when no such endpoint runs.
@@ -145,104 +191,159 @@ impl Deliverer {
         }
     }
 
-    /// Wakes the endpoint loops (a replay or retry made deliveries due).
-    pub fn wake(&self) {
+    /// Makes the endpoint loops read their tables again (a replay or a retry changed rows).
+    pub fn reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         self.nudge.notify_waiters();
     }
 
-    /// One endpoint's deliveries. Each attempt runs on its own and is written when it ends, so
-    /// a receiver that is slow for one call (up to the endpoint's timeout) never holds back
-    /// another call's events; a call's next event is not due while one of its events is in
-    /// flight (it is still pending, and only a call's oldest pending event is due).
+    /// One endpoint's deliveries. Each attempt runs on its own and its outcome goes to the queue
+    /// when it ends, so a receiver that is slow for one call (up to the endpoint's timeout) never
+    /// holds back another call's events; a call's next event is not due while one of its events
+    /// is in flight or waiting for its retry.
     async fn endpoint_loop(self: Arc<Self>, target: Arc<Target>, stop: CancellationToken) {
         let name = target.endpoint.name.clone();
         let mut gauges_at = Instant::now();
+        let mut queue = Queue::default();
+        // `u64::MAX` is never a generation: the first turn reads the table.
+        let mut generation = u64::MAX;
+        // Whether the table may hold pending rows the queue has not read.
+        let mut unread = true;
+        let mut outcomes: Vec<DeliveryUpdate> = vec![];
+        let mut oldest_outcome: Option<Instant> = None;
         // Spawned, not merely polled by this loop: an attempt's request goes on while the loop
-        // reads the queue (a `FuturesUnordered` polled only in the `select!` left requests
+        // does the rest (a `FuturesUnordered` polled only in the `select!` left requests
         // stalled there, up to their timeout, under a deep queue).
         let mut running = tokio::task::JoinSet::new();
-        let mut in_flight: HashSet<i64> = HashSet::new();
+        let mut attempts: HashMap<tokio::task::Id, i64> = HashMap::new();
         loop {
             if stop.is_cancelled() {
-                return;
+                break;
             }
             if gauges_at.elapsed() >= GAUGES_EVERY {
                 gauges_at = Instant::now();
                 self.set_gauges(&name).await;
             }
-            // Registered before the queue is read, so a wake-up between the read and the wait
+            // Registered before the table is read, so a wake-up between the read and the wait
             // is not missed.
             let notified = self.nudge.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let room = IN_FLIGHT - in_flight.len();
-            if room > 0 && !target.gone.load(Ordering::Relaxed) {
-                for d in self.due(&name, room + in_flight.len()).await {
-                    if running.len() == IN_FLIGHT || !in_flight.insert(d.event_seq) {
-                        continue;
+            let now_generation = self.reloads.load(Ordering::Relaxed);
+            if now_generation != generation {
+                // Outcomes first, so that the table read back has them.
+                self.write_outcomes(&name, &mut outcomes, &mut oldest_outcome)
+                    .await;
+                queue.clear();
+                generation = now_generation;
+                unread = true;
+            }
+            if unread && queue.len() < HELD {
+                let limit = HELD - queue.len();
+                match self
+                    .journal
+                    .pending_deliveries(name.clone(), queue.loaded_to(), limit)
+                    .await
+                {
+                    Ok(rows) => {
+                        unread = rows.len() == limit;
+                        queue.load(rows);
                     }
-                    let (this, target) = (self.clone(), target.clone());
-                    running.spawn(async move {
-                        let outcome = attempt(&target, &d).await;
-                        this.settle(&target, d, outcome)
-                    });
+                    Err(e) => {
+                        tracing::error!(endpoint = %name, error = %e, "reading the delivery queue failed");
+                    }
                 }
             }
-            // Until an attempt ends, something wakes the loop, or the next retry is due (a
-            // due time already past belongs to an attempt in flight).
-            let wait = self
-                .journal
-                .next_delivery_due(name.clone())
-                .await
-                .ok()
-                .flatten()
-                .and_then(|at| (at - Utc::now()).to_std().ok())
-                .unwrap_or(IDLE_POLL)
-                .min(IDLE_POLL);
+            let now = Utc::now().timestamp_millis();
+            let gone = target.gone.load(Ordering::Relaxed);
+            while !gone && running.len() < IN_FLIGHT {
+                let Some(d) = queue.take_due(now) else {
+                    break;
+                };
+                let (this, target, seq) = (self.clone(), target.clone(), d.event_seq);
+                let handle = running.spawn(async move {
+                    let outcome = attempt(&target, &d).await;
+                    this.settle(&target, d, outcome)
+                });
+                attempts.insert(handle.id(), seq);
+            }
+            // Until an attempt ends, something wakes the loop, the next retry is due or the
+            // outcomes are to be written.
+            let mut wait = IDLE_POLL;
+            if let Some(at) = queue.next_due_ms().filter(|_| !gone) {
+                wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(0) as u64));
+            }
+            if let Some(oldest) = oldest_outcome {
+                wait = wait.min(OUTCOMES_EVERY.saturating_sub(oldest.elapsed()));
+            }
             tokio::select! {
-                _ = stop.cancelled() => return,
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    // Every attempt that has ended goes in the same write.
-                    let mut updates = vec![];
+                _ = stop.cancelled() => break,
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                     let mut next = Some(done);
                     while let Some(done) = next {
                         match done {
-                            Ok(update) => updates.push(update),
-                            // Its delivery stays pending (and in `in_flight` until the next
-                            // start): it is due again then, with the same id.
-                            Err(e) => tracing::error!(endpoint = %name, error = %e, "a delivery attempt failed"),
+                            Ok((id, update)) => {
+                                attempts.remove(&id);
+                                let settled = match update.state {
+                                    "pending" => Settled::Again {
+                                        next_ms: update.next_attempt_at.timestamp_millis(),
+                                        version: update.version(),
+                                    },
+                                    _ => Settled::Done,
+                                };
+                                if queue.settle(update.event_seq, settled) {
+                                    oldest_outcome.get_or_insert_with(Instant::now);
+                                    outcomes.push(update);
+                                }
+                            }
+                            // Its delivery is due again, with the same id.
+                            Err(e) => {
+                                tracing::error!(endpoint = %name, error = %e, "a delivery attempt failed");
+                                if let Some(seq) = attempts.remove(&e.id()) {
+                                    queue.release(seq);
+                                }
+                            }
                         }
-                        next = running.try_join_next();
-                    }
-                    for u in &updates {
-                        in_flight.remove(&u.event_seq);
-                    }
-                    let write = self.journal.write_state(StateWrite {
-                        deliveries: updates,
-                        ..Default::default()
-                    });
-                    if let Err(e) = write.await {
-                        tracing::error!(endpoint = %name, error = %e, "recording delivery outcomes failed; they will be attempted again");
-                        tokio::time::sleep(IDLE_POLL).await;
+                        next = running.try_join_next_with_id();
                     }
                 }
-                _ = &mut notified => {}
+                _ = &mut notified => unread = true,
                 _ = tokio::time::sleep(wait) => {}
             }
+            if outcomes.len() >= OUTCOMES_MAX
+                || oldest_outcome.is_some_and(|t| t.elapsed() >= OUTCOMES_EVERY)
+            {
+                self.write_outcomes(&name, &mut outcomes, &mut oldest_outcome)
+                    .await;
+            }
         }
+        // What ended before the stop is recorded, so a restart does not repeat it.
+        self.write_outcomes(&name, &mut outcomes, &mut oldest_outcome)
+            .await;
     }
 
-    /// Up to `limit` deliveries due now, each the oldest pending event of its call.
-    async fn due(&self, name: &str, limit: usize) -> Vec<Due> {
-        match self
-            .journal
-            .due_deliveries(name.to_string(), Utc::now(), limit)
-            .await
-        {
-            Ok(due) => due,
+    /// Writes the gathered outcomes in one state write; on failure they are kept for the next.
+    async fn write_outcomes(
+        &self,
+        name: &str,
+        outcomes: &mut Vec<DeliveryUpdate>,
+        oldest: &mut Option<Instant>,
+    ) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let write = self.journal.write_state(StateWrite {
+            deliveries: outcomes.clone(),
+            ..Default::default()
+        });
+        match write.await {
+            Ok(()) => {
+                outcomes.clear();
+                *oldest = None;
+            }
             Err(e) => {
-                tracing::error!(endpoint = %name, error = %e, "reading the delivery queue failed");
-                vec![]
+                tracing::error!(endpoint = %name, error = %e, "recording delivery outcomes failed; retrying");
+                *oldest = Some(Instant::now());
             }
         }
     }
@@ -275,6 +376,7 @@ impl Deliverer {
             next_attempt_at,
             last_error,
             read_version: Some(d.version),
+            at_ms: now.timestamp_millis(),
         };
         match outcome {
             Attempt::Delivered(status) => {
@@ -315,6 +417,14 @@ impl Deliverer {
                 update(state, next, Some(reason))
             }
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (Linux's nice value is per thread).
+fn background() {
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), NICE) {
+        tracing::warn!(error = %e, "could not lower the delivery thread's priority");
     }
 }
 

@@ -8,6 +8,7 @@ pub mod deliver;
 pub mod produce;
 #[cfg(test)]
 mod properties;
+mod queue;
 pub mod stream;
 
 /// Every event type, in the order of SPEC §7's table.

@@ -118,6 +118,7 @@ pub async fn retry(
             next_attempt_at: now,
             last_error: r.last_error.clone(),
             read_version: None,
+            at_ms: now.timestamp_millis(),
         })
         .collect();
     state
@@ -127,6 +128,9 @@ pub async fn retry(
             ..Default::default()
         })
         .await?;
+    if let Some(deliverer) = &state.deliverer {
+        deliverer.reload();
+    }
     let endpoints: Vec<&str> = rows.iter().map(|r| r.endpoint.as_str()).collect();
     Ok(Json(json!({ "status": "due", "endpoints": endpoints })))
 }
@@ -156,7 +160,7 @@ pub async fn replay(
             ..Default::default()
         })
         .await?;
-    deliverer.wake();
+    deliverer.reload();
     Ok(Json(json!({ "status": "replaying", "events": events })))
 }
 

@@ -25,12 +25,14 @@ pub struct Due {
     pub event_seq: i64,
     pub id: String,
     pub kind: String,
+    pub provider: String,
     pub call_id: String,
     pub attempts: u32,
     pub body: String,
     /// The row's `updated_ms` when read: its outcome is written only if nothing (a replay)
     /// changed the row meanwhile.
     pub version: i64,
+    pub next_attempt_ms: i64,
 }
 
 /// The outcome of one attempt.
@@ -46,6 +48,17 @@ pub struct DeliveryUpdate {
     /// An attempt's outcome names the version it read ([`Due::version`]); without one (the
     /// retry route) the row is written whatever happened to it.
     pub read_version: Option<i64>,
+    /// When the outcome was decided: the row's new version is the later of this and its read
+    /// version + 1 ([`DeliveryUpdate::version`]), so the deliverer knows it without reading.
+    pub at_ms: i64,
+}
+
+impl DeliveryUpdate {
+    /// The `updated_ms` this update leaves on a row it finds at `read_version`.
+    pub fn version(&self) -> i64 {
+        self.read_version
+            .map_or(self.at_ms, |v| self.at_ms.max(v + 1))
+    }
 }
 
 /// Every event produced since `since` delivered again to `endpoint`, in order, with its id.
@@ -108,7 +121,7 @@ pub(super) fn update(tx: &Connection, u: &DeliveryUpdate) -> rusqlite::Result<()
         u.attempts,
         ms(u.next_attempt_at),
         u.last_error,
-        ms(Utc::now()),
+        u.at_ms,
         u.read_version,
     ])?;
     Ok(())
@@ -128,56 +141,37 @@ pub(super) fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
 }
 
 impl Journal {
-    /// For `endpoint`, up to `limit` deliveries due by `now`, each the oldest undelivered
-    /// (pending) event of its call: the next of a call waits until the one before it is
-    /// delivered or failed, while other calls go on.
-    pub async fn due_deliveries(
+    /// Up to `limit` of `endpoint`'s pending deliveries after event `after`, oldest first: what
+    /// the delivery loop holds in memory ([`crate::events::queue`]).
+    pub async fn pending_deliveries(
         &self,
         endpoint: String,
-        now: DateTime<Utc>,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<Due>, JournalError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT d.event_seq, e.id, e.type, d.call_id, d.attempts, e.body, d.updated_ms
+                "SELECT d.event_seq, e.id, e.type, d.provider, d.call_id, d.attempts, e.body,
+                        d.updated_ms, d.next_attempt_ms
                  FROM deliveries d INDEXED BY deliveries_pending
                  JOIN call_events e ON e.seq = d.event_seq
-                 WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
-                   AND NOT EXISTS (
-                     SELECT 1 FROM deliveries p
-                     WHERE p.endpoint = d.endpoint AND p.provider = d.provider
-                       AND p.call_id = d.call_id AND p.state = 'pending'
-                       AND p.event_seq < d.event_seq)
+                 WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.event_seq > ?2
                  ORDER BY d.event_seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![endpoint, ms(now), limit as i64], |r| {
+            let rows = stmt.query_map(params![endpoint, after, limit as i64], |r| {
                 Ok(Due {
                     event_seq: r.get(0)?,
                     id: r.get(1)?,
                     kind: r.get(2)?,
-                    call_id: r.get(3)?,
-                    attempts: r.get(4)?,
-                    body: r.get(5)?,
-                    version: r.get(6)?,
+                    provider: r.get(3)?,
+                    call_id: r.get(4)?,
+                    attempts: r.get(5)?,
+                    body: r.get(6)?,
+                    version: r.get(7)?,
+                    next_attempt_ms: r.get(8)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// When the next pending delivery of `endpoint` is due, if any.
-    pub async fn next_delivery_due(
-        &self,
-        endpoint: String,
-    ) -> Result<Option<DateTime<Utc>>, JournalError> {
-        self.read(move |conn| {
-            let at: Option<i64> = conn.query_row(
-                "SELECT MIN(next_attempt_ms) FROM deliveries WHERE endpoint = ?1 AND state = 'pending'",
-                params![endpoint],
-                |r| r.get(0),
-            )?;
-            Ok(at.map(super::from_ms))
         })
         .await
     }

@@ -94,7 +94,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_call ON deliveries(endpoint, provider, call_id, state, event_seq);
     ",
     // 3: the due deliveries in event order without reading (and sorting) every pending one:
-    // `due_deliveries` walks this until it has its limit.
+    // `pending_deliveries` reads it in order, from where the delivery loop left off.
     "
     CREATE INDEX deliveries_pending ON deliveries(endpoint, event_seq) WHERE state = 'pending';
     ",

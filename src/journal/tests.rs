@@ -534,7 +534,7 @@ async fn an_attempts_outcome_does_not_undo_a_replay_made_while_it_was_in_flight(
     .unwrap();
     let due = |j: &Journal| {
         let j = j.clone();
-        async move { j.due_deliveries("crm".into(), Utc::now(), 10).await }
+        async move { j.pending_deliveries("crm".into(), 0, 10).await }
     };
     let in_flight = due(&j).await.unwrap().remove(0);
     let outcome = |d: &Due| DeliveryUpdate {
@@ -545,6 +545,7 @@ async fn an_attempts_outcome_does_not_undo_a_replay_made_while_it_was_in_flight(
         next_attempt_at: Utc::now(),
         last_error: None,
         read_version: Some(d.version),
+        at_ms: ms(Utc::now()),
     };
     // A replay lands while the attempt is out; the attempt then reports it delivered.
     j.write_state(StateWrite {
@@ -594,10 +595,7 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
     })
     .await
     .unwrap();
-    let due = j
-        .due_deliveries("crm".into(), Utc::now(), 10)
-        .await
-        .unwrap();
+    let due = j.pending_deliveries("crm".into(), 0, 10).await.unwrap();
     let settle = |d: &Due, state| DeliveryUpdate {
         endpoint: "crm".into(),
         event_seq: d.event_seq,
@@ -606,6 +604,7 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
         next_attempt_at: Utc::now(),
         last_error: None,
         read_version: Some(d.version),
+        at_ms: ms(Utc::now()),
     };
     j.write_state(StateWrite {
         deliveries: vec![settle(&due[0], "delivered"), settle(&due[1], "failed")],
@@ -640,10 +639,7 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
             .unwrap()
     };
     assert_eq!(left, ["failed", "pending"]);
-    let due = j
-        .due_deliveries("crm".into(), Utc::now(), 10)
-        .await
-        .unwrap();
+    let due = j.pending_deliveries("crm".into(), 0, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, "pending");
 }

@@ -254,14 +254,22 @@ async fn a_reset_a_timeout_and_a_429_each_retry_the_same_id_and_retry_after_is_k
             .await
             >= 3.0
     );
-    let (_, deliveries) = app.get_admin("/api/deliveries?state=delivered").await;
-    let first = deliveries["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["event_id"] == ids[0])
-        .unwrap_or_else(|| panic!("{deliveries}"))
-        .clone();
+    // Outcomes are written a few milliseconds after the attempt, in batches.
+    let mut first = None;
+    for _ in 0..100 {
+        let (_, deliveries) = app.get_admin("/api/deliveries?state=delivered").await;
+        first = deliveries["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == ids[0])
+            .cloned();
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first.expect("the first event is listed delivered");
     assert_eq!(first["attempts"], 4, "{first}");
     app.stop().await.unwrap();
 }
