@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use rand::Rng;
 use tokio::sync::Notify;
@@ -308,7 +309,14 @@ impl Deliverer {
                     }
                 }
                 _ = &mut notified => unread = true,
-                _ = tokio::time::sleep(wait) => {}
+                // Idle: the table is read again, so that nothing waits there for a wake-up
+                // that never comes.
+                _ = tokio::time::sleep(wait) => unread |= wait == IDLE_POLL,
+            }
+            // A wake-up while another branch ran is not lost with the future at the end of
+            // this turn.
+            if notified.as_mut().now_or_never().is_some() {
+                unread = true;
             }
             if outcomes.len() >= OUTCOMES_MAX
                 || oldest_outcome.is_some_and(|t| t.elapsed() >= OUTCOMES_EVERY)
