@@ -16,6 +16,7 @@ mod recordings;
 mod server;
 mod storage;
 mod telecmi;
+mod ui;
 mod values;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub use recordings::{RecorderOptions, RecordingsSettings};
 pub use server::ServerSettings;
 pub use storage::StorageSettings;
 pub use telecmi::TelecmiSettings;
+pub use ui::UiSettings;
 pub use values::redacted_url;
 
 pub const DEFAULT_CONFIG_FILE: &str = "config/callhook.toml";
@@ -64,6 +66,7 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     pub calls: CallsSettings,
     pub storage: StorageSettings,
+    pub ui: UiSettings,
     pub log: LogSettings,
 }
 
@@ -80,6 +83,7 @@ struct Raw {
     outbound: outbound::Raw,
     calls: calls::Raw,
     storage: storage::Raw,
+    ui: ui::Raw,
     log: log::Raw,
 }
 
@@ -113,6 +117,7 @@ impl Settings {
             "outbound": self.outbound.redacted(),
             "calls": self.calls.redacted(),
             "storage": self.storage.redacted(),
+            "ui": self.ui.redacted(),
             "log": self.log.redacted(),
         })
     }
@@ -192,6 +197,7 @@ impl Raw {
             outbound: self.outbound.validate()?,
             calls: self.calls.validate()?,
             storage: self.storage.validate()?,
+            ui: self.ui.validate()?,
             log: self.log.validate()?,
         })
     }
@@ -266,6 +272,16 @@ mod tests {
         assert_eq!(s.storage.retention_days, 90);
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.telecmi.api_base.as_str(), "https://rest.telecmi.com/v2");
+        assert!(s.ui.enabled);
+    }
+
+    #[test]
+    fn the_page_can_be_turned_off_and_check_config_says_so() {
+        let s = load_env(&[("CALLHOOK__UI__ENABLED", "false")]).unwrap();
+        assert!(!s.ui.enabled);
+        assert!(s.redacted_toml().contains("[ui]\nenabled = false\n"));
+        let err = load_env(&[("CALLHOOK__UI__ENABLED", "maybe")]).unwrap_err();
+        assert_eq!(err.key, "ui.enabled");
     }
 
     #[test]
@@ -690,6 +706,7 @@ mod example_file {
             ("outbound", fields_of::<outbound::Raw>()),
             ("calls", fields_of::<calls::Raw>()),
             ("storage", fields_of::<storage::Raw>()),
+            ("ui", fields_of::<ui::Raw>()),
             ("log", fields_of::<log::Raw>()),
         ];
         assert_eq!(
@@ -706,7 +723,7 @@ mod example_file {
     #[test]
     fn the_example_documents_every_key() {
         let known = known_keys();
-        assert_eq!(known.len(), 46, "{known:?}");
+        assert_eq!(known.len(), 47, "{known:?}");
         for key in &known {
             let (_, name) = key.split_once('.').unwrap();
             assert!(

@@ -18,7 +18,7 @@ use crate::calls::{CallKey, Provider};
 use crate::http::ApiError;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut api: Router<AppState> = Router::new()
         .route("/api/calls", get(active_calls))
         .route("/api/calls/{provider}/{call_id}", get(one_call))
         .route("/api/history", get(history))
@@ -49,18 +49,28 @@ pub fn router(state: AppState) -> Router {
             get(super::browse::recording_file),
         )
         .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
-        .route("/", get(super::page::index))
-        .route("/assets/app.js", get(super::page::script))
-        .route("/assets/style.css", get(super::page::style))
+        .route("/readyz", get(readyz));
+    // `ui.enabled = false`: the page, its assets and its login are not routed (404); the API
+    // above is the same either way.
+    let ui = state.settings.ui.enabled;
+    if ui {
+        api = api
+            .route("/", get(super::page::index))
+            .route("/assets/app.js", get(super::page::script))
+            .route("/assets/style.css", get(super::page::style));
+    }
+    let mut router = api
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Added after the token layer so that a liveness probe needs no credentials, and the
         // login form (and a logout, harmless to anyone) can be sent without a session.
-        .route("/healthz", get(healthz))
-        .route("/api/session", post(super::page::open_session))
-        .route("/api/session/logout", post(super::page::close_session))
-        .with_state(state)
+        .route("/healthz", get(healthz));
+    if ui {
+        router = router
+            .route("/api/session", post(super::page::open_session))
+            .route("/api/session/logout", post(super::page::close_session));
+    }
+    router.with_state(state)
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -1,6 +1,6 @@
-//! The web page of SPEC §9 as HTTP sees it (the browser tests are issue #15's next step): the
-//! page and its assets are served from the binary, and with `admin.token` only the login form
-//! and `/healthz` answer without a session.
+//! The web page of SPEC §9 as HTTP sees it (`browser.rs` runs it in a browser): the page and
+//! its assets are served from the binary, with `admin.token` only the login form and `/healthz`
+//! answer without a session, and `ui.enabled = false` turns the page off.
 
 use crate::common::*;
 
@@ -121,4 +121,59 @@ async fn with_a_token_the_page_asks_for_it_once_and_the_cookie_opens_the_api() {
             .contains("Max-Age=0")
     );
     app.stop().await.unwrap();
+}
+
+/// `ui.enabled = false` (SPEC §2): the page, its assets and its login answer 404, with a
+/// token or without, while the admin API answers as before.
+#[tokio::test]
+async fn with_ui_off_the_page_is_404_and_the_api_still_answers() {
+    for token in [None, Some("ui-off-token")] {
+        let dir = tempdir();
+        let mut env = Env::new(dir.path());
+        env.set("ui.enabled", "false");
+        if let Some(t) = token {
+            env.set("admin.token", t);
+        }
+        let app = TestApp::spawn(&env, dir.path()).await;
+        let send = |req: reqwest::RequestBuilder| async move {
+            let req = match token {
+                Some(t) => req.bearer_auth(t),
+                None => req,
+            };
+            req.send().await.unwrap().status().as_u16()
+        };
+        for path in [
+            "/",
+            "/assets/app.js",
+            "/assets/style.css",
+            "/assets/icon.svg",
+        ] {
+            let url = format!("{}{path}", app.admin);
+            assert_eq!(send(app.http.get(&url)).await, 404, "{path}, {token:?}");
+            // Without credentials too: no login form stands in for the page.
+            assert_eq!(app.http.get(&url).send().await.unwrap().status(), 404);
+        }
+        for path in ["/api/session", "/api/session/logout"] {
+            let req = app
+                .http
+                .post(format!("{}{path}", app.admin))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("token=ui-off-token");
+            assert_eq!(send(req).await, 404, "{path}, {token:?}");
+        }
+        for path in [
+            "/api/calls",
+            "/api/history",
+            "/api/recordings/jobs",
+            "/readyz",
+        ] {
+            let url = format!("{}{path}", app.admin);
+            assert_eq!(send(app.http.get(&url)).await, 200, "{path}, {token:?}");
+        }
+        if token.is_some() {
+            let url = format!("{}/api/calls", app.admin);
+            assert_eq!(app.http.get(&url).send().await.unwrap().status(), 401);
+        }
+        app.stop().await.unwrap();
+    }
 }
