@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz));
     if ui {
         router = router
+            .route("/assets/icon.svg", get(super::page::icon))
             .route("/api/session", post(super::page::open_session))
             .route("/api/session/logout", post(super::page::close_session));
     }

@@ -21,6 +21,7 @@ const INDEX: &str = include_str!("page/index.html");
 const LOGIN: &str = include_str!("page/login.html");
 const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
+const ICON: &str = include_str!("page/icon.svg");
 
 /// The session cookie's name.
 pub const COOKIE: &str = "callhook_session";
@@ -90,6 +91,18 @@ pub async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
 }
 
+/// The page's icon, which the login form shows too, so it needs no session (without one the
+/// browser's request for an icon would fail on every page).
+pub async fn icon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        ICON,
+    )
+}
+
 #[derive(Deserialize)]
 pub struct Login {
     token: String,
@@ -148,6 +161,12 @@ mod tests {
             ("login", LOGIN),
             ("script", SCRIPT),
             ("style", STYLE),
+            // An SVG names its namespace by URL; that is no request.
+            (
+                "icon",
+                ICON.replace("xmlns=\"http://www.w3.org/2000/svg\"", "")
+                    .as_str(),
+            ),
         ] {
             for foreign in ["http://", "https://", "//cdn", "@import", "url("] {
                 assert!(!text.contains(foreign), "{name} has {foreign}");
