@@ -126,11 +126,24 @@ function onEvent(message) {
   if (event.type === "recording.failed") loadFailures();
 }
 
+let streams = 0; // EventSources opened so far
+
 function connect() {
   const link = document.getElementById("link");
   const stream = new EventSource("/api/stream");
+  const first = streams++ === 0;
+  let opened = false;
   stream.onopen = async () => {
     link.textContent = "live"; link.className = "link up";
+    if (!opened && !first) {
+      // A new stream, not the browser's own resume: it sends no Last-Event-ID, so what ended
+      // or failed while it was down is read again.
+      oldestEnded = null;
+      document.querySelector("#ended tbody").replaceChildren();
+      loadEnded();
+      loadFailures();
+    }
+    opened = true;
     // What changed while the page was away from the stream (the first load too).
     const { calls } = await api("/api/calls");
     live.clear();
@@ -138,7 +151,16 @@ function connect() {
     drawLive();
   };
   stream.onmessage = onEvent;
-  stream.onerror = () => { link.textContent = "disconnected: reconnecting…"; link.className = "link down"; };
+  stream.onerror = () => {
+    link.textContent = "disconnected: reconnecting…"; link.className = "link down";
+    // The browser retries a dropped connection itself, with Last-Event-ID. An answer that is
+    // not a stream (a proxy's 502 while the daemon restarts, a 401 once the session is gone)
+    // closes it for good instead: open a new one, after a request that reloads the page on a
+    // 401 (the page then asks for the token).
+    if (stream.readyState === EventSource.CLOSED) {
+      setTimeout(() => api("/api/calls").catch(() => {}).finally(connect), 3000);
+    }
+  };
 }
 
 document.getElementById("more-ended").addEventListener("click", loadEnded);
