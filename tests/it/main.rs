@@ -8,6 +8,7 @@
 mod common;
 
 mod browse;
+mod browser;
 mod cli;
 mod config;
 mod crash;
