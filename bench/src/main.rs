@@ -159,8 +159,11 @@ struct AllArgs {
     /// Webhooks `deliveries` posts (each 2 events) to make the backlog one endpoint drains.
     #[arg(long, default_value_t = 5_000)]
     deliveries_webhooks: usize,
+    /// Ended calls in the database `export` streams out of the daemon (issue #15).
+    #[arg(long, default_value_t = 100_000)]
+    export_calls: usize,
     /// Only these parts (ceiling, floor, file-floor, plain, lookups, memory, download, restart,
-    /// outbound, paced, deliveries); default all.
+    /// outbound, paced, deliveries, export); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -1123,6 +1126,9 @@ async fn all(args: AllArgs) {
     if run.wants("deliveries") {
         run.measure_deliveries().await;
     }
+    if run.wants("export") {
+        run.measure_export().await;
+    }
     run.print_table();
 }
 
@@ -1583,6 +1589,104 @@ impl Run {
                 Some(median <= 2000.0),
             );
         }
+    }
+}
+
+impl Run {
+    /// Issue #15: `GET /api/export` of every ended call in a database of `export_calls` of
+    /// them (made by `fill_journal`: the journal's own append and the processor, as a daemon
+    /// would have written them), with the daemon's RSS sampled every 5 ms while it streams.
+    async fn measure_export(&mut self) {
+        let n = self.args.export_calls;
+        eprintln!("[15] RSS while /api/export streams {n} ended calls");
+        let dir = self.work.join("export");
+        let db = dir.join("callhook.db");
+        if !(self.args.reuse && db.exists()) {
+            std::fs::create_dir_all(&dir).unwrap();
+            // n ended calls (an insert and a remove each) and the 1000 active ones it adds.
+            fill_journal(&db, 2 * n + 1000).await;
+            // Its calls are still in their end grace (they were all journaled within seconds):
+            // a daemon ends them once it has started; it is then stopped, so the one measured
+            // starts from a database of n ended calls and 1000 active ones.
+            let (d, _) = start_daemon(&self.bin, &dir, &[]);
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let m = metrics(&self.http, &d).await;
+                if metric(&m, "callhook_active_calls", &["provider=\"jas\""]) <= 1000.0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the calls did not end");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            d.proc.term();
+        }
+        let ended: u64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM calls WHERE state = 'ended'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let (d, _) = start_daemon(&self.bin, &dir, &[]);
+        let pid = d.proc.pid();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_kib(&pid);
+        let since =
+            (Utc::now() - chrono::Duration::days(30)).to_rfc3339_opts(SecondsFormat::Secs, true);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(before));
+        let sampler = {
+            let (stop, peak, pid) = (stop.clone(), peak.clone(), pid.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(&pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let started = Instant::now();
+        let resp = self
+            .http
+            .get(
+                url::Url::parse_with_params(
+                    &format!("{}/api/export", d.admin),
+                    [("since", since.as_str()), ("format", "csv")],
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let (mut bytes, mut lines) = (0u64, 0u64);
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.unwrap();
+            bytes += chunk.len() as u64;
+            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(&pid);
+        d.proc.term();
+        let peak = peak.load(Ordering::Relaxed);
+        let rows = lines.saturating_sub(1); // the header
+        let growth = peak.saturating_sub(before) as f64 / 1024.0;
+        let mib = bytes as f64 / (1024.0 * 1024.0);
+        self.row(
+            &format!("15. daemon RSS growth while `/api/export` streams {ended} ended calls (CSV)"),
+            format!(
+                "{growth:.1} MiB ({} MiB before, peak {} MiB, {} MiB after; {rows} rows of {ended}, {mib:.1} MiB in {secs:.1} s)",
+                before / 1024,
+                peak / 1024,
+                after / 1024
+            ),
+            "flat: ≤ 32 MiB, whatever the export's size",
+            Some(growth <= 32.0 && rows == ended),
+        );
     }
 }
 
