@@ -262,6 +262,9 @@ pub enum EndReason {
     Hangup,
     /// TeleCMI: a CDR arrived, which comes only once the call is over.
     Cdr,
+    /// The provider's snapshot no longer listed its last participants (SPEC §8): their
+    /// remove webhooks never came.
+    Reconciled,
     /// A reason this version does not name, read from a row a newer version wrote: kept as
     /// written, so that such a row loads and is written back unchanged rather than failing the
     /// restore or the history. Nothing here creates one.
@@ -275,6 +278,7 @@ impl EndReason {
             EndReason::Stale => "stale",
             EndReason::Hangup => "hangup",
             EndReason::Cdr => "cdr",
+            EndReason::Reconciled => "reconciled",
             EndReason::Other(text) => text,
         }
     }
@@ -285,6 +289,7 @@ impl EndReason {
             "stale" => EndReason::Stale,
             "hangup" => EndReason::Hangup,
             "cdr" => EndReason::Cdr,
+            "reconciled" => EndReason::Reconciled,
             other => EndReason::Other(other.into()),
         }
     }
@@ -413,8 +418,8 @@ pub struct Call<K = CallKey, M = Participant> {
     pub direction: Direction,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// Set once the call has ended: `completed`, `stale`, or TeleCMI's `hangup` (leg a) or
-    /// `cdr`.
+    /// Set once the call has ended: `completed`, `stale`, `reconciled`, or TeleCMI's `hangup`
+    /// (leg a) or `cdr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
     /// Only while the call looks over (active, nobody present): when it ends unless someone

@@ -606,7 +606,8 @@ fn end_reasons_are_the_texts_they_were() {
         (EndReason::Stale, "stale"),
         (EndReason::Hangup, "hangup"),
         (EndReason::Cdr, "cdr"),
-        (EndReason::Other("reconciled".into()), "reconciled"),
+        (EndReason::Reconciled, "reconciled"),
+        (EndReason::Other("transferred".into()), "transferred"),
     ] {
         let json = serde_json::to_string(&reason).unwrap();
         assert_eq!(json, format!("\"{text}\""));
@@ -620,7 +621,7 @@ fn end_reasons_are_the_texts_they_were() {
     let mut stored: Call = Call::new(call.clone());
     stored.state = CallState::Ended;
     stored.ended_at = Some(t(5));
-    stored.end_reason = Some(EndReason::Other("reconciled".into()));
+    stored.end_reason = Some(EndReason::Other("transferred".into()));
     table.restore(vec![], vec![(stored.clone(), t(5))]);
     assert_eq!(table.call(&call), Some(stored));
     let late = key("101", "1");
@@ -637,7 +638,7 @@ fn end_reasons_are_the_texts_they_were() {
         (
             CallState::Ended,
             Some(t(5)),
-            Some(EndReason::Other("reconciled".into())),
+            Some(EndReason::Other("transferred".into())),
             1
         )
     );

@@ -9,7 +9,7 @@ use url::Url;
 
 use super::ConfigError;
 use super::values::{
-    boolean, http_url, list, non_empty, read_secret_file, redacted_url, secret_list,
+    boolean, http_url, list, non_empty, number, read_secret_file, redacted_url, secret_list,
     secret_or_file, shown, text,
 };
 
@@ -40,6 +40,9 @@ pub struct JasSettings {
     pub register: bool,
     pub events: Vec<String>,
     pub lookup_participants: bool,
+    /// `jas.reconcile_secs`: time between reconciliations with the call-control snapshot
+    /// (SPEC §8); `None` (the key set to 0) turns the automatic ones off.
+    pub reconcile_every: Option<Duration>,
     /// Whole-request deadline of JAS API calls (10 s). Not a configuration key: tests of a slow
     /// API shorten it instead of waiting 10 s for each timeout.
     #[doc(hidden)]
@@ -115,6 +118,7 @@ impl JasSettings {
             "register": self.register,
             "events": self.events,
             "lookup_participants": self.lookup_participants,
+            "reconcile_secs": self.reconcile_every.map_or(0, |d| d.as_secs()),
         })
     }
 }
@@ -149,6 +153,8 @@ pub(super) struct Raw {
     events: Vec<String>,
     #[serde(deserialize_with = "boolean")]
     lookup_participants: bool,
+    #[serde(deserialize_with = "number")]
+    reconcile_secs: u64,
 }
 
 impl Default for Raw {
@@ -171,6 +177,7 @@ impl Default for Raw {
                 "call_summary".into(),
             ],
             lookup_participants: true,
+            reconcile_secs: 60,
         }
     }
 }
@@ -212,10 +219,25 @@ impl Raw {
             register: self.register,
             events,
             lookup_participants: self.lookup_participants,
+            reconcile_every: reconcile_every(self.reconcile_secs)?,
             request_timeout: Duration::from_secs(10),
             retry: JasRetry::default(),
         })
     }
+}
+
+/// The longest `jas.reconcile_secs`: a day. Longer is surely a typo (minutes or milliseconds
+/// meant), and a day-old picture repairs nothing a CRM would still wait for.
+const RECONCILE_MAX_SECS: u64 = 24 * 3600;
+
+fn reconcile_every(secs: u64) -> Result<Option<Duration>, ConfigError> {
+    if secs > RECONCILE_MAX_SECS {
+        return Err(ConfigError::new(
+            "jas.reconcile_secs",
+            format!("must be 0 (off) or at most {RECONCILE_MAX_SECS} seconds, got {secs}"),
+        ));
+    }
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
 }
 
 /// `jas.events`, trimmed, each one JAS Connect offers.
