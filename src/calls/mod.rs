@@ -6,6 +6,7 @@ pub mod cdr;
 mod compact;
 mod direction;
 mod model;
+mod snapshot;
 mod table;
 
 pub use compact::{Extra, RareText, Text};
@@ -14,6 +15,7 @@ pub use model::{
     Call, CallKey, CallState, Details, Direction, EndReason, Leg, Participant, ParticipantKey,
     Provider, Recording, RecordingState, Tracked,
 };
+pub use snapshot::{Plan, Repair, SNAPSHOT_SEQ, Snapshot};
 pub use table::{CallTable, Changes, END_GRACE, Transition};
 
 #[cfg(test)]

@@ -619,6 +619,45 @@ impl CallTable {
         }
     }
 
+    /// Every participant of `provider` held as present, with the wall clock of the last change
+    /// that touched it (for a snapshot's "received after it was asked for").
+    pub(super) fn present(
+        &self,
+        provider: super::Provider,
+    ) -> Vec<(ParticipantKey, DateTime<Utc>)> {
+        self.participants
+            .iter()
+            .filter(|t| t.key().provider == provider && !t.is_removed())
+            .map(|t| (t.key().to_key(), t.last_activity))
+            .collect()
+    }
+
+    /// Whether any member of the call is present.
+    pub(super) fn has_present_member(&self, call: &CallKey) -> bool {
+        let ckey = CKey::of(call);
+        let Some(members) = self.calls.get(&ckey).map(|r| r.call.participants.clone()) else {
+            return false;
+        };
+        members.into_iter().any(|member| {
+            let key = PKey {
+                provider: ckey.provider,
+                member,
+            };
+            self.participants.get(&key).is_some_and(|t| !t.is_removed())
+        })
+    }
+
+    pub(super) fn call_state(&self, call: &CallKey) -> Option<CallState> {
+        self.calls.get(&CKey::of(call)).map(|r| r.call.state)
+    }
+
+    /// Changes a participant's row in place (no refresh: for what no call is decided from).
+    pub(super) fn with_row(&self, key: &PKey, change: impl FnOnce(&mut Held)) {
+        if let Some(mut t) = self.participants.get_mut(key) {
+            change(&mut t);
+        }
+    }
+
     pub fn has_participant(&self, key: &ParticipantKey) -> bool {
         self.participants.contains_key(&PKey::of(key))
     }
