@@ -37,6 +37,8 @@ pub enum SimRoute {
     Participant,
     /// `GET /api/recordings/{path}`
     Recording,
+    /// `GET /api/callcontrol`: the snapshot of every DN and its participants
+    CallControl,
 }
 
 enum ParticipantEntry {
@@ -189,6 +191,7 @@ impl JasSim {
                 "/v2/api/callcontrol/{dn}/participants/{id}",
                 get(participant),
             )
+            .route("/v2/api/callcontrol", get(callcontrol))
             .route("/v2/api/recordings/{*rest}", get(recording))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
             .with_state(self.clone())
@@ -208,7 +211,29 @@ impl JasSim {
         );
     }
 
-    /// Lookups of this participant answer 404 from now on.
+    /// The call-control snapshot as `GET /api/callcontrol` answers it now: each DN with a
+    /// visible participant, sorted, with those participants (as their lookups answer them).
+    pub fn callcontrol(&self) -> Value {
+        let st = self.lock();
+        let mut dns: std::collections::BTreeMap<&str, Vec<(&str, &Value)>> = Default::default();
+        for ((dn, id), entry) in &st.participants {
+            if let ParticipantEntry::Visible(details) = entry {
+                dns.entry(dn).or_default().push((id, details));
+            }
+        }
+        Value::Array(
+            dns.into_iter()
+                .map(|(dn, mut participants)| {
+                    participants.sort_by_key(|(id, _)| *id);
+                    let participants: Vec<Value> =
+                        participants.into_iter().map(|(_, d)| d.clone()).collect();
+                    json!({"dn": dn, "type": "Wextension", "devices": [], "participants": participants})
+                })
+                .collect(),
+        )
+    }
+
+    /// Lookups of this participant answer 404 from now on (and the snapshot omits it).
     pub fn remove_participant(&self, dn: &str, id: &str) {
         self.lock()
             .participants
@@ -522,6 +547,17 @@ async fn participant(
         ),
         None => error(StatusCode::NOT_FOUND, "participant not found"),
     }
+}
+
+/// The snapshot is taken as the request arrives and answered after the route's delay, as a
+/// real API's answer is as old as the request: a test can change the state while it is in
+/// flight.
+async fn callcontrol(State(sim): State<JasSim>, headers: HeaderMap) -> Response {
+    let snapshot = sim.callcontrol();
+    if let Some(resp) = sim.gate(SimRoute::CallControl, &headers).await {
+        return resp;
+    }
+    axum::Json(snapshot).into_response()
 }
 
 async fn recording(State(sim): State<JasSim>, headers: HeaderMap, uri: Uri) -> Response {

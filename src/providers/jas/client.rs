@@ -24,8 +24,10 @@ pub mod api {
     pub const AUTH: Api = Api::new("jas_auth");
     /// Recording downloads, which the caller sends and counts itself.
     pub const RECORDINGS: Api = Api::new("jas_recordings");
+    /// The call-control snapshot of reconciliation (`GET /api/callcontrol`).
+    pub const CALLCONTROL: Api = Api::new("jas_callcontrol");
     /// Every label above, registered at zero at start.
-    pub const ALL: &[Api] = &[PARTICIPANTS, WEBHOOKS, AUTH, RECORDINGS];
+    pub const ALL: &[Api] = &[PARTICIPANTS, WEBHOOKS, AUTH, RECORDINGS, CALLCONTROL];
 }
 
 /// Upstream error bodies can be large HTML pages; only this much is kept in errors.
@@ -172,6 +174,26 @@ pub struct ParticipantDetails {
     pub legid: Option<i64>,
 }
 
+/// One DN of the call-control snapshot (`GET /api/callcontrol`): its participants, each shaped
+/// as a lookup's answer (as lenient). `devices` and anything else is ignored. Unlike a lookup,
+/// a snapshot is read strictly where it matters: an entry or participant list that cannot be
+/// read fails the whole snapshot, since a participant dropped in reading would look gone.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DnState {
+    #[serde(deserialize_with = "lenient_string")]
+    pub dn: String,
+    #[serde(rename = "type", deserialize_with = "lenient_string")]
+    pub dn_type: String,
+    #[serde(deserialize_with = "participant_list")]
+    pub participants: Vec<ParticipantDetails>,
+}
+
+/// A DN's participants: a list of objects, or none when `null`.
+fn participant_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ParticipantDetails>, D::Error> {
+    Option::<Vec<ParticipantDetails>>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {
         serde_json::Value::String(s) => s,
@@ -206,6 +228,7 @@ enum Api {
     Participants,
     Webhooks,
     Auth,
+    CallControl,
 }
 
 impl Api {
@@ -214,6 +237,7 @@ impl Api {
             Api::Participants => api::PARTICIPANTS,
             Api::Webhooks => api::WEBHOOKS,
             Api::Auth => api::AUTH,
+            Api::CallControl => api::CALLCONTROL,
         }
     }
 
@@ -227,12 +251,16 @@ impl Api {
     fn max_answer_bytes(self) -> usize {
         match self {
             Api::Participants | Api::Webhooks | Api::Auth => MAX_ANSWER_BYTES,
+            Api::CallControl => MAX_SNAPSHOT_BYTES,
         }
     }
 }
 
 /// See [`Api::max_answer_bytes`].
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// A call-control snapshot lists every DN and everyone on a call: a few hundred bytes each,
+/// so 8 MiB is thousands of calls at once. It is read once a run, by one task.
+const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024;
 
 /// The bearer token obtained from client credentials.
 struct TokenCell {
@@ -407,6 +435,37 @@ impl JasClient {
         serde_json::from_value(value).map_err(|e| JasError::Rejected {
             status: status.as_u16(),
             body: format!("unexpected participant shape: {e}"),
+        })
+    }
+
+    /// The call-control snapshot, one attempt (a failed run waits for the next one rather than
+    /// retry: it is asked again every `jas.reconcile_secs`). A body that is not a JSON array
+    /// is [`JasError::Rejected`].
+    pub async fn callcontrol(&self) -> Result<Vec<DnState>, JasError> {
+        let url = self.url("/api/callcontrol")?;
+        let (status, body) = self
+            .call(Api::CallControl, Method::GET, url, None, Attempts::Once)
+            .await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| JasError::Rejected {
+                status: status.as_u16(),
+                body: format!(
+                    "call-control snapshot is not JSON ({e}): {}",
+                    snippet(&body)
+                ),
+            })?;
+        if !value.is_array() {
+            return Err(JasError::Rejected {
+                status: status.as_u16(),
+                body: format!(
+                    "call-control snapshot is not a JSON array: {}",
+                    snippet(&body)
+                ),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| JasError::Rejected {
+            status: status.as_u16(),
+            body: format!("unexpected call-control snapshot shape: {e}"),
         })
     }
 
