@@ -112,7 +112,16 @@ impl Application {
             crate::outbound::redirect::register_own_listener(admin_addr),
         ];
 
+        let ingest = Ingest {
+            settings: settings.clone(),
+            journal: journal.clone(),
+        };
+        let reconcilers = providers
+            .iter()
+            .filter_map(|p| p.reconciler(&ingest, table.clone()))
+            .collect();
         let state = AppState {
+            reconcilers: Arc::new(reconcilers),
             downloads: recorder.as_ref().map(Recorder::nudge),
             deliverer: deliverer.clone(),
             stream,
@@ -189,6 +198,11 @@ impl Application {
             .collect();
         if !shutdown.is_cancelled() {
             state.readiness.set(None);
+            // After ready: a snapshot never holds readiness back, and each run is journaled
+            // and applied after the tail `catch_up` applied.
+            for reconciler in state.reconcilers.iter() {
+                tasks.spawn(reconciler.clone().run(stop_work.clone()));
+            }
             crate::systemd::ready();
             tasks.spawn(crate::systemd::watchdog(
                 state.journal.clone(),

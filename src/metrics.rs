@@ -173,6 +173,23 @@ fn register() {
     for reason in ["slot", "retry"] {
         metrics::gauge!("callhook_lookups_waiting", "reason" => reason).set(0.0);
     }
+    describe_counter!(
+        "callhook_reconcile_runs_total",
+        "Reconciliations with the provider's snapshot by outcome: ok, failed (tried again next interval), refused (403/404: off until restart)"
+    );
+    describe_counter!(
+        "callhook_reconcile_changes_total",
+        "What reconciliations changed: participants added, removed, calls ended"
+    );
+    for names in METRIC_NAMES.iter().filter(|names| names.reconciles) {
+        let provider = names.provider.as_str();
+        for outcome in crate::providers::reconcile::Outcome::COUNTED {
+            metrics::counter!("callhook_reconcile_runs_total", "provider" => provider, "outcome" => outcome.as_str()).absolute(0);
+        }
+        for change in crate::providers::reconcile::Outcome::CHANGES {
+            metrics::counter!("callhook_reconcile_changes_total", "provider" => provider, "change" => change).absolute(0);
+        }
+    }
     for names in METRIC_NAMES {
         for field in names.repairable {
             metrics::counter!("callhook_event_field_warnings_total", "provider" => names.provider.as_str(), "field" => *field).absolute(0);

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
             "/api/recordings/{provider}/{*path}",
             get(super::browse::recording_file),
         )
+        .route("/api/reconcile", post(reconcile))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz));
     // `ui.enabled = false`: the page, its assets and its login are not routed (404); the API
@@ -148,10 +149,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> Response {
     let journal = state.journal.problem();
     let reason = state.readiness.reason().or_else(|| journal.clone());
+    let reconcile: serde_json::Map<String, serde_json::Value> = state
+        .reconcilers
+        .iter()
+        .map(|r| (r.provider().as_str().to_string(), r.last_run()))
+        .collect();
     let mut body = json!({
         "ready": reason.is_none(),
         "registration": state.readiness.registration(),
         "journal": journal.as_deref().unwrap_or("ok"),
+        "reconcile": reconcile,
     });
     match reason {
         None => (StatusCode::OK, Json(body)).into_response(),
@@ -160,4 +167,42 @@ async fn readyz(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
+}
+
+/// `POST /api/reconcile` (SPEC §8): one run of every provider's reconciler now, waited for.
+/// 200 with each run's report when every one ran (`ok`); 502 when one could not read its
+/// provider's snapshot; 409 when reconciliation is off (or no provider can reconcile).
+async fn reconcile(State(state): State<AppState>) -> Response {
+    use crate::providers::reconcile::Outcome;
+    if state.reconcilers.is_empty() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "no provider can reconcile: JAS needs jas.token or jas.client_id/client_secret",
+                "runs": [],
+            })),
+        )
+            .into_response();
+    }
+    let runs = futures_util::future::join_all(state.reconcilers.iter().map(|r| r.run_now())).await;
+    let status = if runs.iter().all(|r| r.outcome == Outcome::Ok) {
+        StatusCode::OK
+    } else if runs
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed | Outcome::Refused))
+    {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::CONFLICT
+    };
+    let error = runs
+        .iter()
+        .filter(|r| r.outcome != Outcome::Ok)
+        .map(|r| format!("{}: {}", r.provider, r.summary()))
+        .collect::<Vec<_>>();
+    let mut body = json!({ "runs": runs });
+    if !error.is_empty() {
+        body["error"] = json!(error.join("; "));
+    }
+    (status, Json(body)).into_response()
 }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub stream: Arc<crate::events::stream::Hub>,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
+    /// The providers' reconcilers (SPEC §8), for `POST /api/reconcile` and `/readyz`.
+    pub reconcilers: Arc<Vec<Arc<dyn crate::providers::reconcile::Reconcile>>>,
 }
 
 /// `None` once ready; otherwise why not yet. A std RwLock: held for a copy, never across await.

@@ -13,6 +13,7 @@
 //! stay inside its folder as the concrete types behind `Box<dyn Event>` and `Arc<dyn Lookup>`.
 
 pub mod jas;
+pub mod reconcile;
 pub mod telecmi;
 
 use std::sync::Arc;
@@ -58,6 +59,16 @@ pub trait Source: Send + Sync {
 
     /// How its recordings are requested; `None` when it has no recordings.
     fn recordings(&self) -> Option<Arc<dyn RecordingSource>> {
+        None
+    }
+
+    /// Who compares the table with the provider's own picture (SPEC §8), journaling what it
+    /// finds through `ingest`; `None` when it cannot (no such API, no credentials).
+    fn reconciler(
+        &self,
+        _ingest: &Ingest,
+        _table: Arc<CallTable>,
+    ) -> Option<Arc<dyn reconcile::Reconcile>> {
         None
     }
 }
@@ -231,6 +242,8 @@ pub struct MetricNames {
     pub repairable: &'static [&'static str],
     /// `api` of the upstream request metrics.
     pub apis: &'static [crate::outbound::Api],
+    /// Whether it reconciles: its `callhook_reconcile_*` series are registered at zero.
+    pub reconciles: bool,
 }
 
 /// Every provider's direction rule, for `CallTable::new` (the table decides a call's

@@ -4,6 +4,8 @@ pub mod apply;
 pub mod client;
 pub mod direction;
 pub mod events;
+pub mod gaps;
+pub mod reconcile;
 pub mod registration;
 pub mod routes;
 pub mod verify;
@@ -15,7 +17,7 @@ use axum::Router;
 use futures_util::future::BoxFuture;
 
 use super::{Background, Event, Ingest, Lookup, LookupError, Source};
-use crate::calls::{Details, ParticipantKey, Provider};
+use crate::calls::{CallTable, Details, ParticipantKey, Provider};
 use crate::config::Settings;
 use crate::http::Readiness;
 use crate::journal::StoredEvent;
@@ -29,6 +31,7 @@ pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
     events: &["call_status", "new_recording", "call_summary", "unknown"],
     repairable: events::REPAIRABLE,
     apis: client::api::ALL,
+    reconciles: true,
 };
 
 /// JAS Connect as the daemon sees it: its settings, and its API client when there are
@@ -36,6 +39,10 @@ pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
 pub struct Jas {
     settings: Arc<Settings>,
     client: Option<JasClient>,
+    /// The sequence gaps its route notices and its reconciler acts on.
+    gaps: Arc<gaps::Gaps>,
+    /// Where applied snapshots are reported to the run that journaled them.
+    applied: reconcile::Applied,
 }
 
 impl Jas {
@@ -48,6 +55,8 @@ impl Jas {
         Ok(Jas {
             settings: settings.clone(),
             client,
+            gaps: Arc::default(),
+            applied: tokio::sync::broadcast::channel(16).0,
         })
     }
 }
@@ -82,10 +91,18 @@ impl Source for Jas {
     }
 
     fn routes(&self, ingest: &Ingest) -> Router {
-        routes::router(ingest.clone())
+        routes::router(ingest.clone(), self.gaps.clone())
     }
 
     fn decode(&self, row: &StoredEvent) -> Result<Box<dyn Event>, String> {
+        if let Some(body) = reconcile::decode_row(row) {
+            return body.map(|body| {
+                Box::new(reconcile::SnapshotEvent {
+                    snapshot: body.snapshot(),
+                    applied: self.applied.clone(),
+                }) as Box<dyn Event>
+            });
+        }
         events::decode(&row.body, row.received_at)
             .map(|d| Box::new(d.event) as Box<dyn Event>)
             .map_err(|e| e.to_string())
@@ -113,6 +130,23 @@ impl Source for Jas {
     fn recordings(&self) -> Option<Arc<dyn RecordingSource>> {
         Some(Arc::new(Recordings(
             self.client.clone().filter(JasClient::has_credentials),
+        )))
+    }
+
+    /// With credentials; `jas.reconcile_secs = 0` leaves only the runs asked for.
+    fn reconciler(
+        &self,
+        ingest: &Ingest,
+        table: Arc<CallTable>,
+    ) -> Option<Arc<dyn super::reconcile::Reconcile>> {
+        let client = self.client.clone().filter(JasClient::has_credentials)?;
+        Some(Arc::new(reconcile::Reconciler::new(
+            client,
+            ingest.journal.clone(),
+            table,
+            self.settings.jas.reconcile_every,
+            self.gaps.clone(),
+            self.applied.clone(),
         )))
     }
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::events::{self, JasEvent};
+use super::gaps::Gaps;
 use super::verify::Verifier;
 use crate::calls::Provider;
 use crate::http::{ApiError, Outcome, reply};
@@ -27,13 +28,19 @@ use crate::providers::Ingest;
 struct Route {
     ingest: Ingest,
     verifier: Arc<Verifier>,
+    /// Where accepted `call_status` sequences go, for the reconciler's gap rule.
+    gaps: Arc<Gaps>,
 }
 
-pub fn router(ingest: Ingest) -> Router {
+pub fn router(ingest: Ingest, gaps: Arc<Gaps>) -> Router {
     let verifier = Arc::new(Verifier::new(ingest.settings.jas.webhook_secrets.clone()));
     Router::new()
         .route("/webhooks/jas", post(receive))
-        .with_state(Route { ingest, verifier })
+        .with_state(Route {
+            ingest,
+            verifier,
+            gaps,
+        })
 }
 
 /// The journal row of a decoded JAS event received now. Public so that the benchmark's durable
@@ -86,6 +93,9 @@ async fn accept(
         .journal
         .append(journal_entry(&decoded.event, decoded.dedupe_key, body))
         .await?;
+    if let (Appended::Accepted(_), JasEvent::CallStatus(cs)) = (appended, &decoded.event) {
+        state.gaps.note(cs.sequence, std::time::Instant::now());
+    }
     let outcome = match (appended, &decoded.event) {
         (Appended::Duplicate, _) => Outcome::Duplicate,
         (Appended::Accepted(_), JasEvent::Unknown(_)) => Outcome::Ignored,

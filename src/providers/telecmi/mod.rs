@@ -31,6 +31,7 @@ pub const METRIC_NAMES: super::MetricNames = super::MetricNames {
     events: &["event", "cdr", "unknown"],
     repairable: events::REPAIRABLE,
     apis: &[PLAY_API],
+    reconciles: false,
 };
 
 /// Idle-read limit for TeleCMI downloads: a stalled stream fails (and is retried) instead of
