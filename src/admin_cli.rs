@@ -168,6 +168,55 @@ pub async fn endpoints_replay(settings: Settings, name: String, since: String) -
     }
 }
 
+/// `callhook reconcile`: `POST /api/reconcile`, one line per provider's run (`jas: ok: 1
+/// added, 0 removed, 1 call ended`). 0 when every run was `ok`, else 1. A run waits for the
+/// provider's API (10 s at most) and for its snapshot to be applied.
+pub async fn reconcile(settings: Settings) -> ExitCode {
+    let path = "/api/reconcile";
+    let req = match request(
+        &settings,
+        reqwest::Method::POST,
+        path,
+        Some(Duration::from_secs(40)),
+    ) {
+        Ok(req) => req,
+        Err(code) => return code,
+    };
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) => {
+            eprintln!("callhook: {path}: {}", crate::outbound::describe(e));
+            return ExitCode::from(1);
+        }
+    };
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let runs = body["runs"].as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        let why = body["error"].as_str().unwrap_or("");
+        eprintln!("callhook: {path} answered {status} {why}");
+        return ExitCode::from(1);
+    }
+    for run in &runs {
+        let line = match run["error"].as_str() {
+            Some(error) => format!("{}: {error}", cell(&run["outcome"])),
+            None => format!(
+                "{}: {} added, {} removed, {} calls ended",
+                cell(&run["outcome"]),
+                cell(&run["added"]),
+                cell(&run["removed"]),
+                cell(&run["calls_ended"]),
+            ),
+        };
+        println!("{}: {line}", cell(&run["provider"]));
+    }
+    if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// How long `tail` waits before connecting again after the daemon went away.
 const TAIL_RECONNECT: Duration = Duration::from_secs(1);
 

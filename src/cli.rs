@@ -84,6 +84,9 @@ enum Command {
     },
     /// Print each call event as the running daemon produces it, one JSON object a line
     Tail(ConfigArg),
+    /// Run one reconciliation with the provider's snapshot now, in the running daemon, and
+    /// print what it changed
+    Reconcile(ConfigArg),
     /// The active calls as a table, from the running daemon
     Calls {
         #[command(flatten)]
@@ -187,6 +190,7 @@ pub fn run() -> ExitCode {
             }),
         },
         Command::Tail(c) => with_settings(&c, |s| runtime(crate::admin_cli::tail(s))),
+        Command::Reconcile(c) => with_settings(&c, |s| runtime(crate::admin_cli::reconcile(s))),
         Command::Calls { config, watch } => {
             with_settings(&config, |s| runtime(crate::admin_cli::calls(s, watch)))
         }
