@@ -3,7 +3,8 @@
 //! a new one under the temporary directory), drives an outbound and an inbound call with signed
 //! events (a duplicate and an out-of-order pair among them), waits for the recording, prints the
 //! call table, the call events its own receiver got (signatures checked) and where it left its
-//! files (kept, so the recording can be played), and exits.
+//! files (kept, so the recording can be played), and exits. A third call's hang-up webhook is
+//! "lost": a reconciliation with the simulated API's call-control snapshot ends it (SPEC §8).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -66,7 +67,12 @@ impl DemoReceiver {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(Received {
                         id,
-                        kind: event["type"].as_str().unwrap_or("?").to_string(),
+                        kind: match event["call"]["end_reason"].as_str() {
+                            Some(reason) if event["type"] == "call.ended" => {
+                                format!("call.ended ({reason})")
+                            }
+                            _ => event["type"].as_str().unwrap_or("?").to_string(),
+                        },
                         call: event["call"]["call_id"].as_str().unwrap_or("?").to_string(),
                         verified,
                     });
@@ -98,7 +104,7 @@ impl DemoReceiver {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .any(|r| r.kind == kind && r.call == call);
+                .any(|r| r.kind.starts_with(kind) && r.call == call);
             if seen {
                 return Ok(());
             }
@@ -121,7 +127,7 @@ call events delivered to the demo receiver at {}",
             } else {
                 "BAD SIGNATURE"
             };
-            println!("  jas/{:<5} {:<20} {}  {check}", r.call, r.kind, r.id);
+            println!("  jas/{:<5} {:<24} {}  {check}", r.call, r.kind, r.id);
         }
     }
 }
@@ -354,11 +360,13 @@ async fn demo(dir: &Path) -> Result<(), String> {
     println!("  registered webhooks: {}", registered.join(", "));
 
     let (outbound, inbound) = drive_calls(&driver, &sim).await?;
-    print_calls(dir, &[&outbound, &inbound]);
+    let repaired = lost_hang_up(&driver, &sim).await?;
+    print_calls(dir, &[&outbound, &inbound, &repaired]);
     for (kind, call) in [
         ("recording.ready", "26"),
         ("call.ended", "26"),
         ("call.ended", "27"),
+        ("call.ended", "28"),
     ] {
         receiver
             .wait_for(kind, call, Duration::from_secs(10))
@@ -477,6 +485,39 @@ async fn drive_calls(driver: &Driver, sim: &JasSim) -> Result<(Value, Value), St
     Ok((outbound, inbound))
 }
 
+/// Call 28, whose hang-up webhook never arrives: the phone system no longer lists it, and one
+/// reconciliation (as `callhook reconcile` asks for it) ends the call as `reconciled`.
+async fn lost_hang_up(driver: &Driver, sim: &JasSim) -> Result<Value, String> {
+    println!(
+        "
+inbound call 28: 5148888888 rings extension 103; its hang-up webhook is lost"
+    );
+    join_and_answer(driver, sim, ("103", "190", 28), "Ringing", 8).await?;
+    sim.remove_participant("103", "190");
+    println!("  (the caller hangs up; JAS never delivers the remove event)");
+    let resp = driver
+        .http
+        .post(format!("{}/api/reconcile", driver.admin))
+        .send()
+        .await
+        .map_err(|e| format!("POST /api/reconcile: {}", crate::outbound::describe(e)))?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or_default();
+    let run = &body["runs"][0];
+    println!(
+        "  POST /api/reconcile -> {status}: {} added, {} removed, {} call ended",
+        run["added"], run["removed"], run["calls_ended"]
+    );
+    if status != 200 {
+        return Err(format!("reconciliation was answered {status}: {body}"));
+    }
+    driver
+        .wait_call("28", Duration::from_secs(10), |c| {
+            c["state"] == "ended" && c["end_reason"] == "reconciled"
+        })
+        .await
+}
+
 /// A participant that joins `call` in `status` at `seq` and, once its lookup has answered,
 /// is connected (for the next lookup).
 async fn join_and_answer(
@@ -508,7 +549,7 @@ fn new_recording(call_id: &str) -> String {
 fn print_calls(dir: &Path, calls: &[&Value]) {
     println!("\ncall table");
     println!(
-        "  {:<9} {:<8} {:<9} {:<9} {:<40} recording",
+        "  {:<9} {:<18} {:<9} {:<9} {:<40} recording",
         "call", "state", "direction", "duration", "participants"
     );
     for call in calls {
@@ -531,10 +572,16 @@ fn print_calls(dir: &Path, calls: &[&Value]) {
             .as_str()
             .map(|p| dir.join("recordings").join(p).display().to_string())
             .unwrap_or_else(|| "-".into());
+        let state = match call["end_reason"].as_str() {
+            Some(reason) if reason != "completed" => {
+                format!("{} ({reason})", call["state"].as_str().unwrap_or(""))
+            }
+            _ => call["state"].as_str().unwrap_or("").to_string(),
+        };
         println!(
-            "  jas/{:<5} {:<8} {:<9} {:<9} {:<40} {}",
+            "  jas/{:<5} {:<18} {:<9} {:<9} {:<40} {}",
             call["call_id"].as_str().unwrap_or(""),
-            call["state"].as_str().unwrap_or(""),
+            state,
             call["direction"].as_str().unwrap_or(""),
             duration(call),
             participants.join(", "),

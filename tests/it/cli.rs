@@ -200,6 +200,12 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
     };
     assert!(row("26").contains("outbound") && row("26").contains("ended"));
     assert!(row("27").contains("inbound"));
+    // The call whose hang-up webhook was lost is ended by reconciliation, and says so.
+    assert!(row("28").contains("ended (reconciled)"), "{}", row("28"));
+    assert!(
+        stdout.contains("POST /api/reconcile -> 200: 0 added, 1 removed, 1 call ended"),
+        "{stdout}"
+    );
     // The recording path it prints exists and is whole.
     let path = row("26")
         .split_whitespace()
@@ -231,9 +237,16 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         ("jas/26", "call.ended"),
         ("jas/27", "call.started"),
         ("jas/27", "call.ended"),
+        ("jas/28", "call.ended"),
     ] {
         assert!(got(call, kind), "no {kind} for {call}:\n{received}");
     }
+    assert!(
+        received
+            .lines()
+            .any(|l| l.contains("jas/28") && l.contains("call.ended (reconciled)")),
+        "{received}"
+    );
     assert!(!received.contains("BAD SIGNATURE"), "{received}");
     assert!(received.contains("signature verified"), "{received}");
     assert!(stdout.contains("webhooks unregistered: true"));
