@@ -24,6 +24,7 @@ mod observability;
 mod page;
 mod properties;
 mod readme;
+mod reconcile;
 mod recordings;
 mod seam;
 mod stream;

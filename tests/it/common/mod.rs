@@ -43,11 +43,15 @@ impl Env {
         env
     }
 
-    /// Points the JAS API at a simulator with a static token; lookups on.
+    /// Points the JAS API at a simulator with a static token; lookups on. Reconciliation's
+    /// own runs are off: these simulators hold participants as answers for lookups (set
+    /// before their insert is posted, kept after they leave), not as a phone system's picture
+    /// of its calls; `tests/it/reconcile.rs` turns them on with sims that are.
     pub fn with_sim(mut self, base_url: &str) -> Self {
         self.set("jas.api_base", base_url)
             .set("jas.token", TOKEN)
-            .set("jas.lookup_participants", "true");
+            .set("jas.lookup_participants", "true")
+            .set("jas.reconcile_secs", "0");
         self
     }
 
