@@ -6,6 +6,8 @@ pub mod direction;
 pub mod events;
 pub mod gaps;
 pub mod reconcile;
+#[cfg(test)]
+mod reconcile_properties;
 pub mod registration;
 pub mod routes;
 pub mod verify;

@@ -217,7 +217,7 @@ impl Reconciler {
         let report = match self.client.callcontrol().await {
             Ok(dns) => self.repair(requested_at, dns, trigger).await,
             Err(e @ (JasError::Forbidden | JasError::NotFound)) => {
-                let why = format!("off until the next start: {e}");
+                let why = format!("{e}; off until the next start");
                 tracing::warn!(provider = "jas", error = %e, trigger,
                     "the JAS API refused the call-control snapshot; reconciliation is off until the next start");
                 self.status().refused = Some(why.clone());
