@@ -285,6 +285,24 @@ mod tests {
     }
 
     #[test]
+    fn reconcile_secs_is_60_by_default_0_turns_it_off_and_a_day_at_most() {
+        let every = |v: &str| load_env(&[("CALLHOOK__JAS__RECONCILE_SECS", v)]);
+        assert_eq!(
+            load_env(&[]).unwrap().jas.reconcile_every,
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(every("0").unwrap().jas.reconcile_every, None);
+        assert_eq!(
+            every("5").unwrap().jas.reconcile_every,
+            Some(std::time::Duration::from_secs(5))
+        );
+        for bad in ["86401", "-1", "soon"] {
+            let e = every(bad).unwrap_err().to_string();
+            assert!(e.contains("jas.reconcile_secs"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_and_parses_lists() {
         let s = load_env(&[
             ("CALLHOOK__JAS__WEBHOOK_SECRET", r#"["one", "two"]"#),

@@ -1194,6 +1194,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_callcontrol_snapshot_reads_the_sims_participants() {
+        let sim = JasSim::with_token("t");
+        let server = sim.start().await.unwrap();
+        sim.set_participant("101", "172", JasSim::example_participant("101", "172"));
+        sim.set_participant("102", "9", JasSim::example_participant("102", "9"));
+        sim.forbid_participant("103", "1");
+        let dns = token_client(&server.base_url, "t")
+            .callcontrol()
+            .await
+            .unwrap();
+        let listed: Vec<(&str, &str, &str)> = dns
+            .iter()
+            .flat_map(|d| {
+                d.participants
+                    .iter()
+                    .map(move |p| (d.dn.as_str(), p.id.as_str(), p.callid.as_str()))
+            })
+            .collect();
+        assert_eq!(listed, vec![("101", "172", "26"), ("102", "9", "26")]);
+        assert_eq!(sim.requests(SimRoute::CallControl), 1);
+    }
+
+    /// A snapshot read wrongly would make its participants look gone: anything but an array of
+    /// DN objects with participant lists is refused whole.
+    #[tokio::test]
+    async fn a_callcontrol_snapshot_that_cannot_be_read_is_refused_whole() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        for body in [
+            "<html>oops</html>",
+            r#"{"dn": "101"}"#,
+            r#"[1]"#,
+            r#"[{"dn": "101", "participants": "none"}]"#,
+            r#"[{"dn": "101", "participants": [{"id": 1}, 7]}]"#,
+        ] {
+            let mock = MockServer::start().await;
+            Mock::given(method("GET"))
+                .and(path("/v2/api/callcontrol"))
+                .respond_with(ResponseTemplate::new(200).set_body_string(body))
+                .mount(&mock)
+                .await;
+            let client = token_client(&format!("{}/v2", mock.uri()), "t");
+            let err = client.callcontrol().await.unwrap_err();
+            assert!(
+                matches!(err, JasError::Rejected { status: 200, .. }),
+                "{body}: {err:?}"
+            );
+        }
+        // A DN without participants (null or absent) lists none.
+        let mock = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v2/api/callcontrol"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_string(r#"[{"dn": 101, "participants": null}, {"dn": "102"}]"#),
+            )
+            .mount(&mock)
+            .await;
+        let dns = token_client(&format!("{}/v2", mock.uri()), "t")
+            .callcontrol()
+            .await
+            .unwrap();
+        assert_eq!(dns.len(), 2);
+        assert_eq!(dns[0].dn, "101");
+        assert!(dns.iter().all(|d| d.participants.is_empty()));
+    }
+
+    #[tokio::test]
     async fn retry_after_is_honoured() {
         use wiremock::matchers::method;
         use wiremock::{Mock, MockServer, ResponseTemplate};
