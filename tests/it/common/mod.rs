@@ -31,6 +31,11 @@ impl Env {
             .set("jas.webhook_secret", SECRET)
             .set("jas.register", "false")
             .set("jas.lookup_participants", "false")
+            // Reconciliation's own runs are off: the tests' JAS upstreams are mocks of single
+            // routes (a scripted recording server, a sim whose participants are answers for
+            // lookups, set before their insert and kept after they leave), not a phone
+            // system's picture of its calls; `tests/it/reconcile.rs` turns them on.
+            .set("jas.reconcile_secs", "0")
             .set(
                 "storage.path",
                 dir.join("data/callhook.db").to_str().unwrap(),
@@ -43,15 +48,12 @@ impl Env {
         env
     }
 
-    /// Points the JAS API at a simulator with a static token; lookups on. Reconciliation's
-    /// own runs are off: these simulators hold participants as answers for lookups (set
-    /// before their insert is posted, kept after they leave), not as a phone system's picture
-    /// of its calls; `tests/it/reconcile.rs` turns them on with sims that are.
+    /// Points the JAS API at a simulator with a static token; lookups on (reconciliation off,
+    /// as `Env::new` says).
     pub fn with_sim(mut self, base_url: &str) -> Self {
         self.set("jas.api_base", base_url)
             .set("jas.token", TOKEN)
-            .set("jas.lookup_participants", "true")
-            .set("jas.reconcile_secs", "0");
+            .set("jas.lookup_participants", "true");
         self
     }
 
