@@ -253,7 +253,8 @@ fn serve(c: ConfigArg) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    crate::telemetry::init(&settings.log, std::io::stdout);
+    let (sink, _flush_at_exit) = crate::telemetry::stdout_sink();
+    crate::telemetry::init(&settings.log, sink);
     runtime(async move {
         // Installed first, so a SIGTERM during restore still ends in a clean exit 0.
         let shutdown = CancellationToken::new();
