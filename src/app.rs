@@ -181,7 +181,10 @@ impl Application {
         let stop_work = CancellationToken::new();
         let (public_server, admin_server, public_alive) =
             serve_both(&state, &providers, public, admin, &stop_serving);
-        let processor_task = tokio::spawn(processor.run(stop_work.clone()));
+        let processor_task = tokio::spawn(on_own_thread(
+            "callhook-apply",
+            processor.run(stop_work.clone()),
+        ));
         // Stopped before the processor, so every progress report a worker sent gets written.
         let stop_downloads = CancellationToken::new();
         let recorder_task = recorder.map(|r| tokio::spawn(r.run(stop_downloads.clone())));
@@ -410,5 +413,32 @@ async fn upkeep(state: AppState, stop: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// Runs `work` on a thread of its own (a current-thread runtime) and resolves when it ends.
+/// **Why the processor is not a task of the main runtime:** it applies up to 512 rows in one
+/// poll, and while it did, the requests queued on that worker (half of a 2-core machine's)
+/// waited for it: the ack path's tail was the processor's batches. On its own thread the
+/// kernel shares the cores between the two in slices of its choosing.
+async fn on_own_thread(name: &str, work: impl Future<Output = ()> + Send + 'static) {
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(work),
+                Err(e) => tracing::error!(error = %e, "a runtime could not start"),
+            }
+            drop(done);
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = finished.await;
+        }
+        Err(e) => tracing::error!(error = %e, thread = name, "a thread could not start"),
     }
 }

@@ -41,6 +41,10 @@ pub struct Lookups {
     /// participant's details, a few hundred bytes, and the processor takes them before events.
     answers: mpsc::UnboundedSender<LookupAnswer>,
     tasks: TaskTracker,
+    /// The runtime the workers run on: the one `new` was called on (the daemon's main one),
+    /// not the processor's own thread, which applies events and should not also wait on the
+    /// API's answers.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Lookups {
@@ -55,6 +59,7 @@ impl Lookups {
             slots: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             answers,
             tasks,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -90,7 +95,8 @@ impl Lookups {
                 break;
             };
             let this = self.clone();
-            self.tasks.spawn(async move { this.work(slot).await });
+            self.tasks
+                .spawn_on(async move { this.work(slot).await }, &self.runtime);
         }
     }
 
