@@ -35,14 +35,14 @@ struct Seen {
 }
 
 /// A fast loopback receiver: notes the arrival and answers 200 at once.
-struct Receiver {
+pub(crate) struct Receiver {
     url: String,
     seen: Arc<Mutex<Seen>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         #[derive(serde::Deserialize)]
         struct Event {
             call: CallRef,
@@ -124,7 +124,7 @@ impl Drop for Receiver {
 
 /// The daemon's configuration file with one endpoint per receiver. Retries come after 1 s, so
 /// a failed attempt (none is expected) shows as a delay, not as a delivery left for minutes.
-fn endpoints_toml(receivers: &[Receiver]) -> String {
+pub(crate) fn endpoints_toml(receivers: &[Receiver]) -> String {
     let mut t = String::from("[outbound]\nretry_schedule_secs = [1, 1, 1, 1, 1]\n");
     for (i, r) in receivers.iter().enumerate() {
         t.push_str(&format!(

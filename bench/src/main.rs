@@ -35,6 +35,7 @@ use futures_util::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+mod ackpath;
 mod events_out;
 
 const SECRET: &str = "bench-webhook-secret";
@@ -162,8 +163,12 @@ struct AllArgs {
     /// Ended calls in the database `export` streams out of the daemon (issue #15).
     #[arg(long, default_value_t = 100_000)]
     export_calls: usize,
-    /// Only these parts (ceiling, floor, file-floor, plain, lookups, memory, download, restart,
-    /// outbound, paced, deliveries, export); default all.
+    /// Seconds of load per run of `ackpath` (issue #16's table: 5 columns × 3 rounds × 2
+    /// connection counts).
+    #[arg(long, default_value_t = 5)]
+    ackpath_secs: u64,
+    /// Only these parts (ackpath, ceiling, floor, file-floor, plain, lookups, memory, download,
+    /// restart, outbound, paced, deliveries, export); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -1087,10 +1092,15 @@ struct Run {
     bodies: PathBuf,
     http: reqwest::Client,
     rows: Vec<Row>,
+    /// Issue #16's side-by-side table, printed after the rows.
+    ackpath_table: Option<String>,
 }
 
 async fn all(args: AllArgs) {
     let mut run = Run::prepare(args);
+    if run.wants("ackpath") {
+        run.measure_ackpath().await;
+    }
     if run.wants("plain") {
         run.measure_disk();
     }
@@ -1152,6 +1162,7 @@ impl Run {
             bodies,
             http: reqwest::Client::new(),
             rows: vec![],
+            ackpath_table: None,
         }
     }
 
@@ -1183,6 +1194,9 @@ impl Run {
                 None => "",
             };
             println!("| {} | {} | {} | {met} |", r.what, r.measured, r.target);
+        }
+        if let Some(table) = self.ackpath_table {
+            println!("\n{table}");
         }
     }
 
