@@ -296,25 +296,45 @@ fn run(
 
     let mut close: Option<Reply<()>> = None;
     let mut number = 0u64;
+    // Commands taken from the channel and not run yet: state writes wait here while newer
+    // acknowledgements go first.
+    let mut waiting: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     while close.is_none() {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        if waiting.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            waiting.push_back(first);
+        }
+        while waiting.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
+                Ok(cmd) => waiting.push_back(cmd),
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let size = batch.len();
-        number += 1;
-        let committed = commit(&mut conn, batch, &mut close);
-        metrics::histogram!("callhook_journal_batch_size").record(size as f64);
-        metrics::histogram!("callhook_journal_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        hand_over(committed, number, size, &to_sync, &health);
+        // Every acknowledgement waiting, in a transaction of its own, then one state command
+        // (derived rows, the outbox, delivery outcomes: with endpoints most of the bytes)
+        // before looking again: the syncer makes the acks durable while this thread writes
+        // the state, and an ack waits for one state write at most, never a queue of them.
+        // State commands keep their order among themselves; an ack never depends on one.
+        let (acks, rest): (Vec<Command>, Vec<Command>) = waiting
+            .drain(..)
+            .partition(|c| matches!(c, Command::Append(..) | Command::Ping(_)));
+        waiting = rest.into();
+        let state = waiting.pop_front().map(|c| vec![c]).unwrap_or_default();
+        for part in [acks, state] {
+            if part.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let size = part.len();
+            number += 1;
+            let committed = commit(&mut conn, part, &mut close);
+            metrics::histogram!("callhook_journal_batch_size").record(size as f64);
+            metrics::histogram!("callhook_journal_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            hand_over(committed, number, size, &to_sync, &health);
+        }
     }
     // Stop taking commands; anything still queued is answered `Closed` when dropped.
     rx.close();
