@@ -1008,6 +1008,11 @@ async fn fill_journal(db: &Path, events: usize) {
 /// while (restart loads active calls and those ended in the last 6 hours).
 fn age(db: &Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "ATTACH DATABASE ?1 AS state",
+        [callhook::journal::state_path(db).to_str().unwrap()],
+    )
+    .unwrap();
     let week = 7 * 24 * 3600 * 1000i64;
     conn.execute_batch(&format!(
         "UPDATE calls SET activity_ms = activity_ms - {week}, ended_ms = ended_ms - {week}
@@ -1634,7 +1639,7 @@ impl Run {
             }
             d.proc.term();
         }
-        let ended: u64 = rusqlite::Connection::open(&db)
+        let ended: u64 = rusqlite::Connection::open(callhook::journal::state_path(&db))
             .unwrap()
             .query_row(
                 "SELECT count(*) FROM calls WHERE state = 'ended'",

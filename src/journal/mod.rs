@@ -1,6 +1,10 @@
-//! The SQLite database: the journal of every accepted event, the current state of calls and
-//! participants, and the download jobs. One writer thread commits whatever is queued as one
-//! transaction (group commit: one sync per batch); reads go through their own connection.
+//! The SQLite databases: the journal of every accepted event (`callhook.db`), and beside it the
+//! state file (`callhook-state.db`: the current state of calls and participants, the download
+//! jobs, the call events out and their deliveries). Each file has its own writer thread: the
+//! journal's commits what is queued as one transaction and answers after one sync per batch
+//! (group commit); the state file's answers at commit and is synced lazily, since what it holds
+//! is rebuilt from the journal after its cursor. Reads go through their own connection, which
+//! has the state file attached.
 
 mod browse;
 mod outbox;
@@ -247,6 +251,9 @@ fn lock_database(path: &Path) -> Result<std::fs::File, JournalError> {
 #[derive(Clone)]
 pub struct Journal {
     commands: mpsc::Sender<writer::Command>,
+    /// The state file's writer.
+    state: mpsc::Sender<writer::Command>,
+    state_health: Health,
     /// Reads (the processor's tail of the journal, history, restore) use their own connection,
     /// which WAL lets run beside the writer. A std Mutex: it is only locked inside
     /// `spawn_blocking`, never across an `.await`.
@@ -255,6 +262,29 @@ pub struct Journal {
     committed: watch::Receiver<i64>,
     path: PathBuf,
     health: Health,
+}
+
+/// The state file beside the journal: `callhook.db` → `callhook-state.db` (`x` → `x-state`).
+pub fn state_path(journal: &Path) -> PathBuf {
+    let stem = journal.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match journal.extension() {
+        Some(ext) => format!("{stem}-state.{}", ext.to_string_lossy()),
+        None => format!("{stem}-state"),
+    };
+    journal.with_file_name(name)
+}
+
+/// The last journal id whose changes the state file holds (0 before any).
+fn applied_cursor(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM state.meta WHERE key = 'applied_cursor'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
@@ -307,6 +337,7 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)??;
         tokio::spawn(probe(journal.commands.downgrade()));
+        tokio::spawn(probe(journal.state.downgrade()));
         Ok(journal)
     }
 
@@ -327,10 +358,22 @@ impl Journal {
         let lock = lock_database(&path)?;
         let mut conn = open_connection(&path)?;
         schema::migrate(&mut conn)?;
+        let state_path = state_path(&path);
+        let mut state = open_connection(&state_path)?;
+        schema::migrate_state(&mut state)?;
+        schema::move_state(&mut conn, &state_path)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         let reader = open_connection(&path)?;
+        // Unqualified names reach the state file's tables, which the journal file no longer
+        // has; only `meta` is in both (the journal's own is read as `main.meta`, the state's
+        // as `state.meta`).
+        reader.execute(
+            "ATTACH DATABASE ?1 AS state",
+            [state_path.to_string_lossy().as_ref()],
+        )?;
         let checkpointer = open_connection(&path)?;
+        let state_checkpointer = open_connection(&state_path)?;
         let wal = match wal {
             Some(wal) => wal,
             None => {
@@ -341,12 +384,38 @@ impl Journal {
         };
         // Opened now, so a start-up that cannot sync fails here, with the path, instead of
         // refusing every event later. The file exists: reading in WAL mode (above) made it.
+        let state_lock = lock.try_clone().map_err(|source| JournalError::Lock {
+            lock: state_path.clone(),
+            source,
+        })?;
         let files = writer::Files::open(PathBuf::from(conn.path().unwrap_or_default()), wal, lock)?;
+        let state_db = PathBuf::from(state.path().unwrap_or_default());
+        let mut state_wal = state_db.clone().into_os_string();
+        state_wal.push("-wal");
+        let state_files = writer::Files::open(state_db, state_wal.into(), state_lock)?;
         let (committed_tx, committed) = watch::channel(last_id);
         let health = Health::default();
-        let commands = writer::spawn(conn, checkpointer, files, committed_tx, health.clone());
+        let commands = writer::spawn(
+            writer::Role::Journal,
+            conn,
+            checkpointer,
+            files,
+            committed_tx,
+            health.clone(),
+        );
+        let state_health = Health::default();
+        let state = writer::spawn(
+            writer::Role::State,
+            state,
+            state_checkpointer,
+            state_files,
+            watch::channel(0).0,
+            state_health.clone(),
+        );
         Ok(Journal {
             commands,
+            state,
+            state_health,
             reader: Arc::new(Mutex::new(reader)),
             committed,
             path,
@@ -360,7 +429,9 @@ impl Journal {
 
     /// Why the journal cannot commit now, `None` while it can.
     pub fn problem(&self) -> Option<String> {
-        self.health.problem()
+        self.health
+            .problem()
+            .or_else(|| self.state_health.problem())
     }
 
     /// Journals one event; returns once it is committed and synced (with whatever else was
@@ -380,7 +451,7 @@ impl Journal {
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
-        self.commands
+        self.state
             .send(writer::Command::State(Box::new(state), reply))
             .await
             .map_err(|_| JournalError::Closed)?;
@@ -402,26 +473,34 @@ impl Journal {
     /// Deletes journal rows, ended calls and finished jobs older than `before`; returns how
     /// many rows went.
     pub async fn sweep(&self, before: DateTime<Utc>) -> Result<usize, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(writer::Command::Sweep(ms(before), reply))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        let cursor = self.read(|conn| Ok(applied_cursor(conn)?)).await?;
+        let mut swept = 0;
+        for writer in [&self.state, &self.commands] {
+            let (reply, answer) = oneshot::channel();
+            writer
+                .send(writer::Command::Sweep(ms(before), cursor, reply))
+                .await
+                .map_err(|_| JournalError::Closed)?;
+            swept += answer.await.map_err(|_| JournalError::Closed)??;
+        }
+        Ok(swept)
     }
 
     /// Commits what is queued, checkpoints the WAL and stops the writer thread.
     pub async fn close(&self) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .commands
-            .send(writer::Command::Close(reply))
-            .await
-            .is_err()
-        {
-            return Ok(());
+        let mut closed = Ok(());
+        for writer in [&self.state, &self.commands] {
+            let (reply, answer) = oneshot::channel();
+            if writer.send(writer::Command::Close(reply)).await.is_err() {
+                continue;
+            }
+            let result = answer
+                .await
+                .map_err(|_| JournalError::Closed)
+                .and_then(|r| r);
+            closed = closed.and(result);
         }
-        answer.await.map_err(|_| JournalError::Closed)?
+        closed
     }
 
     /// Resolves when the writer has committed an event with an id above `after`.
@@ -443,18 +522,21 @@ impl Journal {
         .map_err(|_| JournalError::Closed)?
     }
 
-    /// Journal rows after `cursor`, oldest first.
+    /// Journal rows after `cursor`, oldest first, up to the last one synced: the state file is
+    /// synced on its own, so state made from a row the journal could still lose (a power cut
+    /// before its sync) could outlive the row, and a later event take its id.
     pub async fn events_after(
         &self,
         cursor: i64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, JournalError> {
+        let synced = *self.committed.borrow();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, provider, name, content_type, body, received_ms FROM events
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+                 WHERE id > ?1 AND id <= ?3 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![cursor, limit as i64], |r| {
+            let rows = stmt.query_map(params![cursor, limit as i64, synced], |r| {
                 Ok(StoredEvent {
                     id: r.get(0)?,
                     provider: r.get(1)?,
@@ -477,15 +559,7 @@ impl Journal {
     pub async fn restore(&self, recent: DateTime<Utc>) -> Result<Restored, JournalError> {
         let recent = ms(recent);
         self.read(move |conn| {
-            let cursor: i64 = conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'applied_cursor'",
-                    [],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let cursor = applied_cursor(conn)?;
             let mut calls = vec![];
             let mut stmt =
                 conn.prepare("SELECT doc, activity_ms FROM calls WHERE state = 'active'")?;

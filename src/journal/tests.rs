@@ -104,6 +104,84 @@ async fn state_and_cursor_round_trip() {
     assert_eq!(j.call(call.key.clone()).await.unwrap(), Some(call));
 }
 
+/// A database of version 4 (every table in one file, as earlier versions left it) opens with its
+/// state moved to the state file: the same calls, participants, jobs and cursor, the events
+/// where they were, and a second start changes nothing.
+#[tokio::test]
+async fn a_version_4_database_moves_its_state_to_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let key = ParticipantKey::new(Provider::Jas, "101", "1");
+    let t = Tracked::new(key.clone(), Utc::now());
+    let call: crate::calls::Call = crate::calls::Call::new(CallKey::new(Provider::Jas, "26"));
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 4, "migrate alone stops before the move");
+        conn.execute(
+            "INSERT INTO events (provider, name, dedupe_key, received_ms, body)
+             VALUES ('jas', 'call_status', 'k1', 1, x'7b7d')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO participants (provider, dn, participant_id, activity_ms, doc)
+             VALUES ('jas', '101', '1', ?1, ?2)",
+            params![ms(Utc::now()), serde_json::to_string(&t).unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO calls (provider, call_id, state, activity_ms, doc)
+             VALUES ('jas', '26', 'active', ?1, ?2)",
+            params![ms(Utc::now()), serde_json::to_string(&call).unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (provider, recording_id, call_id, source, rel_path, state,
+                               created_ms, updated_ms, next_attempt_ms)
+             VALUES ('jas', 'r1', '26', 'a.wav', 'jas/a.wav', 'pending', 0, 0, 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('applied_cursor', '1')",
+            [],
+        )
+        .unwrap();
+    }
+    for _ in 0..2 {
+        let j = Journal::open(&path).await.unwrap();
+        let r = j
+            .restore(Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        assert_eq!(r.cursor, 1);
+        assert_eq!(r.participants, vec![t.clone()]);
+        assert_eq!(r.calls.len(), 1);
+        assert_eq!(j.queued_jobs(10).await.unwrap().len(), 1);
+        assert_eq!(j.append(event("k1")).await.unwrap(), Appended::Duplicate);
+        j.close().await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::VERSION);
+    let left: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+               AND name IN ('participants', 'calls', 'jobs', 'call_events', 'deliveries')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the state tables left the journal file");
+    assert!(dir.path().join("old-state.db").exists());
+}
+
 fn job(recording_id: &str) -> NewJob {
     NewJob {
         provider: Provider::Jas,
@@ -201,7 +279,7 @@ async fn retention_sweep_deletes_old_rows_and_keeps_recent_and_active_ones() {
     .await
     .unwrap();
     {
-        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        let conn = rusqlite::Connection::open(super::state_path(j.path())).unwrap();
         conn.execute(
             "UPDATE jobs SET updated_ms = ?1 WHERE id = ?2",
             params![ms(old), done.id],
@@ -318,7 +396,7 @@ async fn a_job_row_this_version_cannot_read_stays_out_of_the_queue_or_is_an_erro
     append_with_job(&j, event("a"), Some(job("a"))).await;
     {
         // As a newer version would write them: another provider's job, and a state unknown here.
-        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        let conn = rusqlite::Connection::open(super::state_path(j.path())).unwrap();
         conn.execute_batch(
             "INSERT INTO jobs (provider, recording_id, call_id, source, rel_path, state,
                                created_ms, updated_ms, next_attempt_ms)
@@ -615,7 +693,7 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
     // All of it long ago, as far as the sweep can tell.
     let old = ms(Utc::now() - chrono::Duration::days(100));
     {
-        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        let conn = rusqlite::Connection::open(super::state_path(j.path())).unwrap();
         conn.execute("UPDATE deliveries SET updated_ms = ?1", params![old])
             .unwrap();
         conn.execute("UPDATE call_events SET created_ms = ?1", params![old])
@@ -629,7 +707,7 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
         2
     );
     let left: Vec<String> = {
-        let conn = rusqlite::Connection::open(j.path()).unwrap();
+        let conn = rusqlite::Connection::open(super::state_path(j.path())).unwrap();
         let mut stmt = conn
             .prepare("SELECT id FROM call_events ORDER BY seq")
             .unwrap();

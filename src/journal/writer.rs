@@ -39,7 +39,9 @@ pub(super) enum Command {
     State(Box<StateWrite>, Reply<()>),
     /// An empty, synced batch: proves the writer and the syncer both work (the watchdog).
     Ping(Reply<()>),
-    Sweep(i64, Reply<usize>),
+    /// Retention: rows older than the first value; the journal's writer keeps every event
+    /// after the second (the applied cursor, read from the state file by the caller).
+    Sweep(i64, i64, Reply<usize>),
     Close(Reply<()>),
 }
 
@@ -191,7 +193,25 @@ impl Header {
     }
 }
 
+/// Which file a writer writes: the journal (events, acknowledged after a sync) or the state
+/// file (derived state, jobs, the outbox; answered at commit, synced lazily).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Journal,
+    State,
+}
+
+impl Role {
+    fn thread(self, what: &str) -> String {
+        match self {
+            Role::Journal => format!("callhook-{what}"),
+            Role::State => format!("callhook-st-{what}"),
+        }
+    }
+}
+
 pub(super) fn spawn(
+    role: Role,
     conn: Connection,
     checkpointer: Connection,
     files: Files,
@@ -200,8 +220,8 @@ pub(super) fn spawn(
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
-        .name("callhook-journal".into())
-        .spawn(move || run(conn, checkpointer, files, rx, committed, health))
+        .name(role.thread("journal"))
+        .spawn(move || run(role, conn, checkpointer, files, rx, committed, health))
         .expect("spawn the journal writer thread");
     tx
 }
@@ -237,7 +257,7 @@ fn refuse(cmd: Command, why: &str) {
     match cmd {
         Command::Append(_, r) => drop(r.send(Err(failed()))),
         Command::State(_, r) | Command::Ping(r) | Command::Close(r) => drop(r.send(Err(failed()))),
-        Command::Sweep(_, r) => drop(r.send(Err(failed()))),
+        Command::Sweep(_, _, r) => drop(r.send(Err(failed()))),
     }
 }
 
@@ -253,6 +273,7 @@ struct Unsynced {
 }
 
 fn run(
+    role: Role,
     mut conn: Connection,
     checkpointer: Connection,
     files: Files,
@@ -283,14 +304,14 @@ fn run(
         let stop = stop_checkpoints.clone();
         let header = files.header.clone();
         std::thread::Builder::new()
-            .name("callhook-checkpoint".into())
+            .name(role.thread("checkpoint"))
             .spawn(move || checkpoint_loop(checkpointer, header, stop))
             .expect("spawn the journal checkpoint thread")
     };
     let (to_sync, unsynced) = std::sync::mpsc::channel::<Unsynced>();
     let sync_health = health.clone();
     let syncer = std::thread::Builder::new()
-        .name("callhook-sync".into())
+        .name(role.thread("sync"))
         .spawn(move || sync_loop(files, unsynced, committed, sync_health))
         .expect("spawn the journal sync thread");
 
@@ -329,7 +350,7 @@ fn run(
             let started = Instant::now();
             let size = part.len();
             number += 1;
-            let committed = commit(&mut conn, part, &mut close);
+            let committed = commit(&mut conn, role, part, &mut close);
             metrics::histogram!("callhook_journal_batch_size").record(size as f64);
             metrics::histogram!("callhook_journal_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -376,7 +397,12 @@ struct Committed {
 }
 
 /// Runs one batch as one transaction; a `Close` in it is handed back through `close`.
-fn commit(conn: &mut Connection, batch: Vec<Command>, close: &mut Option<Reply<()>>) -> Committed {
+fn commit(
+    conn: &mut Connection,
+    role: Role,
+    batch: Vec<Command>,
+    close: &mut Option<Reply<()>>,
+) -> Committed {
     let mut done = Vec::with_capacity(batch.len());
     let mut max_id = None;
     let mut durable = false;
@@ -424,8 +450,11 @@ fn commit(conn: &mut Connection, batch: Vec<Command>, close: &mut Option<Reply<(
                     }
                     done.push(Done::State(reply, result));
                 }
-                Command::Sweep(before, reply) => {
-                    let result = atomically(&mut tx, |c| sweep(c, before));
+                Command::Sweep(before, cursor, reply) => {
+                    let result = atomically(&mut tx, |c| match role {
+                        Role::Journal => sweep_events(c, before, cursor),
+                        Role::State => sweep_state(c, before),
+                    });
                     done.push(Done::Swept(reply, result));
                 }
                 Command::Close(reply) => *close = Some(reply),
@@ -776,19 +805,17 @@ fn update_job(tx: &Connection, job: &JobUpdate) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn sweep(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
-    let cursor: i64 = tx
-        .query_row(
-            "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'applied_cursor'), 0)",
-            [],
-            |r| r.get(0),
-        )?;
-    // Never a row the processor has not applied yet, whatever its age.
-    let mut n = tx.execute(
+/// Journal rows older than `before`, never one the processor has not applied yet (`cursor`,
+/// whatever the row's age).
+fn sweep_events(tx: &Connection, before: i64, cursor: i64) -> rusqlite::Result<usize> {
+    tx.execute(
         "DELETE FROM events WHERE received_ms < ?1 AND id <= ?2",
         params![before, cursor],
-    )?;
-    n += tx.execute(
+    )
+}
+
+fn sweep_state(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
+    let mut n = tx.execute(
         "DELETE FROM participants WHERE activity_ms < ?1 AND NOT EXISTS (
             SELECT 1 FROM calls c WHERE c.provider = participants.provider
               AND c.call_id = participants.call_id AND c.state = 'active')",

@@ -341,8 +341,11 @@ async fn a_failing_state_write_keeps_its_rows_and_cursor_for_the_next_write() {
     app.wait_call("jas", "101:1", |c| c["state"] == "active")
         .await;
 
-    let sql = rusqlite::Connection::open(&db).unwrap();
+    // The state file (calls, the cursor) and the journal (events) are two databases.
+    let sql = rusqlite::Connection::open(dir.path().join("data/callhook-state.db")).unwrap();
     sql.busy_timeout(Duration::from_secs(5)).unwrap();
+    let journal = rusqlite::Connection::open(&db).unwrap();
+    journal.busy_timeout(Duration::from_secs(5)).unwrap();
     let cursor = |sql: &rusqlite::Connection| -> i64 {
         sql.query_row(
             "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'applied_cursor'",
@@ -351,8 +354,9 @@ async fn a_failing_state_write_keeps_its_rows_and_cursor_for_the_next_write() {
         )
         .unwrap_or(0)
     };
-    let last_event = |sql: &rusqlite::Connection| -> i64 {
-        sql.query_row("SELECT MAX(id) FROM events", [], |r| r.get(0))
+    let last_event = |_: &rusqlite::Connection| -> i64 {
+        journal
+            .query_row("SELECT MAX(id) FROM events", [], |r| r.get(0))
             .unwrap()
     };
     wait_until(Duration::from_secs(5), || async {
