@@ -1024,16 +1024,26 @@ fn age(db: &Path) {
     .unwrap();
 }
 
+/// The journal and its state file (`callhook::journal::state_path`), with their WAL files.
 fn copy_db(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    for ext in ["", "-wal", "-shm"] {
-        let (f, t) = (
-            PathBuf::from(format!("{}{ext}", from.display())),
-            PathBuf::from(format!("{}{ext}", to.display())),
-        );
-        let _ = std::fs::remove_file(&t);
-        if f.exists() {
-            std::fs::copy(&f, &t).unwrap();
+    let files = [
+        (from.to_path_buf(), to.to_path_buf()),
+        (
+            callhook::journal::state_path(from),
+            callhook::journal::state_path(to),
+        ),
+    ];
+    for (from, to) in files {
+        for ext in ["", "-wal", "-shm"] {
+            let (f, t) = (
+                PathBuf::from(format!("{}{ext}", from.display())),
+                PathBuf::from(format!("{}{ext}", to.display())),
+            );
+            let _ = std::fs::remove_file(&t);
+            if f.exists() {
+                std::fs::copy(&f, &t).unwrap();
+            }
         }
     }
 }
