@@ -394,7 +394,7 @@ async fn demo(dir: &Path) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nfiles kept in {dir}:\n  {db}  (the journal and call history)\n  {rec}  (the recordings)\nremove them with: rm -r {dir}",
+        "\nfiles kept in {dir}:\n  {db}  (the journal; callhook-state.db beside it holds the call history)\n  {rec}  (the recordings)\nremove them with: rm -r {dir}",
         dir = dir.display(),
         db = dir.join("data/callhook.db").display(),
         rec = dir.join("recordings").display(),

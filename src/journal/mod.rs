@@ -309,6 +309,19 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Sends a command to a writer and waits for its answer; a writer that has stopped is `Closed`.
+async fn ask<T>(
+    writer: &mpsc::Sender<writer::Command>,
+    command: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> writer::Command,
+) -> Result<T, JournalError> {
+    let (reply, answer) = oneshot::channel();
+    writer
+        .send(command(reply))
+        .await
+        .map_err(|_| JournalError::Closed)?;
+    answer.await.map_err(|_| JournalError::Closed)?
+}
+
 /// Pings the writer every `PROBE_EVERY` while the journal is open, so its health is known
 /// without events (a lock taken by another program, a deleted file, a disk that clears).
 async fn probe(commands: mpsc::WeakSender<writer::Command>) {
@@ -437,12 +450,10 @@ impl Journal {
     /// Journals one event; returns once it is committed and synced (with whatever else was
     /// queued at the same time).
     pub async fn append(&self, event: NewEvent) -> Result<Appended, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(writer::Command::Append(Box::new(event), reply))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        ask(&self.commands, |r| {
+            writer::Command::Append(Box::new(event), r)
+        })
+        .await
     }
 
     /// Writes current state (and the applied cursor) in one transaction.
@@ -450,24 +461,14 @@ impl Journal {
         if state.is_empty() {
             return Ok(());
         }
-        let (reply, answer) = oneshot::channel();
-        self.state
-            .send(writer::Command::State(Box::new(state), reply))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        ask(&self.state, |r| writer::Command::State(Box::new(state), r)).await
     }
 
     /// Round trip through the writer and sync threads (a one-row write, synced, the files
     /// checked): proves both are alive and the database takes writes, for the systemd watchdog
     /// and the health probe.
     pub async fn ping(&self) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(writer::Command::Ping(reply))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        ask(&self.commands, writer::Command::Ping).await
     }
 
     /// Deletes journal rows, ended calls and finished jobs older than `before`; returns how
@@ -476,12 +477,7 @@ impl Journal {
         let cursor = self.read(|conn| Ok(applied_cursor(conn)?)).await?;
         let mut swept = 0;
         for writer in [&self.state, &self.commands] {
-            let (reply, answer) = oneshot::channel();
-            writer
-                .send(writer::Command::Sweep(ms(before), cursor, reply))
-                .await
-                .map_err(|_| JournalError::Closed)?;
-            swept += answer.await.map_err(|_| JournalError::Closed)??;
+            swept += ask(writer, |r| writer::Command::Sweep(ms(before), cursor, r)).await?;
         }
         Ok(swept)
     }
@@ -491,14 +487,16 @@ impl Journal {
         let mut closed = Ok(());
         for writer in [&self.state, &self.commands] {
             let (reply, answer) = oneshot::channel();
+            // A writer already gone has nothing left to close.
             if writer.send(writer::Command::Close(reply)).await.is_err() {
                 continue;
             }
-            let result = answer
-                .await
-                .map_err(|_| JournalError::Closed)
-                .and_then(|r| r);
-            closed = closed.and(result);
+            closed = closed.and(
+                answer
+                    .await
+                    .map_err(|_| JournalError::Closed)
+                    .and_then(|r| r),
+            );
         }
         closed
     }

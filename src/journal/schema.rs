@@ -108,7 +108,10 @@ const MIGRATIONS: &[&str] = &[
 /// The state file's schema (`<name>-state.db` beside the journal): the derived state, the download
 /// jobs and the outbox, written by their own writer thread (writer.rs). The tables are those the
 /// journal file held up to its version 4, column for column, so `move_state` copies them with
-/// `SELECT *`.
+/// `SELECT *`. **Why a copy of `MIGRATIONS`' text:** a shipped migration is never edited, and
+/// the journal's must keep creating these tables for a version-4 file to be moved; the two
+/// must stay equal, which `a_version_4_database_moves_its_state_to_the_state_file` checks (a
+/// column out of place fails its copy or its restore).
 const STATE_MIGRATIONS: &[&str] = &[
     // 1: the tables of the journal's versions 1 to 4 but `events`.
     "
