@@ -4,7 +4,7 @@
 //! loses nothing and repeats at most an attempt, with the same `webhook-id`.
 //!
 //! Delivery is background work: it runs on a runtime of its own whose threads have a lower
-//! scheduling priority (nice 19, the lowest), so under a load that takes every core the acks keep their
+//! scheduling priority (nice 10), so under a load that takes every core the acks keep their
 //! pace and the backlog drains once the load lets up, while on an idle machine delivery has all
 //! of it.
 
@@ -41,7 +41,7 @@ const OUTCOMES_EVERY: Duration = Duration::from_millis(20);
 /// Outcomes that are written at once, however young.
 const OUTCOMES_MAX: usize = 512;
 /// The delivery threads' nice value (0 is the default; higher yields to the rest).
-const NICE: i32 = 19;
+const NICE: i32 = 10;
 
 /// `callhook_outbound_deliveries_total{endpoint,outcome}`.
 pub const DELIVERIES: &str = "callhook_outbound_deliveries_total";
