@@ -42,6 +42,9 @@ const OUTCOMES_EVERY: Duration = Duration::from_millis(20);
 const OUTCOMES_MAX: usize = 512;
 /// The delivery threads' nice value (0 is the default; higher yields to the rest).
 const NICE: i32 = 10;
+/// How long a stop waits for attempts in flight to end, so that their outcomes are written and a
+/// restart does not make them again. Well inside the shutdown's 5 s.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// `callhook_outbound_deliveries_total{endpoint,outcome}`.
 pub const DELIVERIES: &str = "callhook_outbound_deliveries_total";
@@ -282,29 +285,7 @@ impl Deliverer {
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                     let mut next = Some(done);
                     while let Some(done) = next {
-                        match done {
-                            Ok((id, update)) => {
-                                attempts.remove(&id);
-                                let settled = match update.state {
-                                    "pending" => Settled::Again {
-                                        next_ms: update.next_attempt_at.timestamp_millis(),
-                                        version: update.version(),
-                                    },
-                                    _ => Settled::Done,
-                                };
-                                if queue.settle(update.event_seq, settled) {
-                                    oldest_outcome.get_or_insert_with(Instant::now);
-                                    outcomes.push(update);
-                                }
-                            }
-                            // Its delivery is due again, with the same id.
-                            Err(e) => {
-                                tracing::error!(endpoint = %name, error = %e, "a delivery attempt failed");
-                                if let Some(seq) = attempts.remove(&e.id()) {
-                                    queue.release(seq);
-                                }
-                            }
-                        }
+                        ended(done, &name, &mut attempts, &mut queue, &mut outcomes, &mut oldest_outcome);
                         next = running.try_join_next_with_id();
                     }
                 }
@@ -325,7 +306,22 @@ impl Deliverer {
                     .await;
             }
         }
-        // What ended before the stop is recorded, so a restart does not repeat it.
+        // What ended before the stop is recorded, so a restart does not repeat it: that includes
+        // attempts that ended while the loop was not looking (their outcome is already counted
+        // and logged) and those that end within the grace. The rest are dropped and made again
+        // after the restart, with the same ids.
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                biased;
+                done = running.join_next_with_id() => match done {
+                    Some(done) => ended(done, &name, &mut attempts, &mut queue, &mut outcomes, &mut oldest_outcome),
+                    None => break,
+                },
+                _ = &mut grace => break,
+            }
+        }
         self.write_outcomes(&name, &mut outcomes, &mut oldest_outcome)
             .await;
     }
@@ -423,6 +419,41 @@ impl Deliverer {
                     next_attempt_at = (state == "pending").then(|| next.to_rfc3339()),
                     "call event delivery failed");
                 update(state, next, Some(reason))
+            }
+        }
+    }
+}
+
+/// An attempt's task ended: its outcome settles its delivery in the queue and, unless a reload
+/// found the row changed meanwhile, waits to be written.
+fn ended(
+    done: Result<(tokio::task::Id, DeliveryUpdate), tokio::task::JoinError>,
+    name: &str,
+    attempts: &mut HashMap<tokio::task::Id, i64>,
+    queue: &mut Queue,
+    outcomes: &mut Vec<DeliveryUpdate>,
+    oldest_outcome: &mut Option<Instant>,
+) {
+    match done {
+        Ok((id, update)) => {
+            attempts.remove(&id);
+            let settled = match update.state {
+                "pending" => Settled::Again {
+                    next_ms: update.next_attempt_at.timestamp_millis(),
+                    version: update.version(),
+                },
+                _ => Settled::Done,
+            };
+            if queue.settle(update.event_seq, settled) {
+                oldest_outcome.get_or_insert_with(Instant::now);
+                outcomes.push(update);
+            }
+        }
+        // Its delivery is due again, with the same id.
+        Err(e) => {
+            tracing::error!(endpoint = %name, error = %e, "a delivery attempt failed");
+            if let Some(seq) = attempts.remove(&e.id()) {
+                queue.release(seq);
             }
         }
     }
