@@ -1537,6 +1537,12 @@ async fn a_failed_job_is_listed_retried_on_request_and_its_file_served_by_range(
     assert_eq!(resp.status(), 200);
     app.wait_call("telecmi", "conv-r", |c| in_state(c, file, "failed"))
         .await;
+    // The call in memory shows the outcome as soon as it is applied; the job's row is written
+    // just after.
+    wait_until(Duration::from_secs(5), || async {
+        app.get_admin("/api/recordings/jobs?state=failed").await.1["jobs"][0]["attempts"] == 2
+    })
+    .await;
     let (status, listed) = app.get_admin("/api/recordings/jobs?state=failed").await;
     assert_eq!(status, 200, "{listed}");
     let job = listed["jobs"][0].clone();
@@ -1570,6 +1576,13 @@ async fn a_failed_job_is_listed_retried_on_request_and_its_file_served_by_range(
     // The upstream answers now: the job downloads and its call shows the file.
     app.wait_call("telecmi", "conv-r", |c| in_state(c, file, "downloaded"))
         .await;
+    wait_until(Duration::from_secs(5), || async {
+        app.get_admin("/api/recordings/jobs?state=downloaded")
+            .await
+            .1["jobs"][0]["id"]
+            == id
+    })
+    .await;
     let (status, reply) = post(format!("/api/recordings/jobs/{id}/retry")).await;
     assert_eq!(status, 400, "only a failed job is retried: {reply}");
     assert!(reply["error"].as_str().unwrap().contains("downloaded"));
