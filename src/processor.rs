@@ -28,7 +28,7 @@ mod state;
 pub use lookups::LOOKUP_CONCURRENCY;
 use lookups::{Lookups, Queued};
 use relookup::Relookups;
-use state::{STATE_EVERY, STATE_MAX_KEYS, StateBuffer};
+use state::{STATE_EVERY, StateBuffer};
 
 /// Rows read from the journal per step.
 const BATCH: usize = 512;
@@ -201,6 +201,9 @@ impl Processor {
                     while let Ok(answer) = self.answers_rx.try_recv() {
                         self.warm_for_answer(&answer).await;
                         self.apply_answer(answer);
+                        if self.pending.is_full() {
+                            self.flush().await;
+                        }
                     }
                 }
                 _ = sleep_until_some(self.relookups.next_round()) => self.relookup_round(),
@@ -311,7 +314,7 @@ impl Processor {
         }
         self.cursor = last;
         self.pending.cursor = Some(last);
-        if self.pending.changes.len() >= STATE_MAX_KEYS {
+        if self.pending.is_full() {
             self.flush().await;
         }
         Ok(if self.stuck_at.is_some() { 0 } else { n })
@@ -543,7 +546,7 @@ impl Processor {
             // An event an endpoint waits for is written (and so sent) at once, not at the
             // next tick: the time from a webhook's ack to its delivery is mostly this.
             self.pending.urgent |= events.iter().any(|e| !e.endpoints.is_empty());
-            self.pending.call_events.extend(events);
+            self.pending.add_call_events(events);
         }
         for t in &changes.transitions {
             self.log_transition(t);

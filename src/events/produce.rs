@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
@@ -54,6 +55,8 @@ pub struct Producer {
     endpoints: Vec<Endpoint>,
     /// Each call in memory as it was when events were last produced for it.
     published: HashMap<CallKey, Seen>,
+    /// Where each event's body is written before it is copied out at its size.
+    scratch: Vec<u8>,
 }
 
 impl Producer {
@@ -63,6 +66,7 @@ impl Producer {
         Producer {
             endpoints: endpoints.iter().filter(|e| e.enabled).cloned().collect(),
             published: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -102,7 +106,7 @@ impl Producer {
     }
 
     fn event(
-        &self,
+        &mut self,
         call: &Call,
         kind: &'static str,
         subject: Option<Subject<'_>>,
@@ -136,8 +140,7 @@ impl Producer {
             kind,
             provider,
             call_id: call.key.call_id.clone(),
-            // Serializing plain structs cannot fail (no map with non-string keys).
-            body: serde_json::to_string(&body).unwrap_or_default(),
+            body: serialize(&body, &mut self.scratch),
             endpoints: self
                 .endpoints
                 .iter()
@@ -194,6 +197,17 @@ fn described(p: &Participant) -> u64 {
         &p.did,
         &p.leg,
     ))
+}
+
+/// An event's JSON, written into `scratch` (kept between events) and then copied once into an
+/// allocation of its exact size. Grown by doubling from empty, each body left a trail of freed
+/// smaller buffers among the call table's long-lived rows.
+fn serialize(body: &Body<'_>, scratch: &mut Vec<u8>) -> Arc<str> {
+    scratch.clear();
+    // Serializing plain structs cannot fail (no map with non-string keys).
+    let _ = serde_json::to_writer(&mut *scratch, body);
+    // serde_json writes only valid UTF-8.
+    Arc::from(std::str::from_utf8(scratch).unwrap_or_default())
 }
 
 fn hash(value: &impl Hash) -> u64 {

@@ -22,7 +22,7 @@ pub const RECENT: usize = 1000;
 pub struct Published {
     pub seq: u64,
     pub id: String,
-    pub body: String,
+    pub body: Arc<str>,
 }
 
 /// Where the processor publishes and readers subscribe.
@@ -118,7 +118,7 @@ mod tests {
             kind: "call.started",
             provider: "jas",
             call_id: "1".into(),
-            body: format!("{{\"id\":\"{id}\"}}"),
+            body: format!("{{\"id\":\"{id}\"}}").into(),
             endpoints: vec![],
         }
     }

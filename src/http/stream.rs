@@ -31,7 +31,7 @@ impl Reader {
                     continue;
                 }
                 self.sent = p.seq;
-                let event = Event::default().id(&p.id).data(&p.body);
+                let event = Event::default().id(&p.id).data(&*p.body);
                 return Some((Ok(event), self));
             }
             match self.live.recv().await {

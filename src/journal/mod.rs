@@ -385,6 +385,11 @@ impl Journal {
             "ATTACH DATABASE ?1 AS state",
             [state_path.to_string_lossy().as_ref()],
         )?;
+        // Its reads are of rows just committed (the processor's next batch, in order) and of
+        // b-tree paths whose upper pages stay cached: 512 KiB per file instead of SQLite's
+        // 2 MB saves 3 MB without a measurable cost to applying (`bench --only memory,lookups`).
+        reader.pragma_update(Some("main"), "cache_size", -512)?;
+        reader.pragma_update(Some("state"), "cache_size", -512)?;
         let checkpointer = open_connection(&path)?;
         let state_checkpointer = open_connection(&state_path)?;
         let wal = match wal {

@@ -2,6 +2,8 @@
 //! with the state change that produced them (`StateWrite::call_events`), so a crash loses
 //! both or neither; an event id seen again (a replay after a crash) is not written twice.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
@@ -15,7 +17,8 @@ pub struct NewCallEvent {
     pub kind: &'static str,
     pub provider: &'static str,
     pub call_id: String,
-    pub body: String,
+    /// Shared, not copied, by the outbox write, its retries and `/api/stream`.
+    pub body: Arc<str>,
     pub endpoints: Vec<String>,
 }
 
@@ -86,7 +89,7 @@ pub(super) fn insert(tx: &Connection, e: &NewCallEvent) -> rusqlite::Result<()> 
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING RETURNING seq",
         )?
         .query_row(
-            params![e.id, e.kind, e.provider, e.call_id, now, e.body],
+            params![e.id, e.kind, e.provider, e.call_id, now, &*e.body],
             |r| r.get(0),
         )
         .map(Some)
