@@ -386,10 +386,8 @@ impl Journal {
             [state_path.to_string_lossy().as_ref()],
         )?;
         // Its reads are of rows just committed (the processor's next batch, in order) and of
-        // b-tree paths whose upper pages stay cached: 512 KiB per file instead of SQLite's
-        // 2 MB saves 3 MB (SQLite's own count, 12.4 → 9.6 MB, `bench --only memory`); applying
-        // with lookups was 0.74–0.85 of acks over three runs, 0.87 in one before (`--only
-        // lookups`), within this machine's spread.
+        // b-tree paths whose upper pages stay cached, so 512 KiB per file serves as well as
+        // SQLite's 2 MB and holds 3 MB less (BENCHMARKS.md, ninth round).
         reader.pragma_update(Some("main"), "cache_size", -512)?;
         reader.pragma_update(Some("state"), "cache_size", -512)?;
         let checkpointer = open_connection(&path)?;

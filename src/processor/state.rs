@@ -18,10 +18,8 @@ const STATE_CHUNK: usize = 128;
 /// Changed keys that force a write before the interval is up (bounds memory during catch-up).
 const STATE_MAX_KEYS: usize = 16 * 1024;
 /// Bytes of call-event bodies that force a write before the interval is up. Bounded by keys
-/// alone, a catch-up held tens of MB of bodies until its write (47 MB at the peak of one run,
-/// by `heaptrack`), freed among the call table's rows allocated meanwhile: RSS per participant
-/// 1115–1987 B over six runs, 1089–1148 B over five with this bound and bodies written
-/// at their size (`bench --only memory`; the table alone is 695 B).
+/// alone, a catch-up held tens of MB of bodies until its write, and once freed they were left
+/// as fragments among the call table's rows allocated meanwhile (BENCHMARKS.md, ninth round).
 const STATE_MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// A changed row to write.

@@ -287,11 +287,11 @@ async fn board(browser: Client) {
         step.elapsed()
     );
 
-    // The stream is cut: the page says so; a call starts and ends meanwhile; once the network is
-    // back the browser resumes with Last-Event-ID and the page shows what it missed.
     // The cuts below may close the media element's own fetch of the recording: until then
     // nothing at all may have gone wrong.
     assert_no_problems(&browser).await;
+    // The stream is cut: the page says so; a call starts and ends meanwhile; once the network is
+    // back the browser resumes with Last-Event-ID and the page shows what it missed.
     let step = Instant::now();
     relay.cut(false);
     wait_js(
