@@ -599,11 +599,16 @@ fn atomically<T>(
     Ok(value)
 }
 
+/// Stores an event unless its dedupe key is known. **Why `OR IGNORE`, not `ON CONFLICT(dedupe_key)
+/// DO NOTHING`:** with the latter a `NOT NULL` column could still abort the statement, so SQLite
+/// opens a statement journal for every insert of a batch (a savepoint made and released per
+/// row); with `OR IGNORE` nothing in the statement can abort and it opens none. The two differ
+/// only for a `NULL` in a `NOT NULL` column, which no caller can bind: those columns come from
+/// non-optional values. The same holds for the outbox's inserts (`outbox::insert`).
 fn append(tx: &Connection, e: &NewEvent) -> rusqlite::Result<Appended> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (provider, name, dedupe_key, received_ms, content_type, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(dedupe_key) DO NOTHING RETURNING id",
+        "INSERT OR IGNORE INTO events (provider, name, dedupe_key, received_ms, content_type, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
     )?;
     let mut rows = stmt.query(params![
         e.provider,
