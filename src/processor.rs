@@ -147,9 +147,9 @@ impl Processor {
         nudge: Option<Arc<Notify>>,
         stream: Arc<Hub>,
     ) {
-        let mut producer = Producer::new(endpoints);
+        let producer = Producer::new(endpoints);
         for call in self.table.active_calls() {
-            producer.seed(call);
+            producer.seed(&self.table, &call);
         }
         self.producer = Some(producer);
         self.deliveries = nudge;
@@ -248,9 +248,6 @@ impl Processor {
                     self.note(changes, Cause::Sweep(now.timestamp_millis()));
                     self.flush().await;
                     self.table.evict_ended(now - KEEP_ENDED);
-                    if let Some(producer) = &mut self.producer {
-                        producer.retain_in(&self.table);
-                    }
                     // Only needed if a lookup worker panicked with lookups still queued.
                     if let Some(lookups) = &self.lookups {
                         lookups.start_workers();
@@ -404,10 +401,13 @@ impl Processor {
         }
         match self.journal.stored_call(key.clone()).await {
             Ok(Some((call, activity, participants))) => {
-                if let Some(producer) = &mut self.producer {
-                    producer.seed(call.clone());
-                }
+                // Its events were produced with the state it was stored in (not the table's view
+                // after the restore, which links participants newer than the row).
+                let stored = self.producer.is_some().then(|| call.clone());
                 self.table.restore(participants, vec![(call, activity)]);
+                if let (Some(producer), Some(stored)) = (&self.producer, stored) {
+                    producer.seed(&self.table, &stored);
+                }
             }
             Ok(None) => {}
             Err(e) => tracing::error!(provider = %key.provider, call_id = %key.call_id,

@@ -16,7 +16,7 @@ pub use model::{
     Provider, Recording, RecordingState, Tracked,
 };
 pub use snapshot::{Plan, Repair, SNAPSHOT_SEQ, Snapshot};
-pub use table::{CallTable, Changes, END_GRACE, Transition};
+pub use table::{CallTable, Changes, END_GRACE, Mark, Transition};
 
 #[cfg(test)]
 mod tests;

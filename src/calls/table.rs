@@ -78,12 +78,22 @@ struct CallRecord {
     forced_end: Option<(EndReason, DateTime<Utc>)>,
     /// When it came from a recording of a call never seen (no participants): its own times.
     recording_times: Option<OwnTimes>,
+    /// What the call-event producer last made events from (see [`Mark`]).
+    mark: Option<Mark>,
 }
 
+/// What the call-event producer (`events/produce.rs`) saw of a call when it last made events
+/// for it, packed by the producer; the table only holds it. **Why here:** in a map of the
+/// producer's own it cost a second copy of every call's key, the map's slots and a `Vec` per
+/// call, about 90 B per active participant (BENCHMARKS.md, tenth round); in the record it
+/// costs one boxed slice and goes when the call does.
+pub type Mark = Box<[u64]>;
+
 // Memory per active participant counts the calls too (a call for every two in the bench), so the
-// record holding a `Call` is no larger than the struct of its own it replaced (200 bytes), and
-// an end reason no larger than the text it was.
-const _: () = assert!(std::mem::size_of::<CallRecord>() <= 200);
+// record holding a `Call` is no larger than the struct of its own it replaced (200 bytes) plus
+// the producer's mark, and an end reason no larger than the text it was.
+const _: () =
+    assert!(std::mem::size_of::<CallRecord>() <= 200 + std::mem::size_of::<Option<Mark>>());
 const _: () =
     assert!(std::mem::size_of::<Option<EndReason>>() == std::mem::size_of::<Option<super::Text>>());
 
@@ -529,6 +539,23 @@ impl CallTable {
         self.call_row(key).map(|(call, _)| call)
     }
 
+    /// Sets the producer's mark of a call and returns the one it replaces (`None` inside when
+    /// it had none); `None` when the call is not in memory.
+    pub fn replace_mark(&self, key: &CallKey, mark: Mark) -> Option<Option<Mark>> {
+        self.calls
+            .get_mut(&CKey::of(key))
+            .map(|mut rec| rec.mark.replace(mark))
+    }
+
+    /// Sets the producer's mark of a call in memory that has none yet.
+    pub fn init_mark(&self, key: &CallKey, mark: impl FnOnce() -> Mark) {
+        if let Some(mut rec) = self.calls.get_mut(&CKey::of(key)) {
+            if rec.mark.is_none() {
+                rec.mark = Some(mark());
+            }
+        }
+    }
+
     pub fn participant(&self, key: &ParticipantKey) -> Option<Tracked> {
         self.participants
             .get(&PKey::of(key))
@@ -587,6 +614,7 @@ impl CallTable {
                     last_activity,
                     forced_end,
                     recording_times,
+                    mark: None,
                 })
             });
             if let Some(at) = ending.filter(|_| restored) {
@@ -796,6 +824,7 @@ impl CallRecord {
             last_activity: now,
             forced_end: None,
             recording_times: None,
+            mark: None,
         }
     }
 

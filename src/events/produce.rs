@@ -6,7 +6,6 @@
 //! progress) and the event's place among that cause's events, hashed: re-applying the journal
 //! after a crash produces the same ids, which the outbox refuses to store twice.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -15,7 +14,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::calls::{Call, CallKey, CallState, CallTable, Participant, Recording, RecordingState};
+use crate::calls::{
+    Call, CallKey, CallState, CallTable, Mark, Participant, Recording, RecordingState,
+};
 use crate::config::Endpoint;
 use crate::journal::NewCallEvent;
 
@@ -53,8 +54,6 @@ pub const SCHEMA: u32 = 1;
 
 pub struct Producer {
     endpoints: Vec<Endpoint>,
-    /// Each call in memory as it was when events were last produced for it.
-    published: HashMap<CallKey, Seen>,
     /// Where each event's body is written before it is copied out at its size.
     scratch: Vec<u8>,
 }
@@ -65,21 +64,15 @@ impl Producer {
     pub fn new(endpoints: &[Endpoint]) -> Producer {
         Producer {
             endpoints: endpoints.iter().filter(|e| e.enabled).cloned().collect(),
-            published: HashMap::new(),
             scratch: Vec::new(),
         }
     }
 
-    /// A call as restored or loaded from disk: its events were produced with that state.
-    pub fn seed(&mut self, call: Call) {
-        self.published
-            .entry(call.key.clone())
-            .or_insert_with(|| Seen::of(&call));
-    }
-
-    /// Forgets calls no longer in memory.
-    pub fn retain_in(&mut self, table: &CallTable) {
-        self.published.retain(|key, _| table.has_call(key));
+    /// A call restored or loaded from disk into `table`: its events were produced with that
+    /// state. Each call's mark (what events were last produced from) is held in its record in
+    /// the table, so it is forgotten with the call.
+    pub fn seed(&self, table: &CallTable, call: &Call) {
+        table.init_mark(&call.key, || Seen::pack(call));
     }
 
     /// The events of the changes to `calls` (sorted, so ids follow the same order each time).
@@ -92,15 +85,13 @@ impl Producer {
         let mut out = vec![];
         for key in calls {
             let Some(after) = table.call(key) else {
-                self.published.remove(key);
                 continue;
             };
-            let before = self.published.get(key);
-            for (kind, field) in diff(before, &after) {
+            let before = table.replace_mark(key, Seen::pack(&after)).flatten();
+            for (kind, field) in diff(before.as_deref().map(Seen), &after) {
                 let n = out.len();
                 out.push(self.event(&after, kind, field, cause, n));
             }
-            self.published.insert(key.clone(), Seen::of(&after));
         }
         out
     }
@@ -216,68 +207,128 @@ fn hash(value: &impl Hash) -> u64 {
     h.finish()
 }
 
-/// What `diff` needs of a call as it was when events were last produced for it. Kept for every
-/// call in memory, so it holds hashes and flags, not the Call: a clone of each call doubled the
-/// daemon's memory per active participant (2038 B against 834 B, `bench --only memory`). A hash
-/// collision could at worst hide one `participant.updated`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Seen {
-    ended: bool,
-    answered: bool,
-    summary: bool,
-    /// Each participant: a hash of who it is (`participant_id`, `dn`), whether it has left,
-    /// and a hash of its description.
-    participants: Vec<(u64, bool, u64)>,
-    /// Each recording: a hash of its id, and its state.
-    recordings: Vec<(u64, RecordingState)>,
-}
+/// What `diff` needs of a call as it was when events were last produced for it, read from its
+/// packed form (a [`Mark`], held in the call's record in the table). Kept for every call in
+/// memory, so it holds hashes and flags, not the Call: a clone of each call doubled the daemon's
+/// memory per active participant (2038 B against 834 B, `bench --only memory`). A hash collision
+/// could at worst hide one `participant.updated`.
+///
+/// The words: first the flags (bit 0 ended, 1 answered, 2 summary) with the number of
+/// participants above bit 32; then a word per participant: a 32-bit hash of who it is
+/// (`participant_id`, `dn`; told apart only from the call's other participants) above 31 bits of
+/// its description's hash and whether it has left in bit 0; then per recording a hash of its id
+/// shifted left by two with its state in bits 0–1. A call of two is three words, one 32-byte
+/// allocation.
+#[derive(Clone, Copy)]
+pub struct Seen<'a>(&'a [u64]);
 
-impl Seen {
-    pub fn of(call: &Call) -> Seen {
-        Seen {
-            ended: call.state == CallState::Ended,
-            answered: answered(call),
-            summary: call.summary.is_some(),
-            participants: call
-                .participants
-                .iter()
-                .map(|p| (who(p), p.left_at.is_some(), described(p)))
-                .collect(),
-            recordings: call
-                .recordings
-                .iter()
-                .map(|r| (hash(&r.id), r.state))
-                .collect(),
+const ENDED: u64 = 1;
+const ANSWERED: u64 = 2;
+const SUMMARY: u64 = 4;
+/// A participant word's bits for who it is.
+const WHO: u64 = 0xffff_ffff << 32;
+
+impl Seen<'_> {
+    pub fn pack(call: &Call) -> Mark {
+        let mut flags = (call.participants.len() as u64) << 32;
+        for (set, bit) in [
+            (call.state == CallState::Ended, ENDED),
+            (answered(call), ANSWERED),
+            (call.summary.is_some(), SUMMARY),
+        ] {
+            if set {
+                flags |= bit;
+            }
         }
+        std::iter::once(flags)
+            .chain(
+                call.participants
+                    .iter()
+                    .map(|p| who(p) | described_bits(p) << 1 | u64::from(p.left_at.is_some())),
+            )
+            .chain(
+                call.recordings
+                    .iter()
+                    .map(|r| recording_word(r.id.as_str(), r.state)),
+            )
+            .collect()
+    }
+
+    fn flag(self, bit: u64) -> bool {
+        self.0.first().is_some_and(|w| w & bit != 0)
+    }
+
+    fn ended(self) -> bool {
+        self.flag(ENDED)
+    }
+
+    fn answered(self) -> bool {
+        self.flag(ANSWERED)
+    }
+
+    fn summary(self) -> bool {
+        self.flag(SUMMARY)
+    }
+
+    fn count(self) -> usize {
+        self.0.first().map_or(0, |w| (w >> 32) as usize)
+    }
+
+    /// Whether the participant had left, and its description's bits (`described_bits`).
+    fn participant(self, p: &Participant) -> Option<(bool, u64)> {
+        let who = who(p);
+        self.0
+            .get(1..1 + self.count())
+            .unwrap_or_default()
+            .iter()
+            .find(|w| *w & WHO == who)
+            .map(|w| (w & 1 == 1, (w & !WHO) >> 1))
+    }
+
+    /// Whether the recording was known with this state.
+    fn has_recording(self, r: &Recording) -> bool {
+        let word = recording_word(r.id.as_str(), r.state);
+        self.0
+            .get(1 + self.count()..)
+            .unwrap_or_default()
+            .contains(&word)
     }
 }
 
+fn recording_word(id: &str, state: RecordingState) -> u64 {
+    let state = match state {
+        RecordingState::Pending => 0,
+        RecordingState::Downloading => 1,
+        RecordingState::Downloaded => 2,
+        RecordingState::Failed => 3,
+    };
+    hash(&id) << 2 | state
+}
+
+/// Who a participant is, in a participant word's top 32 bits.
 fn who(p: &Participant) -> u64 {
-    hash(&(&p.participant_id, &p.dn))
+    hash(&(&p.participant_id, &p.dn)) & WHO
+}
+
+/// A participant's description hash cut to the 31 bits a participant word holds for it.
+fn described_bits(p: &Participant) -> u64 {
+    described(p) & 0x7fff_ffff
 }
 
 /// The events that take `before` (none: a new call) to `after`, in the order a reader expects:
 /// the call starts, legs join, it is answered, legs change, recordings and the summary come,
 /// legs leave, the call ends.
-fn diff<'a>(before: Option<&Seen>, after: &'a Call) -> Vec<(&'static str, Option<Subject<'a>>)> {
+fn diff<'a>(before: Option<Seen<'_>>, after: &'a Call) -> Vec<(&'static str, Option<Subject<'a>>)> {
     let mut out = vec![];
     let participant = |p: &'a Participant| Some(Subject::Participant(p));
     // Whether it had left, and its description's hash.
-    let find = |seen: Option<&Seen>, p: &Participant| {
-        let who = who(p);
-        seen.and_then(|s| {
-            s.participants
-                .iter()
-                .find(|q| q.0 == who)
-                .map(|q| (q.1, q.2))
-        })
-    };
+    let find = |seen: Option<Seen<'_>>, p: &Participant| seen.and_then(|s| s.participant(p));
     if before.is_none() {
         out.push(("call.started", None));
     }
     // `call.ended` is final: a late event updates the ended call's record (so the Call that
     // later events carry is right), but after it only recordings and the summary are news.
-    let over = before.is_some_and(|c| c.ended);
+    let over = before.is_some_and(Seen::ended);
     let (mut updated, mut left) = (vec![], vec![]);
     for p in after.participants.iter().filter(|_| !over) {
         match find(before, p) {
@@ -290,20 +341,18 @@ fn diff<'a>(before: Option<&Seen>, after: &'a Call) -> Vec<(&'static str, Option
             Some((false, _)) if p.left_at.is_some() => {
                 left.push(("participant.left", participant(p)));
             }
-            Some((false, old)) if old != described(p) => {
+            Some((false, old)) if old != described_bits(p) => {
                 updated.push(("participant.updated", participant(p)));
             }
             Some(_) => {}
         }
     }
-    if !over && answered(after) && !before.is_some_and(|c| c.answered) {
+    if !over && answered(after) && !before.is_some_and(Seen::answered) {
         out.push(("call.answered", None));
     }
     out.extend(updated);
     for r in &after.recordings {
-        let id = hash(&r.id);
-        let was = before.and_then(|c| c.recordings.iter().find(|x| x.0 == id));
-        if was.is_some_and(|w| w.1 == r.state) {
+        if before.is_some_and(|c| c.has_recording(r)) {
             continue;
         }
         match r.state {
@@ -314,7 +363,7 @@ fn diff<'a>(before: Option<&Seen>, after: &'a Call) -> Vec<(&'static str, Option
             RecordingState::Pending | RecordingState::Downloading => {}
         }
     }
-    if after.summary.is_some() && before.is_none_or(|c| !c.summary) {
+    if after.summary.is_some() && before.is_none_or(|c| !c.summary()) {
         out.push((
             "call.summary",
             after.summary.as_deref().map(Subject::Summary),
@@ -354,7 +403,8 @@ pub(crate) mod tests {
     }
 
     fn kinds(before: Option<&Call>, after: &Call) -> Vec<&'static str> {
-        diff(before.map(Seen::of).as_ref(), after)
+        let mark = before.map(Seen::pack);
+        diff(mark.as_deref().map(Seen), after)
             .into_iter()
             .map(|(k, _)| k)
             .collect()
@@ -396,6 +446,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_call_of_two_is_marked_in_three_words_that_tell_its_participants_apart() {
+        let mut call = Call::new(CallKey::new(Provider::Jas, "26"));
+        call.participants.push(person("1", "Connected"));
+        call.participants.push(person("2", "Dialing"));
+        let mark = Seen::pack(&call);
+        assert_eq!(mark.len(), 3);
+        let seen = Seen(&mark);
+        assert!(seen.answered() && !seen.ended() && !seen.summary());
+        let (left, bits) = seen.participant(&call.participants[1]).unwrap();
+        assert!(!left);
+        assert_eq!(bits, described_bits(&call.participants[1]));
+        assert_ne!(bits, described_bits(&call.participants[0]));
+        assert!(seen.participant(&person("3", "Dialing")).is_none());
+        // The second one leaves: only it is reported, once.
+        let before = call.clone();
+        call.participants[1].left_at = Some(Utc::now());
+        assert_eq!(kinds(Some(&before), &call), ["participant.left"]);
+        assert!(
+            Seen(&Seen::pack(&call))
+                .participant(&call.participants[1])
+                .unwrap()
+                .0
+        );
+    }
+
+    #[test]
     fn ids_follow_the_cause_and_the_place_not_the_time() {
         let endpoint = crate::config::Endpoint {
             name: "crm".into(),
@@ -407,18 +483,19 @@ pub(crate) mod tests {
             timeout: std::time::Duration::from_secs(1),
             allow_private: true,
         };
-        let table = CallTable::new(crate::providers::DIRECTIONS);
-        let key = crate::calls::ParticipantKey::new(Provider::Jas, "101", "1");
         let now = Utc::now();
-        let changes = table.upsert(&key, 1, Some(now), now);
-        let details = crate::calls::Details {
-            call_id: "26".into(),
-            ..Default::default()
-        };
-        let changes_2 = table.details(&key, 1, details, Some(now), now);
-        let mut calls = changes.calls.clone();
-        calls.extend(changes_2.calls);
+        // A table of its own each time: the marks of what was produced are held in it.
         let ids = |cause| {
+            let table = CallTable::new(crate::providers::DIRECTIONS);
+            let key = crate::calls::ParticipantKey::new(Provider::Jas, "101", "1");
+            let changes = table.upsert(&key, 1, Some(now), now);
+            let details = crate::calls::Details {
+                call_id: "26".into(),
+                ..Default::default()
+            };
+            let changes_2 = table.details(&key, 1, details, Some(now), now);
+            let mut calls = changes.calls.clone();
+            calls.extend(changes_2.calls);
             let mut p = Producer::new(std::slice::from_ref(&endpoint));
             p.observe(&table, &calls, &cause)
                 .into_iter()

@@ -353,8 +353,9 @@ fn the_end_of_a_grace_has_one_id_whatever_ends_it() {
     let who = crate::calls::ParticipantKey::new(Provider::Jas, "100", "0");
     let participant = restarted.table.participant(&who).unwrap();
     let mut after = Run::new(vec!["Wextension"]);
-    after.producer.seed(row.0.clone());
+    let call = row.0.clone();
     after.table.restore(vec![participant], vec![row]);
+    after.producer.seed(&after.table, &call);
     after.end_due(t(10) + END_GRACE + Duration::minutes(10));
     assert_eq!(ended(&after), ended(&timer));
     assert_eq!(after.call(), timer.call());
