@@ -377,6 +377,13 @@ impl Journal {
         schema::move_state(&mut conn, &state_path)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+        // The writers' page caches: SQLite's 2 MB each was most of its fixed memory, counted
+        // in RSS per active participant. The journal writer appends (the rightmost pages) and
+        // looks its dedupe keys up through upper pages that stay cached, so 512 KiB costs it
+        // nothing measurable; the state writer rewrites rows all over its tables and kept
+        // 1 MiB (at 512 KiB its CPU per ack rose about a tenth). BENCHMARKS.md, tenth round.
+        conn.pragma_update(None, "cache_size", -512)?;
+        state.pragma_update(None, "cache_size", -1024)?;
         let reader = open_connection(&path)?;
         // Unqualified names reach the state file's tables, which the journal file no longer
         // has; only `meta` is in both (the journal's own is read as `main.meta`, the state's
