@@ -211,7 +211,9 @@ fn hash(value: &impl Hash) -> u64 {
 /// packed form (a [`Mark`], held in the call's record in the table). Kept for every call in
 /// memory, so it holds hashes and flags, not the Call: a clone of each call doubled the daemon's
 /// memory per active participant (2038 B against 834 B, `bench --only memory`). A hash collision
-/// could at worst hide one `participant.updated`.
+/// could at worst hide one participant's event: two participants of one call whose 32-bit
+/// who-hashes collide (about one pair in four billion), or a description change whose 31 bits
+/// do (a `participant.updated`).
 ///
 /// The words: first the flags (bit 0 ended, 1 answered, 2 summary) with the number of
 /// participants above bit 32; then a word per participant: a 32-bit hash of who it is

@@ -380,8 +380,9 @@ impl Journal {
         // The writers' page caches: SQLite's 2 MB each was most of its fixed memory, counted
         // in RSS per active participant. The journal writer appends (the rightmost pages) and
         // looks its dedupe keys up through upper pages that stay cached, so 512 KiB costs it
-        // nothing measurable; the state writer rewrites rows all over its tables and kept
-        // 1 MiB (at 512 KiB its CPU per ack rose about a tenth). BENCHMARKS.md, tenth round.
+        // nothing measurable; the state writer rewrites rows all over tables that grow with
+        // the calls kept, so it keeps 1 MiB (512 KiB measured no worse, within this machine's
+        // noise, on a young state file). BENCHMARKS.md, tenth round.
         conn.pragma_update(None, "cache_size", -512)?;
         state.pragma_update(None, "cache_size", -1024)?;
         let reader = open_connection(&path)?;
