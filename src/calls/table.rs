@@ -539,12 +539,11 @@ impl CallTable {
         self.call_row(key).map(|(call, _)| call)
     }
 
-    /// Sets the producer's mark of a call and returns the one it replaces (`None` inside when
-    /// it had none); `None` when the call is not in memory.
-    pub fn replace_mark(&self, key: &CallKey, mark: Mark) -> Option<Option<Mark>> {
+    /// Sets the producer's mark of a call in memory and returns the one it replaces, if any.
+    pub fn replace_mark(&self, key: &CallKey, mark: Mark) -> Option<Mark> {
         self.calls
             .get_mut(&CKey::of(key))
-            .map(|mut rec| rec.mark.replace(mark))
+            .and_then(|mut rec| rec.mark.replace(mark))
     }
 
     /// Sets the producer's mark of a call in memory that has none yet.

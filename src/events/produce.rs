@@ -87,7 +87,7 @@ impl Producer {
             let Some(after) = table.call(key) else {
                 continue;
             };
-            let before = table.replace_mark(key, Seen::pack(&after)).flatten();
+            let before = table.replace_mark(key, Seen::pack(&after));
             for (kind, field) in diff(before.as_deref().map(Seen), &after) {
                 let n = out.len();
                 out.push(self.event(&after, kind, field, cause, n));
