@@ -353,12 +353,12 @@ impl Deliverer {
     }
 
     async fn set_gauges(&self, name: &str) {
-        match self.journal.endpoint_counts(name.to_string()).await {
-            Ok(counts) => {
-                let oldest = counts.oldest_pending_at.map_or(0.0, |at| {
+        match self.journal.pending_summary(name.to_string()).await {
+            Ok((pending, oldest)) => {
+                let oldest = oldest.map_or(0.0, |at| {
                     (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
                 });
-                metrics::gauge!(PENDING, "endpoint" => name.to_string()).set(counts.pending as f64);
+                metrics::gauge!(PENDING, "endpoint" => name.to_string()).set(pending as f64);
                 metrics::gauge!(OLDEST_PENDING, "endpoint" => name.to_string()).set(oldest);
             }
             Err(e) => {

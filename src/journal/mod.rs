@@ -254,10 +254,15 @@ pub struct Journal {
     /// The state file's writer.
     state: mpsc::Sender<writer::Command>,
     state_health: Health,
-    /// Reads (the processor's tail of the journal, history, restore) use their own connection,
-    /// which WAL lets run beside the writer. A std Mutex: it is only locked inside
-    /// `spawn_blocking`, never across an `.await`.
+    /// Reads (history, restore, the admin API) use their own connection, which WAL lets run
+    /// beside the writers. A std Mutex: it is only locked inside `spawn_blocking`, never across
+    /// an `.await`.
     reader: Arc<Mutex<Connection>>,
+    /// The event path's reads (the processor's tail of the journal, the delivery loops' next
+    /// rows and gauges) on a connection of their own: behind the one reader they waited for
+    /// whatever a person browsed, and `/api/endpoints` over 40 000 deliveries held it for
+    /// 25–50 ms (BENCHMARKS.md, eleventh round).
+    tail: Arc<Mutex<Connection>>,
     /// The highest journal id committed so far; the processor waits on it.
     committed: watch::Receiver<i64>,
     path: PathBuf,
@@ -307,6 +312,36 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // that is a copy, on disk it was a temp file written for every first-touched page.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
+}
+
+/// A reading connection to the journal with the state file attached as `state`, each file's
+/// page cache `cache_kib`.
+fn open_reader(path: &Path, state_path: &Path, cache_kib: i64) -> rusqlite::Result<Connection> {
+    let conn = open_connection(path)?;
+    // Unqualified names reach the state file's tables, which the journal file no longer has;
+    // only `meta` is in both (the journal's own is read as `main.meta`, the state's as
+    // `state.meta`).
+    conn.execute(
+        "ATTACH DATABASE ?1 AS state",
+        [state_path.to_string_lossy().as_ref()],
+    )?;
+    conn.pragma_update(Some("main"), "cache_size", -cache_kib)?;
+    conn.pragma_update(Some("state"), "cache_size", -cache_kib)?;
+    Ok(conn)
+}
+
+/// Runs `f` on `conn` on a blocking thread.
+async fn read_on<T, F>(conn: Arc<Mutex<Connection>>, f: F) -> Result<T, JournalError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn)
+    })
+    .await
+    .map_err(|_| JournalError::Closed)?
 }
 
 /// Sends a command to a writer and waits for its answer; a writer that has stopped is `Closed`.
@@ -385,19 +420,11 @@ impl Journal {
         // noise, on a young state file). BENCHMARKS.md, tenth round.
         conn.pragma_update(None, "cache_size", -512)?;
         state.pragma_update(None, "cache_size", -1024)?;
-        let reader = open_connection(&path)?;
-        // Unqualified names reach the state file's tables, which the journal file no longer
-        // has; only `meta` is in both (the journal's own is read as `main.meta`, the state's
-        // as `state.meta`).
-        reader.execute(
-            "ATTACH DATABASE ?1 AS state",
-            [state_path.to_string_lossy().as_ref()],
-        )?;
-        // Its reads are of rows just committed (the processor's next batch, in order) and of
-        // b-tree paths whose upper pages stay cached, so 512 KiB per file serves as well as
-        // SQLite's 2 MB and holds 3 MB less (BENCHMARKS.md, ninth round).
-        reader.pragma_update(Some("main"), "cache_size", -512)?;
-        reader.pragma_update(Some("state"), "cache_size", -512)?;
+        // Its reads are of b-tree paths whose upper pages stay cached, so 512 KiB per file
+        // serves as well as SQLite's 2 MB and holds 3 MB less (BENCHMARKS.md, ninth round).
+        let reader = open_reader(&path, &state_path, 512)?;
+        // The tail reads rows just committed, in order, and the pending deliveries' index.
+        let tail = open_reader(&path, &state_path, 256)?;
         let checkpointer = open_connection(&path)?;
         let state_checkpointer = open_connection(&state_path)?;
         let wal = match wal {
@@ -443,6 +470,7 @@ impl Journal {
             state,
             state_health,
             reader: Arc::new(Mutex::new(reader)),
+            tail: Arc::new(Mutex::new(tail)),
             committed,
             path,
             health,
@@ -524,13 +552,16 @@ impl Journal {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
     {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|_| JournalError::Closed)?
+        read_on(self.reader.clone(), f).await
+    }
+
+    /// A read of the event path, on the tail's connection (see `Journal::tail`).
+    async fn read_tail<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    {
+        read_on(self.tail.clone(), f).await
     }
 
     /// Journal rows after `cursor`, oldest first, up to the last one synced: the state file is
@@ -542,7 +573,7 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, JournalError> {
         let synced = *self.committed.borrow();
-        self.read(move |conn| {
+        self.read_tail(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, provider, name, content_type, body, received_ms FROM events
                  WHERE id > ?1 AND id <= ?3 ORDER BY id LIMIT ?2",

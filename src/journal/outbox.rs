@@ -155,7 +155,7 @@ impl Journal {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Due>, JournalError> {
-        self.read(move |conn| {
+        self.read_tail(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT d.event_seq, e.id, e.type, d.provider, d.call_id, d.attempts, e.body,
                         d.updated_ms, d.next_attempt_ms
@@ -298,6 +298,27 @@ impl Journal {
                 params![endpoint, ms(since)],
                 |r| r.get(0),
             )?)
+        })
+        .await
+    }
+
+    /// How many of `endpoint`'s deliveries are pending and when the oldest of them was produced,
+    /// for the delivery loop's gauges: through the pending rows alone, on the tail's connection,
+    /// since `endpoint_counts` reads every row the endpoint ever had (its last success).
+    pub async fn pending_summary(
+        &self,
+        endpoint: String,
+    ) -> Result<(u64, Option<DateTime<Utc>>), JournalError> {
+        self.read_tail(move |conn| {
+            let (n, oldest): (u64, Option<i64>) = conn
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(e.created_ms)
+                     FROM deliveries d INDEXED BY deliveries_pending
+                     JOIN call_events e ON e.seq = d.event_seq
+                     WHERE d.endpoint = ?1 AND d.state = 'pending'",
+                )?
+                .query_row(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok((n, oldest.map(super::from_ms)))
         })
         .await
     }
