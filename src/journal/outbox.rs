@@ -326,9 +326,13 @@ impl Journal {
     pub async fn endpoint_counts(&self, endpoint: String) -> Result<EndpointCounts, JournalError> {
         self.read(move |conn| {
             let mut counts = EndpointCounts::default();
+            // Through the `deliveries_due` index alone: a delivered or failed row's
+            // `next_attempt_ms` is the time of its outcome (`Deliverer::settle`), so no row is
+            // read. With `MAX(updated_ms)` every row the endpoint ever had was, 24 ms for
+            // 40 000 of them against 2.7 ms (BENCHMARKS.md, eleventh round).
             let mut stmt = conn.prepare_cached(
-                "SELECT state, COUNT(*), MAX(updated_ms) FROM deliveries WHERE endpoint = ?1
-                 GROUP BY state",
+                "SELECT state, COUNT(*), MAX(next_attempt_ms) FROM deliveries
+                 INDEXED BY deliveries_due WHERE endpoint = ?1 GROUP BY state",
             )?;
             let rows = stmt.query_map(params![endpoint], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?, r.get::<_, i64>(2)?))

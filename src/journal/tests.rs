@@ -721,3 +721,64 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, "pending");
 }
+
+#[tokio::test]
+async fn an_endpoints_counts_and_pending_summary_follow_its_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let event = |id: &str| NewCallEvent {
+        id: id.into(),
+        kind: "call.started",
+        provider: "jas",
+        call_id: id.into(),
+        body: "{}".into(),
+        endpoints: vec!["crm".into()],
+    };
+    let before = Utc::now() - chrono::Duration::milliseconds(5);
+    j.write_state(StateWrite {
+        call_events: ["a", "b", "c", "d"].map(event).to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (pending, oldest) = j.pending_summary("crm".into()).await.unwrap();
+    assert_eq!(pending, 4);
+    assert!(oldest.is_some_and(|t| t >= before && t <= Utc::now()));
+    assert_eq!(j.pending_summary("other".into()).await.unwrap(), (0, None));
+
+    let due = j.pending_deliveries("crm".into(), 0, 10).await.unwrap();
+    let (failed_at, delivered_at) = (Utc::now() - chrono::Duration::seconds(30), Utc::now());
+    let settle = |d: &Due, state, at: DateTime<Utc>| DeliveryUpdate {
+        endpoint: "crm".into(),
+        event_seq: d.event_seq,
+        state,
+        attempts: 1,
+        next_attempt_at: at,
+        last_error: None,
+        read_version: Some(d.version),
+        at_ms: ms(at),
+    };
+    j.write_state(StateWrite {
+        deliveries: vec![
+            settle(
+                &due[0],
+                "delivered",
+                delivered_at - chrono::Duration::seconds(1),
+            ),
+            settle(&due[1], "delivered", delivered_at),
+            settle(&due[2], "failed", failed_at),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let counts = j.endpoint_counts("crm".into()).await.unwrap();
+    assert_eq!((counts.pending, counts.delivered, counts.failed), (1, 2, 1));
+    assert_eq!(counts.last_success_at.map(ms), Some(ms(delivered_at)));
+    assert_eq!(counts.last_failure_at.map(ms), Some(ms(failed_at)));
+    assert_eq!(
+        counts.oldest_pending_at,
+        j.pending_summary("crm".into()).await.unwrap().1
+    );
+    assert_eq!(j.pending_summary("crm".into()).await.unwrap().0, 1);
+}
