@@ -88,7 +88,7 @@ impl Application {
             .recordings
             .enabled
             .then(|| recorder(&settings, &journal, &providers, &mut processor));
-        let nudge = Arc::new(tokio::sync::Notify::new());
+        let nudge = crate::events::deliver::Nudge::default();
         let deliverer = Deliverer::new(journal.clone(), &settings.outbound, nudge.clone())
             .map_err(StartError::Other)?
             .map(Arc::new);

@@ -16,6 +16,7 @@ use crate::calls::{
     CallKey, CallTable, Changes, Details, EndReason, ParticipantKey, Provider, Transition,
 };
 use crate::config::Endpoint;
+use crate::events::deliver::Nudge;
 use crate::events::produce::{Cause, Producer};
 use crate::events::stream::Hub;
 use crate::journal::{Journal, JournalError, StoredEvent};
@@ -78,7 +79,7 @@ pub struct Processor {
     producer: Option<Producer>,
     /// Wakes the delivery workers once new call events are written; `None` without an
     /// enabled outbound endpoint.
-    deliveries: Option<Arc<Notify>>,
+    deliveries: Option<Nudge>,
     /// Where committed call events are published for `/api/stream`.
     stream: Option<Arc<Hub>>,
     /// A call started or ended since `callhook_active_calls` was last set. The count walks
@@ -144,7 +145,7 @@ impl Processor {
     pub fn produce_events(
         &mut self,
         endpoints: &[Endpoint],
-        nudge: Option<Arc<Notify>>,
+        nudge: Option<Nudge>,
         stream: Arc<Hub>,
     ) {
         let producer = Producer::new(endpoints);

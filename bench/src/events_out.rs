@@ -438,6 +438,14 @@ impl Run {
                 }
             }
         }
+        if let Some(path) = &self.args.paced_dump {
+            let t0 = acks.iter().flatten().map(|(a, _)| *a).min().unwrap();
+            let mut out = String::new();
+            for (ack, l) in acks.iter().flatten().zip(&lat) {
+                out += &format!("{:.1} {l:.1}\n", (ack.0 - t0).as_secs_f64() * 1000.0);
+            }
+            std::fs::write(path, out).unwrap();
+        }
         lat.sort_by(f64::total_cmp);
         let mut ack_ms: Vec<f64> = acks.iter().flatten().map(|(_, ms)| *ms).collect();
         ack_ms.sort_by(f64::total_cmp);

@@ -154,6 +154,10 @@ struct AllArgs {
     /// peak).
     #[arg(long, default_value_t = 1000.0)]
     paced_rate: f64,
+    /// Writes each paced webhook's ack time and its 200 → delivered latency (ms, one pair a
+    /// line) here, to see when in the run the slow ones came.
+    #[arg(long)]
+    paced_dump: Option<PathBuf>,
     /// Seconds the paced sender runs.
     #[arg(long, default_value_t = 20)]
     paced_secs: u64,
@@ -578,7 +582,20 @@ impl Drop for Proc {
 
 /// Starts `cmd` and reads its stdout until `ready` matches a line; the rest of its output is
 /// drained (and dropped) by a thread so that logging never blocks it.
+/// Writes every dirty page of the machine back (`sync`) before a measured process starts. The
+/// kernel writes dirty pages back about 30 s after they were written (`dirty_expire_centisecs`),
+/// so what an earlier part wrote (the 90 MB of bodies, a run's databases, a deleted `work`) was
+/// written back in the middle of whichever part ran then, and every sync of that run waited
+/// behind it: in one `--only paced` run, started right after the bodies were written, the
+/// first 6 s of webhooks waited up to 780 ms for their events (BENCHMARKS.md, eleventh round).
+fn settle_disk() {
+    if let Err(e) = Command::new("sync").status() {
+        eprintln!("sync before the run: {e}");
+    }
+}
+
 fn start(mut cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Duration) {
+    settle_disk();
     let started = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())

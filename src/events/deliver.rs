@@ -15,10 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_util::FutureExt;
 use futures_util::future::join_all;
 use rand::Rng;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{Queue, Settled};
@@ -60,6 +58,31 @@ const OUTCOMES: &[&str] = &["delivered", "retried", "failed", "gone"];
 /// `callhook_outbound_delivery_seconds{endpoint}`.
 pub const DELIVERY_SECONDS: &str = "callhook_outbound_delivery_seconds";
 
+/// What wakes the delivery loops: the processor rings it after a state write that added
+/// deliveries, the admin routes after a replay, a retry or an enable. A counter in a `watch`,
+/// not a `Notify`: `notify_waiters` reaches only the loops waiting at that instant, so one
+/// rung while a loop was writing its outcomes was lost, and the rows it announced waited for
+/// the loop's idle read a second later (the 1 s maxima of BENCHMARKS.md's 6b runs). A
+/// receiver sees every ring made after it last looked, whenever it looks.
+#[derive(Clone)]
+pub struct Nudge(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Nudge {
+    fn default() -> Nudge {
+        Nudge(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl Nudge {
+    pub fn ring(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// One endpoint, ready to send.
 struct Target {
     endpoint: Endpoint,
@@ -74,7 +97,7 @@ pub struct Deliverer {
     targets: Vec<Arc<Target>>,
     schedule: Vec<Duration>,
     /// Rung by the processor after it wrote new events, and by the admin routes.
-    nudge: Arc<Notify>,
+    nudge: Nudge,
     /// Bumped when rows changed behind the queues (a replay, a retry): each loop then reads its
     /// endpoint's table again.
     reloads: AtomicU64,
@@ -97,7 +120,7 @@ impl Deliverer {
     pub fn new(
         journal: Journal,
         settings: &OutboundSettings,
-        nudge: Arc<Notify>,
+        nudge: Nudge,
     ) -> Result<Option<Deliverer>, String> {
         let mut targets = vec![];
         for endpoint in settings.endpoints.iter().filter(|e| e.enabled) {
@@ -176,7 +199,7 @@ impl Deliverer {
         let target = self.targets.iter().find(|t| t.endpoint.name == name);
         if let Some(t) = target {
             t.gone.store(false, Ordering::Relaxed);
-            self.nudge.notify_waiters();
+            self.nudge.ring();
         }
         target.is_some()
     }
@@ -198,7 +221,7 @@ impl Deliverer {
     /// Makes the endpoint loops read their tables again (a replay or a retry changed rows).
     pub fn reload(&self) {
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        self.nudge.notify_waiters();
+        self.nudge.ring();
     }
 
     /// One endpoint's deliveries. Each attempt runs on its own and its outcome goes to the queue
@@ -220,6 +243,7 @@ impl Deliverer {
         // stalled there, up to their timeout, under a deep queue).
         let mut running = tokio::task::JoinSet::new();
         let mut attempts: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut rung = self.nudge.subscribe();
         loop {
             if stop.is_cancelled() {
                 break;
@@ -228,11 +252,12 @@ impl Deliverer {
                 gauges_at = Instant::now();
                 self.set_gauges(&name).await;
             }
-            // Registered before the table is read, so a wake-up between the read and the wait
-            // is not missed.
-            let notified = self.nudge.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Marked seen before the table is read: a ring from now on is seen at the next
+            // turn, one before it is covered by this read.
+            if rung.has_changed().unwrap_or(false) {
+                rung.borrow_and_update();
+                unread = true;
+            }
             let now_generation = self.reloads.load(Ordering::Relaxed);
             if now_generation != generation {
                 // Outcomes first, so that the table read back has them.
@@ -289,15 +314,10 @@ impl Deliverer {
                         next = running.try_join_next_with_id();
                     }
                 }
-                _ = &mut notified => unread = true,
-                // Idle: the table is read again, so that nothing waits there for a wake-up
-                // that never comes.
+                Ok(()) = rung.changed() => unread = true,
+                // Idle: the table is read again, a backstop for rows written by something
+                // that does not ring.
                 _ = tokio::time::sleep(wait) => unread |= wait == IDLE_POLL,
-            }
-            // A wake-up while another branch ran is not lost with the future at the end of
-            // this turn.
-            if notified.as_mut().now_or_never().is_some() {
-                unread = true;
             }
             if outcomes.len() >= OUTCOMES_MAX
                 || oldest_outcome.is_some_and(|t| t.elapsed() >= OUTCOMES_EVERY)
@@ -523,5 +543,36 @@ async fn attempt(target: &Target, d: &Due) -> Attempt {
             reason: crate::outbound::describe(e),
             retry_after: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's side of a ring: what `endpoint_loop` does with its receiver. A ring made while
+    /// the loop was busy elsewhere (writing outcomes, reading the table) must still wake it,
+    /// which `Notify::notify_waiters` did not do.
+    #[tokio::test]
+    async fn a_ring_while_no_loop_waits_is_seen_at_its_next_wait() {
+        let nudge = Nudge::default();
+        let mut rung = nudge.subscribe();
+        assert!(!rung.has_changed().unwrap());
+        // Rung twice while nothing waits.
+        nudge.ring();
+        nudge.ring();
+        let woke = tokio::time::timeout(Duration::from_millis(100), rung.changed()).await;
+        assert!(matches!(woke, Ok(Ok(()))), "the ring was lost");
+        // Both rings are one wake-up; nothing more is pending until the next ring.
+        let again = tokio::time::timeout(Duration::from_millis(50), rung.changed()).await;
+        assert!(again.is_err(), "woken without a ring");
+        // A ring from another thread during the wait wakes it.
+        let ringer = nudge.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            ringer.ring();
+        });
+        let woke = tokio::time::timeout(Duration::from_secs(5), rung.changed()).await;
+        assert!(matches!(woke, Ok(Ok(()))));
     }
 }

@@ -131,7 +131,7 @@ impl Processor {
                 nudge.notify_one();
             }
             if let Some(nudge) = self.deliveries.as_ref().filter(|_| !call_events.is_empty()) {
-                nudge.notify_waiters();
+                nudge.ring();
             }
             if let Some(stream) = &self.stream {
                 stream.publish(&streamed);
