@@ -197,10 +197,15 @@ impl Processor {
                     }
                 }
                 Some(answer) = self.answers_rx.recv() => {
-                    self.warm_for_answer(&answer).await;
-                    self.apply_answer(answer);
-                    while let Ok(answer) = self.answers_rx.try_recv() {
-                        self.warm_for_answer(&answer).await;
+                    let mut answers = vec![answer];
+                    while answers.len() < BATCH {
+                        match self.answers_rx.try_recv() {
+                            Ok(answer) => answers.push(answer),
+                            Err(_) => break,
+                        }
+                    }
+                    self.warm_for_answers(&answers).await;
+                    for answer in answers {
                         self.apply_answer(answer);
                         if self.pending.is_full() {
                             self.flush().await;
@@ -341,7 +346,7 @@ impl Processor {
             job,
             done,
         } = update;
-        self.warm(&call).await;
+        self.warm(vec![call.clone()]).await;
         let cause = match &job {
             Some(job) => Cause::Job(job.id, job.state.as_str()),
             None => Cause::Job(0, recording.state.as_str()),
@@ -372,47 +377,51 @@ impl Processor {
         if !participants.is_empty() {
             match self.journal.stored_participants(participants).await {
                 Ok(found) => {
+                    // Each participant comes with the rest of its call.
+                    let calls: Vec<CallKey> = found.iter().filter_map(|t| t.call_key()).collect();
+                    self.warm(calls).await;
                     for t in found {
-                        if let Some(call) = t.call_key() {
-                            // Brings the participant with the rest of its call.
-                            self.warm(&call).await;
-                        }
                         self.table.restore(vec![t], vec![]);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "reading stored participants failed"),
             }
         }
-        for call in calls {
-            self.warm(&call).await;
-        }
+        self.warm(calls.into_iter().collect()).await;
     }
 
     /// The call a lookup answer puts its participant on may have ended and left memory.
-    async fn warm_for_answer(&mut self, answer: &LookupAnswer) {
-        if let Ok(details) = &answer.outcome {
-            self.warm(&CallKey::new(answer.key.provider, details.call_id.clone()))
-                .await;
-        }
+    /// Brings back from the state file the calls the answers name that are not in memory.
+    async fn warm_for_answers(&mut self, answers: &[LookupAnswer]) {
+        let calls = answers.iter().filter_map(|a| {
+            let details = a.outcome.as_ref().ok()?;
+            Some(CallKey::new(a.key.provider, details.call_id.clone()))
+        });
+        self.warm(calls.collect()).await;
     }
 
-    async fn warm(&mut self, key: &CallKey) {
-        if self.table.has_call(key) {
+    /// Brings back the calls of `keys` that are stored but not in memory, in one read.
+    async fn warm(&mut self, mut keys: Vec<CallKey>) {
+        keys.retain(|k| !self.table.has_call(k));
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
             return;
         }
-        match self.journal.stored_call(key.clone()).await {
-            Ok(Some((call, activity, participants))) => {
-                // Its events were produced with the state it was stored in (not the table's view
-                // after the restore, which links participants newer than the row).
-                let stored = self.producer.is_some().then(|| call.clone());
-                self.table.restore(participants, vec![(call, activity)]);
-                if let (Some(producer), Some(stored)) = (&self.producer, stored) {
-                    producer.seed(&self.table, &stored);
+        match self.journal.stored_calls(keys).await {
+            Ok(found) => {
+                for (call, activity, participants) in found {
+                    // Its events were produced with the state it was stored in (not the
+                    // table's view after the restore, which links participants newer than the
+                    // row).
+                    let stored = self.producer.is_some().then(|| call.clone());
+                    self.table.restore(participants, vec![(call, activity)]);
+                    if let (Some(producer), Some(stored)) = (&self.producer, stored) {
+                        producer.seed(&self.table, &stored);
+                    }
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(provider = %key.provider, call_id = %key.call_id,
-                error = %e, "reading a stored call failed"),
+            Err(e) => tracing::error!(error = %e, "reading stored calls failed"),
         }
     }
 

@@ -1457,6 +1457,16 @@ impl Run {
             "—",
             None,
         );
+        // Issue #16: applying keeps up. The rate is over the whole run, from the load's start
+        // to the last event applied, so it can only understate the rate.
+        let ratio = accepted / total / w.rps;
+        let behind = total - load_secs;
+        self.row(
+            "3. applied / acked, and how far applying was behind when the load stopped",
+            format!("{ratio:.2}; {behind:.1} s"),
+            "≥ 0.9; ≤ 1 s",
+            Some(ratio >= 0.9 && behind <= 1.0),
+        );
     }
 
     async fn measure_memory(&mut self) {

@@ -120,6 +120,9 @@ impl StateWrite {
     }
 }
 
+/// A call as stored: the call, the wall clock of its last change, its participants' rows.
+pub type StoredCall = (Call, DateTime<Utc>, Vec<Tracked>);
+
 /// What a restart needs: state tables and where the unapplied tail of the journal starts.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -642,7 +645,7 @@ impl Journal {
         &self,
         keys: Vec<ParticipantKey>,
     ) -> Result<Vec<Tracked>, JournalError> {
-        self.read(move |conn| {
+        self.read_tail(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT doc FROM participants
                  WHERE provider = ?1 AND dn = ?2 AND participant_id = ?3",
@@ -810,35 +813,42 @@ impl Journal {
     /// A call as stored, the wall clock of its last change and its participants: what the
     /// processor needs to bring an ended call evicted from memory back, so that a late
     /// recording or summary updates it instead of replacing it.
-    pub async fn stored_call(
-        &self,
-        key: CallKey,
-    ) -> Result<Option<(Call, DateTime<Utc>, Vec<Tracked>)>, JournalError> {
-        self.read(move |conn| {
-            let row: Option<(String, i64)> = conn
-                .query_row(
-                    "SELECT doc, activity_ms FROM calls WHERE provider = ?1 AND call_id = ?2",
-                    params![key.provider, key.call_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((doc, activity)) = row else {
-                return Ok(None);
-            };
-            let mut stmt = conn.prepare_cached(
+    pub async fn stored_call(&self, key: CallKey) -> Result<Option<StoredCall>, JournalError> {
+        Ok(self.stored_calls(vec![key]).await?.pop())
+    }
+
+    /// [`Journal::stored_call`] for many calls in one read (those not stored are left out), on
+    /// the tail's connection: the processor asks before it applies a batch, and one read per
+    /// call was a round trip to a blocking thread each, with the processor waiting; in the
+    /// lookups benchmark, where every answer names a call not in memory, a tenth of its
+    /// thread's time (BENCHMARKS.md, eleventh round).
+    pub async fn stored_calls(&self, keys: Vec<CallKey>) -> Result<Vec<StoredCall>, JournalError> {
+        self.read_tail(move |conn| {
+            let mut call = conn.prepare_cached(
+                "SELECT doc, activity_ms FROM calls WHERE provider = ?1 AND call_id = ?2",
+            )?;
+            let mut members = conn.prepare_cached(
                 "SELECT doc FROM participants WHERE provider = ?1 AND call_id = ?2",
             )?;
-            let mut participants = vec![];
-            let mut rows = stmt.query(params![key.provider, key.call_id])?;
-            while let Some(row) = rows.next()? {
-                let doc: String = row.get(0)?;
-                participants.push(serde_json::from_str(&doc)?);
+            let mut found = vec![];
+            for key in keys {
+                let row: Option<(String, i64)> = call
+                    .query_row(params![key.provider, key.call_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let Some((doc, activity)) = row else {
+                    continue;
+                };
+                let mut participants = vec![];
+                let mut rows = members.query(params![key.provider, key.call_id])?;
+                while let Some(row) = rows.next()? {
+                    let doc: String = row.get(0)?;
+                    participants.push(serde_json::from_str(&doc)?);
+                }
+                found.push((serde_json::from_str(&doc)?, from_ms(activity), participants));
             }
-            Ok(Some((
-                serde_json::from_str(&doc)?,
-                from_ms(activity),
-                participants,
-            )))
+            Ok(found)
         })
         .await
     }
