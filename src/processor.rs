@@ -371,23 +371,25 @@ impl Processor {
             mut participants,
             calls,
         } = wants;
+        let mut calls: Vec<CallKey> = calls.into_iter().collect();
         // A participant dropped from memory (403) whose row is not deleted yet must not come
         // back from that row.
         participants.retain(|k| !self.pending.changes.dropped_participants.contains(k));
+        let mut stored = vec![];
         if !participants.is_empty() {
             match self.journal.stored_participants(participants).await {
+                // Each participant comes with the rest of its call, read with the batch's.
                 Ok(found) => {
-                    // Each participant comes with the rest of its call.
-                    let calls: Vec<CallKey> = found.iter().filter_map(|t| t.call_key()).collect();
-                    self.warm(calls).await;
-                    for t in found {
-                        self.table.restore(vec![t], vec![]);
-                    }
+                    calls.extend(found.iter().filter_map(|t| t.call_key()));
+                    stored = found;
                 }
                 Err(e) => tracing::error!(error = %e, "reading stored participants failed"),
             }
         }
-        self.warm(calls.into_iter().collect()).await;
+        self.warm(calls).await;
+        for t in stored {
+            self.table.restore(vec![t], vec![]);
+        }
     }
 
     /// The call a lookup answer puts its participant on may have ended and left memory.

@@ -480,8 +480,8 @@ impl Run {
                 }
             }
         }
-        if let Some(path) = &self.args.paced_dump {
-            let t0 = acks.iter().flatten().map(|(a, _)| *a).min().unwrap();
+        let t0 = acks.iter().flatten().map(|(a, _)| *a).min();
+        if let (Some(path), Some(t0)) = (&self.args.paced_dump, t0) {
             let mut out = String::new();
             for (ack, l) in acks.iter().flatten().zip(&lat) {
                 out += &format!("{:.1} {l:.1}\n", (ack.0 - t0).as_secs_f64() * 1000.0);

@@ -299,7 +299,12 @@ impl Deliverer {
             // Until an attempt ends, something wakes the loop, the next retry is due or the
             // outcomes are to be written.
             let mut wait = IDLE_POLL;
-            if let Some(at) = queue.next_due_ms().filter(|_| !gone) {
+            // Only while a slot is free: with all 16 in flight a due time already past made
+            // the wait 0, and the loop spun until an attempt ended (which wakes it anyway).
+            if let Some(at) = queue
+                .next_due_ms()
+                .filter(|_| !gone && running.len() < IN_FLIGHT)
+            {
                 wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(0) as u64));
             }
             if let Some(oldest) = oldest_outcome {

@@ -261,8 +261,9 @@ pub struct Journal {
     /// beside the writers. A std Mutex: it is only locked inside `spawn_blocking`, never across
     /// an `.await`.
     reader: Arc<Mutex<Connection>>,
-    /// The event path's reads (the processor's tail of the journal, the delivery loops' next
-    /// rows and gauges) on a connection of their own: behind the one reader they waited for
+    /// The event path's reads (the processor's tail of the journal and the stored calls and
+    /// participants it warms, the delivery loops' next rows and gauges) on a connection of
+    /// their own: behind the one reader they waited for
     /// whatever a person browsed, and `/api/endpoints` over 40 000 deliveries held it for
     /// 25–50 ms (BENCHMARKS.md, eleventh round).
     tail: Arc<Mutex<Connection>>,
@@ -832,21 +833,34 @@ impl Journal {
             )?;
             let mut found = vec![];
             for key in keys {
-                let row: Option<(String, i64)> = call
-                    .query_row(params![key.provider, key.call_id], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                let Some((doc, activity)) = row else {
-                    continue;
+                let mut one = || -> Result<Option<StoredCall>, JournalError> {
+                    let row: Option<(String, i64)> = call
+                        .query_row(params![key.provider, key.call_id], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()?;
+                    let Some((doc, activity)) = row else {
+                        return Ok(None);
+                    };
+                    let mut participants = vec![];
+                    let mut rows = members.query(params![key.provider, key.call_id])?;
+                    while let Some(row) = rows.next()? {
+                        let doc: String = row.get(0)?;
+                        participants.push(serde_json::from_str(&doc)?);
+                    }
+                    Ok(Some((
+                        serde_json::from_str(&doc)?,
+                        from_ms(activity),
+                        participants,
+                    )))
                 };
-                let mut participants = vec![];
-                let mut rows = members.query(params![key.provider, key.call_id])?;
-                while let Some(row) = rows.next()? {
-                    let doc: String = row.get(0)?;
-                    participants.push(serde_json::from_str(&doc)?);
+                // One row that cannot be read costs its own call only, not the batch's others.
+                match one() {
+                    Ok(Some(stored)) => found.push(stored),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(provider = %key.provider, call_id = %key.call_id,
+                        error = %e, "reading a stored call failed"),
                 }
-                found.push((serde_json::from_str(&doc)?, from_ms(activity), participants));
             }
             Ok(found)
         })

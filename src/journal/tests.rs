@@ -782,3 +782,46 @@ async fn an_endpoints_counts_and_pending_summary_follow_its_outcomes() {
     );
     assert_eq!(j.pending_summary("crm".into()).await.unwrap().0, 1);
 }
+
+#[tokio::test]
+async fn stored_calls_reads_many_in_one_and_a_bad_row_costs_only_its_own_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
+    let now = Utc::now();
+    let calls: Vec<crate::calls::Call> = ["1", "2", "3"]
+        .into_iter()
+        .map(|id| {
+            let mut c = crate::calls::Call::new(CallKey::new(Provider::Jas, id));
+            c.state = crate::calls::CallState::Ended;
+            c
+        })
+        .collect();
+    j.write_state(StateWrite {
+        calls: calls
+            .iter()
+            .map(|c| (c.key.clone(), Some((c.clone(), now))))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let keys = || {
+        ["1", "2", "3", "never-stored"]
+            .map(|id| CallKey::new(Provider::Jas, id))
+            .to_vec()
+    };
+    let found: Vec<_> = j.stored_calls(keys()).await.unwrap();
+    assert_eq!(
+        found.into_iter().map(|(c, _, _)| c).collect::<Vec<_>>(),
+        calls
+    );
+    // Call 2's row is damaged (another program, a newer schema): the other two still load.
+    {
+        let conn = rusqlite::Connection::open(super::state_path(j.path())).unwrap();
+        conn.execute("UPDATE calls SET doc = 'not json' WHERE call_id = '2'", [])
+            .unwrap();
+    }
+    let found: Vec<_> = j.stored_calls(keys()).await.unwrap();
+    let ids: Vec<String> = found.into_iter().map(|(c, _, _)| c.key.call_id).collect();
+    assert_eq!(ids, ["1", "3"]);
+}
