@@ -939,6 +939,7 @@ async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
     let (_server, env) = sim_env(&sim, dir.path()).await;
     let app = fast_app(&env, dir.path(), Duration::from_millis(10)).await;
     assert!(app.active_calls().await.is_empty());
+    let mut stream = crate::stream::open(&app, None).await;
     app.post_jas(&new_recording("26", "101/late.wav", 1)).await;
     let got = app
         .wait_call("jas", "26", |c| in_state(c, "1", "downloaded"))
@@ -947,6 +948,16 @@ async fn late_recording_for_a_call_no_longer_in_memory_keeps_its_history() {
     assert_eq!(got["participants"].as_array().unwrap().len(), 1);
     assert_eq!(got["started_at"], json!(call.started_at));
     assert_eq!(got["ended_at"], json!(call.ended_at));
+    // The call's own events went out when it happened: brought back from disk, it is marked
+    // as stored, so the late recording makes its recording's event and nothing of the call's
+    // start or end again.
+    let mut kinds = vec![];
+    while !kinds.contains(&"recording.ready".to_string()) {
+        let (_, body) = crate::stream::next_events(&mut stream, 1).await.remove(0);
+        assert_eq!(body["call"]["call_id"], "26");
+        kinds.push(body["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["recording.ready"]);
 }
 
 #[tokio::test]

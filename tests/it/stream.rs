@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use crate::common::*;
 
-type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+pub(crate) type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
 
-async fn open(app: &TestApp, last_id: Option<&str>) -> Events {
+pub(crate) async fn open(app: &TestApp, last_id: Option<&str>) -> Events {
     let mut req = app.http.get(format!("{}/api/stream", app.admin));
     if let Some(id) = last_id {
         req = req.header("last-event-id", id);
@@ -30,7 +30,7 @@ async fn open(app: &TestApp, last_id: Option<&str>) -> Events {
 
 /// The next `n` events of `stream` (keep-alive comments are not events), each as its id and
 /// body, within a bound.
-async fn next_events(stream: &mut Events, n: usize) -> Vec<(String, Value)> {
+pub(crate) async fn next_events(stream: &mut Events, n: usize) -> Vec<(String, Value)> {
     let mut out = vec![];
     while out.len() < n {
         let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
