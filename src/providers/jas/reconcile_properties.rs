@@ -324,8 +324,19 @@ proptest! {
             }
             if got["end_reason"] == "reconciled" {
                 prop_assert!(decided > 0, "{:#}", got);
-                got["end_reason"] = truth["end_reason"].clone();
-                got["ended_at"] = truth["ended_at"].clone();
+                // That end is at once, not after a grace, and final: someone who joins after
+                // the snapshot, within what would have been the grace, is recorded on the
+                // ended call (compared with the rest of the participants above) instead of
+                // resuming it as in the true table, so its state may differ too. An active
+                // call has no `end_reason` key at all.
+                for field in ["end_reason", "ended_at", "state"] {
+                    match truth.get(field) {
+                        Some(v) => got[field] = v.clone(),
+                        None => {
+                            got.as_object_mut().unwrap().remove(field);
+                        }
+                    }
+                }
             }
         }
         prop_assert_eq!(got, truth, "r {} k {} j {}", r, k, j);
