@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Journal, JournalError, ms};
 
@@ -310,14 +310,25 @@ impl Journal {
         endpoint: String,
     ) -> Result<(u64, Option<DateTime<Utc>>), JournalError> {
         self.read_tail(move |conn| {
-            let (n, oldest): (u64, Option<i64>) = conn
+            // The count from the `deliveries_due` index alone (the partial index would read
+            // each row to check its state), and the oldest as the first pending event: events
+            // are numbered as they are produced, so under a backlog of tens of thousands this
+            // reads one row, not all of them joined to their events.
+            let n: u64 = conn
                 .prepare_cached(
-                    "SELECT COUNT(*), MIN(e.created_ms)
-                     FROM deliveries d INDEXED BY deliveries_pending
-                     JOIN call_events e ON e.seq = d.event_seq
-                     WHERE d.endpoint = ?1 AND d.state = 'pending'",
+                    "SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due
+                     WHERE endpoint = ?1 AND state = 'pending'",
                 )?
-                .query_row(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                .query_row(params![endpoint], |r| r.get(0))?;
+            let oldest: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT e.created_ms FROM deliveries d INDEXED BY deliveries_pending
+                     JOIN call_events e ON e.seq = d.event_seq
+                     WHERE d.endpoint = ?1 AND d.state = 'pending'
+                     ORDER BY d.event_seq LIMIT 1",
+                )?
+                .query_row(params![endpoint], |r| r.get(0))
+                .optional()?;
             Ok((n, oldest.map(super::from_ms)))
         })
         .await
