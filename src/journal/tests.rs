@@ -655,37 +655,48 @@ async fn an_attempts_outcome_does_not_undo_a_replay_made_while_it_was_in_flight(
     assert!(due(&j).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
-    let event = |id: &str| NewCallEvent {
+/// A call event for the endpoint `crm`, its call named as the event.
+fn crm_event(id: &str) -> NewCallEvent {
+    NewCallEvent {
         id: id.into(),
         kind: "call.started",
         provider: "jas",
         call_id: id.into(),
         body: "{}".into(),
         endpoints: vec!["crm".into()],
-    };
+    }
+}
+
+/// `d`'s first attempt ended in `state` at `at`.
+fn settled(d: &Due, state: &'static str, at: DateTime<Utc>) -> DeliveryUpdate {
+    DeliveryUpdate {
+        endpoint: "crm".into(),
+        event_seq: d.event_seq,
+        state,
+        attempts: 1,
+        next_attempt_at: at,
+        last_error: None,
+        read_version: Some(d.version),
+        at_ms: ms(at),
+    }
+}
+
+#[tokio::test]
+async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
     j.write_state(StateWrite {
-        call_events: ["delivered", "failed", "pending"].map(event).to_vec(),
+        call_events: ["delivered", "failed", "pending"].map(crm_event).to_vec(),
         ..Default::default()
     })
     .await
     .unwrap();
     let due = j.pending_deliveries("crm".into(), 0, 10).await.unwrap();
-    let settle = |d: &Due, state| DeliveryUpdate {
-        endpoint: "crm".into(),
-        event_seq: d.event_seq,
-        state,
-        attempts: 1,
-        next_attempt_at: Utc::now(),
-        last_error: None,
-        read_version: Some(d.version),
-        at_ms: ms(Utc::now()),
-    };
     j.write_state(StateWrite {
-        deliveries: vec![settle(&due[0], "delivered"), settle(&due[1], "failed")],
+        deliveries: vec![
+            settled(&due[0], "delivered", Utc::now()),
+            settled(&due[1], "failed", Utc::now()),
+        ],
         ..Default::default()
     })
     .await
@@ -726,17 +737,9 @@ async fn retention_sweeps_old_delivered_events_and_keeps_pending_and_failed_ones
 async fn an_endpoints_counts_and_pending_summary_follow_its_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(&dir.path().join("j.db")).await.unwrap();
-    let event = |id: &str| NewCallEvent {
-        id: id.into(),
-        kind: "call.started",
-        provider: "jas",
-        call_id: id.into(),
-        body: "{}".into(),
-        endpoints: vec!["crm".into()],
-    };
     let before = Utc::now() - chrono::Duration::milliseconds(5);
     j.write_state(StateWrite {
-        call_events: ["a", "b", "c", "d"].map(event).to_vec(),
+        call_events: ["a", "b", "c", "d"].map(crm_event).to_vec(),
         ..Default::default()
     })
     .await
@@ -748,25 +751,15 @@ async fn an_endpoints_counts_and_pending_summary_follow_its_outcomes() {
 
     let due = j.pending_deliveries("crm".into(), 0, 10).await.unwrap();
     let (failed_at, delivered_at) = (Utc::now() - chrono::Duration::seconds(30), Utc::now());
-    let settle = |d: &Due, state, at: DateTime<Utc>| DeliveryUpdate {
-        endpoint: "crm".into(),
-        event_seq: d.event_seq,
-        state,
-        attempts: 1,
-        next_attempt_at: at,
-        last_error: None,
-        read_version: Some(d.version),
-        at_ms: ms(at),
-    };
     j.write_state(StateWrite {
         deliveries: vec![
-            settle(
+            settled(
                 &due[0],
                 "delivered",
                 delivered_at - chrono::Duration::seconds(1),
             ),
-            settle(&due[1], "delivered", delivered_at),
-            settle(&due[2], "failed", failed_at),
+            settled(&due[1], "delivered", delivered_at),
+            settled(&due[2], "failed", failed_at),
         ],
         ..Default::default()
     })
