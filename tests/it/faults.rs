@@ -88,9 +88,13 @@ async fn api_slower_than_the_request_timeout_is_retried_and_acks_stay_fast() {
     assert_eq!(journaled(dir.path()), bodies.len());
 
     sim.set_delay(SimRoute::Participant, Duration::ZERO);
+    // Until the call is refreshed from the answer too (its start is its participant's join):
+    // `/api/calls` builds a call's view from its record and its members' rows, so a read
+    // between the lookup's two updates shows the member's details before the call's
+    // direction (a fresh-clone CI run saw `unknown` once).
     let call = app
         .wait_call("jas", "slow", |c| {
-            c["participants"][0]["status"] == "Ringing"
+            c["participants"][0]["status"] == "Ringing" && !c["started_at"].is_null()
         })
         .await;
     assert_eq!(call["direction"], "inbound", "{call}");
